@@ -1,0 +1,46 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+/// redirect-agent: an eBPF (with iptables fallback) traffic-capture dataplane for Istio ambient.
+/// Folder names say the architecture: CShim (thin C over libc/libbpf), SystemCalls (typed errno,
+/// sockets, namespaces, subprocesses), Dataplane (capture rules per mode), NodeLab (real CNI pods),
+/// MeshProxy (the stand-in ztunnel), LabApp (app server, client, kubelet probe), RedirectAgent (the daemon).
+let package = Package(
+    name: "redirect-agent",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "redirect-agent", targets: ["RedirectAgent"]),
+        .executable(name: "redirect-lab", targets: ["LabCLI"]),
+        .executable(name: "mesh-proxy", targets: ["MeshProxyMain"]),
+        .executable(name: "lab-app", targets: ["LabApp"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .target(name: "CShim", linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
+        .target(name: "SystemCalls", dependencies: ["CShim"]),
+        .target(name: "Dataplane", dependencies: ["SystemCalls", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "MeshProxy", dependencies: ["SystemCalls"]),
+        .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy"]),
+        .executableTarget(name: "MeshProxyMain", dependencies: [
+            "MeshProxy", "SystemCalls", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "LabApp", dependencies: [
+            "SystemCalls", "NodeLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "LabCLI", dependencies: [
+            "NodeLab", "Dataplane", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "RedirectAgent", dependencies: [
+            "Dataplane", "SystemCalls",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
+        .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
+        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "LabApp", "MeshProxyMain"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

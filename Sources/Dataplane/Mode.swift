@@ -1,0 +1,1 @@
+public enum DataplaneMode: String, Sendable, CaseIterable { case ebpf, iptables, auto }

@@ -1,0 +1,101 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import NodeLab
+import SystemCalls
+
+/// `lab-app`: the workload that runs in every lab pod: an app server, and a load client.
+struct LabApp: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lab-app",
+        abstract: "The lab pods' workload: an app server (HTTP /healthz and /whoami, TCP echo) and a load client.",
+        subcommands: [Serve.self, Client.self])
+}
+
+/// Enters `netns` on the main thread, before any other thread exists.
+func enter(_ netns: String?) throws {
+    if let netns { try NetworkNamespace(path: netns).enterOnMainThread() }
+    ParentWatch.start()
+    signal(SIGPIPE, SIG_IGN)
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve HTTP and TCP echo on all addresses.")
+    @Option(help: "Network namespace to serve in.") var netns: String?
+    @Option(help: "Pod name reported by /whoami.") var pod = "pod"
+    @Option(help: "HTTP port.") var httpPort: UInt16 = 8080
+    @Option(help: "TCP echo port.") var echoPort: UInt16 = 7777
+    @Option(help: "JSON-lines file recording each accepted connection.") var records: String?
+
+    func run() throws {
+        try enter(netns)
+        let writer = RecordWriter(path: records)
+        let server = AppServer(pod: pod, records: writer)
+        for (port, kind) in [(httpPort, AppServer.Kind.http), (echoPort, .echo)] {
+            for any in ["0.0.0.0", "::"] {
+                let listener = try Socket.listening(on: SocketAddress(IPAddress(any)!, port))
+                server.serve(listener, kind: kind)
+            }
+        }
+        print("READY pod=\(pod) http=\(httpPort) echo=\(echoPort)")
+        fflush(stdout)
+        while true { sleep(3600) }
+    }
+}
+
+/// The app server's connection handling.
+final class AppServer: @unchecked Sendable {
+    enum Kind { case http, echo }
+    let pod: String
+    let records: RecordWriter
+    init(pod: String, records: RecordWriter) { self.pod = pod; self.records = records }
+
+    func serve(_ listener: Socket, kind: Kind) {
+        Thread {
+            while true {
+                guard let conn = try? listener.accept() else { continue }
+                Thread { self.handle(conn, kind: kind) }.start()
+            }
+        }.start()
+    }
+
+    func handle(_ conn: Socket, kind: Kind) {
+        let client = (try? conn.peerAddress().description) ?? "?"
+        let server = (try? conn.localAddress()) ?? SocketAddress(IPAddress("0.0.0.0")!, 0)
+        switch kind {
+        case .echo:
+            records.write(AppRecord(pod: pod, port: server.port, client: client, server: server.description, path: nil))
+            try? conn.setNoDelay()
+            while let chunk = try? conn.read(), !chunk.isEmpty {
+                if (try? conn.writeAll(chunk)) == nil { break }
+            }
+        case .http:
+            let path = readRequestPath(conn) ?? "/"
+            records.write(AppRecord(pod: pod, port: server.port, client: client, server: server.description, path: path))
+            let body: String
+            switch path {
+            case "/healthz": body = "ok\n"
+            case "/whoami": body = "{\"pod\":\"\(pod)\",\"client\":\"\(client)\",\"server\":\"\(server)\"}\n"
+            default:
+                try? conn.writeAll(MiniHTTP.response(status: 404, reason: "Not Found", body: "no \(path)\n"))
+                return
+            }
+            try? conn.writeAll(MiniHTTP.response(status: 200, reason: "OK", body: body))
+        }
+        conn.shutdownWrite()
+    }
+
+    func readRequestPath(_ conn: Socket) -> String? {
+        var head: [UInt8] = []
+        while head.count < 16384 {
+            guard let chunk = try? conn.read(max: 4096), !chunk.isEmpty else { break }
+            head += chunk
+            if String(decoding: head, as: UTF8.self).contains("\r\n\r\n") { break }
+        }
+        let line = String(decoding: head, as: UTF8.self).split(separator: "\r\n").first ?? ""
+        let parts = line.split(separator: " ")
+        return parts.count >= 2 ? String(parts[1]) : nil
+    }
+}
+
+LabApp.main()

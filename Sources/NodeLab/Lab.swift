@@ -1,0 +1,322 @@
+import Foundation
+import Glibc
+import SystemCalls
+
+/// What lab to build.
+public struct LabOptions: Sendable {
+    /// Number of nodes: 1 or 2 (two are joined by one link).
+    public var nodes = 2
+    /// Pods created on each node by ``Lab/up()``.
+    public var podsPerNode = 2
+    /// Give pods and nodes IPv6 addresses too.
+    public var ipv6 = true
+    /// Unique prefix of every namespace this lab makes.
+    public var runID = Lab.newRunID()
+    /// Where the CNI plugins are.
+    public var pluginDirectory = "/usr/lib/cni"
+    /// Extra directory searched for plugins first (the project's own plugin).
+    public var extraPluginDirectories: [String] = []
+    /// Start the app server in each pod.
+    public var startApps = true
+    /// Start the mesh proxy on each node.
+    public var startProxies = true
+    /// Creates the defaults.
+    public init() {}
+}
+
+/// A lab node: its own network namespace, a CNI bridge for its pods, a link to the other node.
+public final class LabNode: @unchecked Sendable {
+    /// `n1`, `n2`.
+    public let name: String
+    /// 1-based.
+    public let index: Int
+    /// The node's namespace.
+    public let netns: NetworkNamespace
+    /// The namespace's name for `ip -n`.
+    public let netnsName: String
+    /// The node's address on the inter-node link.
+    public let address: IPAddress
+    /// The node's IPv6 address on the link.
+    public let addressV6: IPAddress
+    /// Pod subnet.
+    public let podCIDR: String
+    /// IPv6 pod subnet.
+    public let podCIDRv6: String
+    /// This node's folder for logs, CNI configuration and sockets.
+    public let directory: String
+    /// CNI configuration directory the lab's runtime reads.
+    public var cniConfDir: String { "\(directory)/net.d" }
+    /// The mesh proxy, if started.
+    public internal(set) var proxy: ManagedProcess?
+    /// The proxy's control socket.
+    public var proxyControlPath: String { "\(directory)/proxy.sock" }
+    /// The proxy's connection records (JSON lines).
+    public var proxyRecordsPath: String { "\(directory)/proxy-connections.jsonl" }
+
+    init(index: Int, runID: String, runDirectory: String) {
+        self.index = index
+        self.name = "n\(index)"
+        self.netnsName = "\(runID)-n\(index)"
+        self.netns = NetworkNamespace(named: netnsName)
+        self.address = IPAddress("172.30.0.\(index)")!
+        self.addressV6 = IPAddress("fd00:172:30::\(index)")!
+        self.podCIDR = "10.244.\(index).0/24"
+        self.podCIDRv6 = "fd00:10:244:\(index)::/64"
+        self.directory = "\(runDirectory)/\(name)"
+    }
+}
+
+/// A lab pod: a network namespace attached to its node by the CNI chain.
+public final class LabPod: @unchecked Sendable {
+    /// Who it is.
+    public let identity: PodIdentity
+    /// Its node.
+    public let node: LabNode
+    /// Its namespace.
+    public let netns: NetworkNamespace
+    /// Its namespace name.
+    public let netnsName: String
+    /// The CNI ADD result.
+    public internal(set) var cniResult: [String: Any] = [:]
+    /// Its IPv4 address.
+    public internal(set) var ipv4: IPAddress?
+    /// Its IPv6 address.
+    public internal(set) var ipv6: IPAddress?
+    /// The app server.
+    public internal(set) var app: ManagedProcess?
+    /// The app's accepted-connection records (JSON lines).
+    public var appRecordsPath: String { "\(node.directory)/\(identity.name)-app.jsonl" }
+
+    init(identity: PodIdentity, node: LabNode, netnsName: String) {
+        self.identity = identity
+        self.node = node
+        self.netnsName = netnsName
+        self.netns = NetworkNamespace(named: netnsName)
+    }
+
+    /// The pod's name.
+    public var name: String { identity.name }
+    /// All its addresses.
+    public var addresses: [IPAddress] { [ipv4, ipv6].compactMap { $0 } }
+}
+
+/// A local node lab: nodes and pods as real network namespaces wired by the real CNI plugins.
+///
+/// Nothing is changed in the machine's root namespace. Every name carries ``LabOptions/runID``;
+/// ``teardown()`` removes all of it and is safe to call twice or after a partial ``up()``.
+public final class Lab: @unchecked Sendable {
+    /// The options.
+    public let options: LabOptions
+    /// The nodes.
+    public private(set) var nodes: [LabNode] = []
+    /// The pods, in creation order.
+    public private(set) var pods: [LabPod] = []
+    /// The run's folder under /run/redirect-lab.
+    public let directory: String
+    private let lock = NSLock()
+
+    /// The app's ports.
+    public static let httpPort: UInt16 = 8080
+    /// The echo port.
+    public static let echoPort: UInt16 = 7777
+    /// Root of every run's folder.
+    public static let runRoot = "/run/redirect-lab"
+
+    /// A fresh unique run id: `ra` and 6 hex digits.
+    public static func newRunID() -> String {
+        "ra" + String(format: "%06x", UInt32.random(in: 0..<0xffffff))
+    }
+
+    /// Creates (but does not build) a lab.
+    public init(options: LabOptions = LabOptions()) {
+        self.options = options
+        self.directory = "\(Lab.runRoot)/\(options.runID)"
+    }
+
+    /// Builds the nodes, the link between them, and `podsPerNode` pods on each.
+    public func up() throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for i in 1...options.nodes {
+            let node = LabNode(index: i, runID: options.runID, runDirectory: directory)
+            nodes.append(node)
+            try makeNode(node)
+        }
+        if nodes.count == 2 { try link(nodes[0], nodes[1]) }
+        for node in nodes {
+            if options.startProxies { try startProxy(on: node) }
+            for p in 1...max(options.podsPerNode, 1) where options.podsPerNode > 0 {
+                _ = try addPod(on: node, name: "\(node.name)-pod\(p)")
+            }
+        }
+    }
+
+    // MARK: nodes
+
+    private func makeNode(_ node: LabNode) throws {
+        try FileManager.default.createDirectory(atPath: node.cniConfDir, withIntermediateDirectories: true)
+        try ip(["netns", "add", node.netnsName])
+        try ip(["-n", node.netnsName, "link", "set", "lo", "up"])
+        try node.netns.run {
+            try writeSysctl("net.ipv4.ip_forward", "1")
+            if self.options.ipv6 { try writeSysctl("net.ipv6.conf.all.forwarding", "1") }
+        }
+        try writeNetworkList(for: node)
+    }
+
+    /// The node's network configuration, as a cluster's CNI would install it.
+    private func writeNetworkList(for node: LabNode) throws {
+        var ranges: [[[String: String]]] = [[["subnet": node.podCIDR]]]
+        if options.ipv6 { ranges.append([["subnet": node.podCIDRv6]]) }
+        let list: [String: Any] = [
+            "cniVersion": "1.0.0",
+            "name": "lab-pods",
+            "plugins": [[
+                "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+                "ipam": ["type": "host-local", "ranges": ranges, "dataDir": "\(node.directory)/ipam",
+                         "routes": [["dst": "0.0.0.0/0"]] + (options.ipv6 ? [["dst": "::/0"]] : [])],
+            ]],
+        ]
+        let data = try JSONSerialization.data(withJSONObject: list, options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: URL(fileURLWithPath: "\(node.cniConfDir)/10-lab-bridge.conflist"))
+    }
+
+    private func link(_ a: LabNode, _ b: LabNode) throws {
+        try ip(["-n", a.netnsName, "link", "add", "to-\(b.name)", "type", "veth", "peer", "name", "to-\(a.name)", "netns", b.netnsName])
+        for (node, peer) in [(a, b), (b, a)] {
+            let dev = "to-\(peer.name)"
+            try ip(["-n", node.netnsName, "addr", "add", "\(node.address)/24", "dev", dev])
+            if options.ipv6 { try ip(["-n", node.netnsName, "addr", "add", "\(node.addressV6)/64", "dev", dev, "nodad"]) }
+            try ip(["-n", node.netnsName, "link", "set", dev, "up"])
+            try ip(["-n", node.netnsName, "route", "add", peer.podCIDR, "via", "\(peer.address)"])
+            if options.ipv6 { try ip(["-n", node.netnsName, "-6", "route", "add", peer.podCIDRv6, "via", "\(peer.addressV6)"]) }
+        }
+    }
+
+    // MARK: pods
+
+    /// The CNI runtime for `node`.
+    public func runtime(for node: LabNode) -> CNIRuntime {
+        CNIRuntime(hostNamespace: node.netns, pluginDirectories: options.extraPluginDirectories + [options.pluginDirectory])
+    }
+
+    /// Creates a pod on `node` the way a container runtime does: a sandbox namespace, loopback,
+    /// then the node's network list, then (optionally) the app server.
+    @discardableResult
+    public func addPod(on node: LabNode, name: String, namespace: String = "default", labels: [String: String] = [:]) throws -> LabPod {
+        let uid = UUID().uuidString.lowercased()
+        let identity = PodIdentity(name: name, namespace: namespace, uid: uid, containerID: "\(options.runID)-\(name)", labels: labels)
+        let pod = LabPod(identity: identity, node: node, netnsName: "\(options.runID)-\(name)")
+        try ip(["netns", "add", pod.netnsName])
+        lock.withLock { pods.append(pod) }
+        let rt = runtime(for: node)
+        _ = try rt.add(list: Lab.loopbackList, pod: identity, netns: pod.netns, ifname: "lo")
+        let list = try CNIRuntime.loadNetworkList(directory: node.cniConfDir)
+        pod.cniResult = try rt.add(list: list, pod: identity, netns: pod.netns)
+        for addr in CNIRuntime.addresses(in: pod.cniResult) {
+            if addr.isIPv6 { pod.ipv6 = addr } else { pod.ipv4 = addr }
+        }
+        if options.startApps { try startApp(in: pod) }
+        return pod
+    }
+
+    /// Removes a pod the way a runtime does: app stopped, DEL in reverse order, namespace deleted.
+    public func removePod(_ pod: LabPod) throws {
+        pod.app?.stop()
+        pod.app = nil
+        let rt = runtime(for: pod.node)
+        var firstError: Error?
+        do {
+            let list = try CNIRuntime.loadNetworkList(directory: pod.node.cniConfDir)
+            try rt.del(list: list, result: pod.cniResult, pod: pod.identity, netns: pod.netns)
+        } catch { firstError = error }
+        do { try rt.del(list: Lab.loopbackList, result: nil, pod: pod.identity, netns: pod.netns, ifname: "lo") } catch { firstError = firstError ?? error }
+        _ = try? Command.capture("ip", ["netns", "del", pod.netnsName])
+        lock.withLock { pods.removeAll { $0 === pod } }
+        if let firstError { throw firstError }
+    }
+
+    static let loopbackList: [String: Any] = ["cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [["type": "loopback"]]]
+
+    /// The pods of one node.
+    public func pods(on node: LabNode) -> [LabPod] { lock.withLock { pods.filter { $0.node === node } } }
+
+    /// Looks a pod up by name.
+    public func pod(_ name: String) -> LabPod? { lock.withLock { pods.first { $0.name == name } } }
+
+    // MARK: processes
+
+    /// Starts the app server (HTTP with /healthz and /whoami, TCP echo) in `pod`.
+    public func startApp(in pod: LabPod) throws {
+        let app = try ManagedProcess(try LabBinaries.path("lab-app"), [
+            "serve", "--netns", pod.netns.path, "--pod", pod.name,
+            "--http-port", "\(Lab.httpPort)", "--echo-port", "\(Lab.echoPort)", "--records", pod.appRecordsPath,
+        ], logPath: "\(pod.node.directory)/\(pod.name)-app.log")
+        pod.app = app
+        try waitForLine("READY", in: app, what: "app in \(pod.name)")
+    }
+
+    /// Starts the mesh proxy for `node`.
+    public func startProxy(on node: LabNode) throws {
+        let proxy = try ManagedProcess(try LabBinaries.path("mesh-proxy"), [
+            "--netns", node.netns.path, "--control", node.proxyControlPath, "--records", node.proxyRecordsPath,
+        ], logPath: "\(node.directory)/proxy.log")
+        node.proxy = proxy
+        try waitForLine("READY", in: proxy, what: "mesh proxy on \(node.name)")
+    }
+
+    private func waitForLine(_ marker: String, in process: ManagedProcess, what: String) throws {
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if process.log().contains(marker) { return }
+            if !process.isRunning { break }
+            usleep(5_000)
+        }
+        throw LabError("\(what) did not start: \(process.log())")
+    }
+
+    // MARK: teardown
+
+    /// Removes every process, pod, node and file of this lab. Safe after a failed or partial up.
+    public func teardown() {
+        for pod in lock.withLock({ pods }).reversed() { try? removePod(pod) }
+        for node in nodes {
+            node.proxy?.stop()
+            _ = try? Command.capture("ip", ["netns", "del", node.netnsName])
+        }
+        nodes.removeAll()
+        Lab.sweep(runID: options.runID)
+    }
+
+    /// Removes whatever a lab with `runID` (or every lab, when nil) left: namespaces and folders.
+    /// For recovery after a crash; processes die with their parent (see ``ParentWatch``).
+    public static func sweep(runID: String? = nil) {
+        let prefix = runID.map { "\($0)-" } ?? "ra"
+        let list = (try? Command.run("ip", ["netns", "list"])) ?? ""
+        for line in list.split(separator: "\n") {
+            let name = String(line.split(separator: " ").first ?? "")
+            guard name.hasPrefix(prefix), runID != nil || isLabName(name) else { continue }
+            _ = try? Command.capture("ip", ["netns", "del", name])
+        }
+        if let runID {
+            try? FileManager.default.removeItem(atPath: "\(runRoot)/\(runID)")
+        } else {
+            try? FileManager.default.removeItem(atPath: runRoot)
+        }
+    }
+
+    private static func isLabName(_ name: String) -> Bool {
+        name.range(of: "^ra[0-9a-f]{6}-", options: .regularExpression) != nil
+    }
+
+    /// Runs `ip` with `args`.
+    @discardableResult
+    public func ip(_ args: [String]) throws -> String { try Command.run("ip", args) }
+}
+
+/// A lab operation failed.
+public struct LabError: Error, CustomStringConvertible {
+    /// What went wrong.
+    public var description: String
+    /// Creates an error.
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,69 @@
+import Foundation
+import MeshProxy
+import SystemCalls
+
+/// Traffic the lab makes: kubelet probes from the node, requests from pods, proxy control.
+extension Lab {
+    /// The kubelet stand-in: an HTTP GET of `path` on the pod's app, from a socket opened in the
+    /// node's namespace, as kubelet's prober does.
+    public func probe(_ pod: LabPod, path: String = "/healthz", ipv6: Bool = false, timeout: Double = 3) throws -> MiniHTTP.Response {
+        guard let ip = ipv6 ? pod.ipv6 : pod.ipv4 else { throw LabError("\(pod.name) has no \(ipv6 ? "IPv6" : "IPv4") address") }
+        return try get(from: pod.node.netns, to: SocketAddress(ip, Lab.httpPort), path: path, timeout: timeout)
+    }
+
+    /// An HTTP GET from inside `pod` to `target` (the app's /whoami by default).
+    public func request(from pod: LabPod, to target: SocketAddress, path: String = "/whoami", timeout: Double = 3, mark: UInt32? = nil) throws -> MiniHTTP.Response {
+        try get(from: pod.netns, to: target, path: path, timeout: timeout, mark: mark)
+    }
+
+    /// An HTTP GET from a socket made in `netns`.
+    public func get(from netns: NetworkNamespace, to target: SocketAddress, path: String, timeout: Double, mark: UInt32? = nil) throws -> MiniHTTP.Response {
+        let socket = try netns.run { try Socket(tcp: target.ip.family) }
+        if let mark { try socket.setMark(mark) }
+        try socket.setTimeout(seconds: timeout)
+        try socket.connect(target)
+        return try MiniHTTP.get(socket, host: target.description, path: path)
+    }
+
+    /// Sends one line to the node's proxy control socket and returns its answer.
+    @discardableResult
+    public func proxyControl(_ node: LabNode, _ line: String) throws -> String {
+        let s = try UnixSocket.connect(path: node.proxyControlPath)
+        try s.setTimeout(seconds: 10)
+        try s.writeAll(line + "\n")
+        let answer = try s.readLine() ?? ""
+        guard answer.hasPrefix("OK") else { throw LabError("proxy on \(node.name): \(line) -> \(answer)") }
+        return answer
+    }
+
+    /// Hands `pod` to its node's proxy (listeners on 15001/15006/15008 in the pod).
+    /// `spoofSource`: inbound deliveries keep the client's source address (needs capture's policy routing).
+    public func enrollInProxy(_ pod: LabPod, spoofSource: Bool) throws {
+        let ips = pod.addresses.map(\.description).joined(separator: ",")
+        try proxyControl(pod.node, "ADD \(pod.identity.uid) \(pod.netns.path) \(ips) \(spoofSource ? "spoof" : "nospoof")")
+    }
+
+    /// Takes `pod` away from its node's proxy.
+    public func removeFromProxy(_ pod: LabPod) throws {
+        try proxyControl(pod.node, "DEL \(pod.identity.uid)")
+    }
+
+    /// The proxy's records on `node`.
+    public func proxyRecords(_ node: LabNode) -> [ProxyRecord] { readRecords(ProxyRecord.self, from: node.proxyRecordsPath) }
+
+    /// The app's records in `pod`.
+    public func appRecords(_ pod: LabPod) -> [AppRecord] { readRecords(AppRecord.self, from: pod.appRecordsPath) }
+}
+
+extension Lab {
+    /// An HTTP GET from inside `pod` through its proxy's 15001 as an explicit proxy
+    /// (`CONNECT <target>` first): the path every capture mode aims to be as fast as.
+    public func requestViaProxy(from pod: LabPod, to target: SocketAddress, path: String = "/whoami", timeout: Double = 3) throws -> MiniHTTP.Response {
+        let loopback = SocketAddress(IPAddress(target.ip.isIPv6 ? "::1" : "127.0.0.1")!, 15001)
+        let socket = try pod.netns.run { try Socket(tcp: target.ip.family) }
+        try socket.setTimeout(seconds: timeout)
+        try socket.connect(loopback)
+        try socket.writeAll("CONNECT \(target)\n")
+        return try MiniHTTP.get(socket, host: target.description, path: path)
+    }
+}

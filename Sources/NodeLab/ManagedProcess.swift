@@ -1,0 +1,77 @@
+import Foundation
+import Glibc
+import SystemCalls
+
+/// A long-running helper process (app server, mesh proxy) with its output in a log file.
+public final class ManagedProcess: @unchecked Sendable {
+    /// The process.
+    public let process: Process
+    /// Where stdout and stderr go.
+    public let logPath: String
+
+    /// Starts `executable` with `arguments`, output appended to `logPath`.
+    public init(_ executable: String, _ arguments: [String], logPath: String, environment: [String: String]? = nil) throws {
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        if let environment { p.environment = environment }
+        p.standardOutput = log
+        p.standardError = log
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        try? log.close()
+        self.process = p
+        self.logPath = logPath
+    }
+
+    /// The pid.
+    public var pid: Int32 { process.processIdentifier }
+
+    /// True while it runs.
+    public var isRunning: Bool { process.isRunning }
+
+    /// SIGTERM, then SIGKILL after `grace` seconds; waits for exit.
+    public func stop(grace: Double = 2) {
+        guard process.isRunning else { return }
+        kill(pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(grace)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill(pid, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    /// SIGKILL, then waits.
+    public func kill9() {
+        guard process.isRunning else { return }
+        kill(pid, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// The log's contents.
+    public func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+}
+
+/// Where the project's own executables are: `REDIRECT_BIN_DIR`, else beside the running binary
+/// (SwiftPM puts tests and executables in one build folder).
+public enum LabBinaries {
+    /// The directory.
+    public static var directory: String {
+        if let d = ProcessInfo.processInfo.environment["REDIRECT_BIN_DIR"], !d.isEmpty { return d }
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        // A test bundle lives in .../debug/Foo.xctest on some layouts.
+        if dir.path.hasSuffix(".xctest") { dir = dir.deletingLastPathComponent() }
+        return dir.path
+    }
+
+    /// Full path of one of the project's executables, checked to exist.
+    public static func path(_ name: String) throws -> String {
+        let p = "\(directory)/\(name)"
+        guard FileManager.default.isExecutableFile(atPath: p) else {
+            throw LabError("\(p) not found: run `swift build` first or set REDIRECT_BIN_DIR")
+        }
+        return p
+    }
+}

@@ -1,0 +1,57 @@
+import CShim
+import Foundation
+import Glibc
+
+/// A network namespace, named by a path such as `/run/netns/NAME` or `/proc/PID/ns/net`.
+///
+/// Sockets keep the namespace they were created in, so code that needs a socket in a pod makes it
+/// through ``run(_:)``: the body runs on a fresh, dedicated thread that enters the namespace and
+/// then exits. Swift concurrency's shared threads never change namespace.
+public struct NetworkNamespace: Sendable, Hashable, CustomStringConvertible {
+    /// The namespace file.
+    public var path: String
+
+    /// Names a namespace by path.
+    public init(path: String) { self.path = path }
+
+    /// Names a namespace made by `ip netns add NAME`.
+    public init(named name: String) { self.path = "/run/netns/\(name)" }
+
+    /// The path.
+    public var description: String { path }
+
+    /// True when the namespace file exists.
+    public var exists: Bool { FileManager.default.fileExists(atPath: path) }
+
+    /// Runs `body` on a dedicated thread inside this namespace and returns its result.
+    public func run<T>(_ body: @escaping () throws -> T) throws -> T {
+        let fd = try check("open \(path)", open(path, O_RDONLY | O_CLOEXEC))
+        defer { Glibc.close(fd) }
+        let box = ResultBox<T>()
+        let thread = Thread {
+            if cshim_setns(fd, cshim_clone_newnet()) != 0 {
+                box.result = .failure(SystemError("setns \(path)", code: cshim_errno()))
+            } else {
+                box.result = Result { try body() }
+            }
+            box.done.signal()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+        box.done.wait()
+        return try box.result!.get()
+    }
+
+    /// Enters this namespace on the calling thread. Only for a process's main thread before it
+    /// starts any other thread (a child process that lives in one pod).
+    public func enterOnMainThread() throws {
+        let fd = try check("open \(path)", open(path, O_RDONLY | O_CLOEXEC))
+        defer { Glibc.close(fd) }
+        try check("setns \(path)", cshim_setns(fd, cshim_clone_newnet()))
+    }
+}
+
+private final class ResultBox<T>: @unchecked Sendable {
+    var result: Result<T, Error>?
+    let done = DispatchSemaphore(value: 0)
+}

@@ -1,0 +1,202 @@
+import CShim
+import Glibc
+
+/// A TCP socket that owns its descriptor and closes it on deinit.
+public final class Socket: @unchecked Sendable {
+    /// The file descriptor; -1 once closed.
+    public private(set) var fd: Int32
+
+    /// Wraps an existing descriptor, taking ownership.
+    public init(fd: Int32) { self.fd = fd }
+
+    /// Opens a TCP stream socket for `family`, close-on-exec.
+    public convenience init(tcp family: Int32) throws {
+        let fd = try check("socket", Glibc.socket(family, cshim_sock_stream() | cshim_sock_cloexec(), 0))
+        self.init(fd: fd)
+    }
+
+    deinit { close() }
+
+    /// Closes the descriptor (idempotent).
+    public func close() {
+        if fd >= 0 { _ = Glibc.close(fd); fd = -1 }
+    }
+
+    /// shutdown(2) of the write side, so the peer reads EOF.
+    public func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Sets an integer socket option.
+    public func setOption(_ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws {
+        var v = value
+        try check("setsockopt \(label)", setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)))
+    }
+
+    /// SO_REUSEADDR.
+    public func setReuseAddress() throws { try setOption(SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
+
+    /// TCP_NODELAY.
+    public func setNoDelay() throws { try setOption(Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
+
+    /// SO_MARK: the mark the kernel puts on every packet of this socket.
+    public func setMark(_ mark: UInt32) throws { try check("setsockopt SO_MARK", cshim_set_mark(fd, mark)) }
+
+    /// The socket's SO_MARK.
+    public func mark() throws -> UInt32 {
+        var m: UInt32 = 0
+        try check("getsockopt SO_MARK", cshim_get_mark(fd, &m))
+        return m
+    }
+
+    /// IP_TRANSPARENT / IPV6_TRANSPARENT: bind to non-local addresses and accept redirected flows.
+    public func setTransparent(ipv6: Bool) throws {
+        try check("setsockopt IP_TRANSPARENT", cshim_set_transparent(fd, ipv6 ? 1 : 0))
+    }
+
+    /// IPV6_V6ONLY.
+    public func setV6Only(_ on: Bool) throws { try setOption(Int32(IPPROTO_IPV6), IPV6_V6ONLY, on ? 1 : 0, "IPV6_V6ONLY") }
+
+    /// bind(2).
+    public func bind(_ address: SocketAddress) throws {
+        _ = try address.withSockaddr { sa, len in
+            _ = try check("bind \(address)", Glibc.bind(fd, sa, len))
+        }
+    }
+
+    /// listen(2).
+    public func listen(backlog: Int32 = 1024) throws { try check("listen", Glibc.listen(fd, backlog)) }
+
+    /// accept4(2) with close-on-exec; retries EINTR.
+    public func accept() throws -> Socket {
+        let client = try retryingEINTR("accept") { cshim_accept_cloexec(fd) }
+        return Socket(fd: client)
+    }
+
+    /// connect(2); retries EINTR.
+    public func connect(_ address: SocketAddress) throws {
+        _ = try address.withSockaddr { sa, len in
+            try retryingEINTR("connect \(address)") { Glibc.connect(fd, sa, len) }
+        }
+    }
+
+    /// Sets SO_RCVTIMEO and SO_SNDTIMEO.
+    public func setTimeout(seconds: Double) throws {
+        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1_000_000))
+        try check("SO_RCVTIMEO", setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)))
+        try check("SO_SNDTIMEO", setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)))
+    }
+
+    /// read(2) into `buffer`; 0 at EOF.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try retryingEINTR("read") { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    /// Reads up to `max` bytes; empty at EOF.
+    public func read(max: Int = 65536) throws -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: max)
+        let n = try buf.withUnsafeMutableBytes { try read(into: $0) }
+        return Array(buf[0..<n])
+    }
+
+    /// Writes all of `bytes`.
+    public func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
+        var off = 0
+        while off < bytes.count {
+            let n = try retryingEINTR("write") {
+                Glibc.send(fd, bytes.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL))
+            }
+            off += n
+        }
+    }
+
+    /// Writes all of `bytes`.
+    public func writeAll(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try writeAll($0) } }
+
+    /// Writes a UTF-8 string.
+    public func writeAll(_ text: String) throws { try writeAll(Array(text.utf8)) }
+
+    /// Reads until EOF or `limit` bytes.
+    public func readToEnd(limit: Int = 1 << 20) throws -> [UInt8] {
+        var out: [UInt8] = []
+        while out.count < limit {
+            let chunk = try read()
+            if chunk.isEmpty { break }
+            out += chunk
+        }
+        return out
+    }
+
+    /// Reads one line (up to `\n`, which is dropped), byte by byte so nothing after it is consumed.
+    public func readLine(limit: Int = 4096) throws -> String? {
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while line.count < limit {
+            let n = try retryingEINTR("read") { Glibc.read(fd, &byte, 1) }
+            if n == 0 { return line.isEmpty ? nil : String(decoding: line, as: UTF8.self) }
+            if byte == UInt8(ascii: "\n") { return String(decoding: line, as: UTF8.self) }
+            line.append(byte)
+        }
+        return String(decoding: line, as: UTF8.self)
+    }
+
+    /// getsockname(2).
+    public func localAddress() throws -> SocketAddress {
+        try address("getsockname") { getsockname(fd, $0, $1) }
+    }
+
+    /// getpeername(2).
+    public func peerAddress() throws -> SocketAddress {
+        try address("getpeername") { getpeername(fd, $0, $1) }
+    }
+
+    private func address(_ op: String, _ call: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) throws -> SocketAddress {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        try withUnsafeMutablePointer(to: &storage) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = try check(op, call($0, &len)) }
+        }
+        guard let a = SocketAddress(storage: storage) else { throw SystemError(op, code: EAFNOSUPPORT) }
+        return a
+    }
+
+    /// SO_ORIGINAL_DST: the destination before NAT REDIRECT; nil when the flow was not NATed
+    /// (or conntrack is not loaded in this namespace).
+    public func originalDestination(ipv6: Bool) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        let rc: Int32 = withUnsafeMutablePointer(to: &storage) { p in
+            if ipv6 {
+                return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { cshim_original_dst6(fd, $0) }
+            }
+            return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { cshim_original_dst4(fd, $0) }
+        }
+        if rc != 0 { return nil }
+        if ipv6 { storage.ss_family = sa_family_t(AF_INET6) } else { storage.ss_family = sa_family_t(AF_INET) }
+        return SocketAddress(storage: storage)
+    }
+
+    /// Opens a listening TCP socket on `address` with SO_REUSEADDR.
+    public static func listening(on address: SocketAddress, transparent: Bool = false, mark: UInt32? = nil, backlog: Int32 = 1024) throws -> Socket {
+        let s = try Socket(tcp: address.ip.family)
+        try s.setReuseAddress()
+        if address.ip.isIPv6 { try s.setV6Only(true) }
+        if transparent { try s.setTransparent(ipv6: address.ip.isIPv6) }
+        if let mark { try s.setMark(mark) }
+        try s.bind(address)
+        try s.listen(backlog: backlog)
+        return s
+    }
+
+    /// Connects to `address`, optionally from `source` (transparent bind), with `mark`.
+    public static func connected(to address: SocketAddress, from source: SocketAddress? = nil, mark: UInt32? = nil, timeout: Double? = nil) throws -> Socket {
+        let s = try Socket(tcp: address.ip.family)
+        if let mark { try s.setMark(mark) }
+        if let source {
+            try s.setTransparent(ipv6: source.ip.isIPv6)
+            try s.setReuseAddress()
+            try s.bind(source)
+        }
+        if let timeout { try s.setTimeout(seconds: timeout) }
+        try s.connect(address)
+        try? s.setNoDelay()
+        return s
+    }
+}

@@ -1,0 +1,59 @@
+import CShim
+import Foundation
+import Glibc
+
+/// Unix-domain socket helpers for the project's local control channels.
+public enum UnixSocket {
+    /// Fills a sockaddr_un for `path` and calls `body`.
+    public static func withAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T) throws -> T {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard bytes.count < capacity else { throw SystemError("unix socket path too long: \(path)", code: ENAMETOOLONG) }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return try withUnsafePointer(to: &addr) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+    }
+
+    /// A listening socket of `type` (SOCK_STREAM or SOCK_SEQPACKET) at `path`; a stale file is replaced.
+    public static func listen(path: String, type: Int32 = cshim_sock_stream()) throws -> Socket {
+        let fd = try check("socket AF_UNIX", Glibc.socket(AF_UNIX, type | cshim_sock_cloexec(), 0))
+        let s = Socket(fd: fd)
+        unlink(path)
+        try withAddress(path) { sa, len in _ = try check("bind \(path)", Glibc.bind(fd, sa, len)) }
+        try s.listen(backlog: 128)
+        return s
+    }
+
+    /// A socket of `type` connected to `path`.
+    public static func connect(path: String, type: Int32 = cshim_sock_stream()) throws -> Socket {
+        let fd = try check("socket AF_UNIX", Glibc.socket(AF_UNIX, type | cshim_sock_cloexec(), 0))
+        let s = Socket(fd: fd)
+        _ = try withAddress(path) { sa, len in try retryingEINTR("connect \(path)") { Glibc.connect(fd, sa, len) } }
+        return s
+    }
+}
+
+/// Writes `value` to `/proc/sys/<name with dots as slashes>` from the calling thread's namespace.
+public func writeSysctl(_ name: String, _ value: String) throws {
+    let path = "/proc/sys/" + name.replacingOccurrences(of: ".", with: "/")
+    let fd = try check("open \(path)", open(path, O_WRONLY | O_CLOEXEC))
+    defer { close(fd) }
+    let bytes = Array(value.utf8)
+    try check("write \(path)", write(fd, bytes, bytes.count))
+}
+
+/// Reads `/proc/sys/<name>` from the calling thread's namespace.
+public func readSysctl(_ name: String) throws -> String {
+    let path = "/proc/sys/" + name.replacingOccurrences(of: ".", with: "/")
+    let fd = try check("open \(path)", open(path, O_RDONLY | O_CLOEXEC))
+    defer { close(fd) }
+    var buf = [UInt8](repeating: 0, count: 256)
+    let n = try check("read \(path)", read(fd, &buf, buf.count))
+    return String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+}
