@@ -15,6 +15,7 @@ struct LabApp: ParsableCommand {
 /// Enters `netns` on the main thread, before any other thread exists.
 func enter(_ netns: String?) throws {
     if let netns { try NetworkNamespace(path: netns).enterOnMainThread() }
+    resetSignalHandling()
     ParentWatch.start()
     signal(SIGPIPE, SIG_IGN)
 }

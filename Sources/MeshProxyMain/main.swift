@@ -15,6 +15,7 @@ struct MeshProxyCommand: ParsableCommand {
 
     func run() throws {
         if let netns { try NetworkNamespace(path: netns).enterOnMainThread() }
+        resetSignalHandling()
         ParentWatch.start()
         signal(SIGPIPE, SIG_IGN)
         let proxy = MeshProxy(records: RecordWriter(path: records))

@@ -16,3 +16,14 @@ public enum ParentWatch {
         }.start()
     }
 }
+
+/// Restores default SIGTERM/SIGINT handling and an empty signal mask. A child inherits ignored
+/// dispositions and blocked signals across exec (a test runner may have either), which would make
+/// it deaf to a polite stop.
+public func resetSignalHandling() {
+    signal(SIGTERM, SIG_DFL)
+    signal(SIGINT, SIG_DFL)
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    sigprocmask(SIG_SETMASK, &empty, nil)
+}

@@ -1,0 +1,40 @@
+# redirect-agent: every target a developer or CI needs. `make demo` and `make test` install their
+# own dependencies first, so each works alone on a fresh machine.
+SWIFT      ?= swift
+CLANG      ?= clang
+ARCH       := $(shell uname -m)
+BPF_SRC    := bpf/redirect.bpf.c
+BPF_OBJ    := bpf/redirect.bpf.o
+BPF_HDRS   := $(wildcard bpf/*.h)
+BIN        := .build/debug
+
+.PHONY: deps bpf build test demo demo-iptables bench clean
+
+deps:
+	@bash scripts/deps.sh
+
+bpf: $(BPF_OBJ)
+
+# Compiled with BTF (-g) for bpftool's typed dumps; never by SwiftPM.
+$(BPF_OBJ): $(BPF_SRC) $(BPF_HDRS)
+	$(CLANG) -O2 -g -Wall -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(ARCH)-linux-gnu -Ibpf -c $(BPF_SRC) -o $@
+
+build: bpf
+	$(SWIFT) build
+
+test: deps build
+	bash scripts/test.sh
+
+demo: deps build
+	$(BIN)/redirect-lab demo
+
+demo-iptables: deps build
+	$(BIN)/redirect-lab demo --dataplane iptables
+
+bench: deps build
+	$(BIN)/redirect-lab bench
+
+clean:
+	rm -f $(BPF_OBJ)
+	$(SWIFT) package clean
+	-$(BIN)/redirect-lab cleanup 2>/dev/null

@@ -1,0 +1,33 @@
+import Foundation
+import NodeLab
+import SystemCalls
+import Testing
+
+/// Builds a lab, runs `body`, and always tears it down, also when `body` throws.
+func withLab<T>(_ configure: (inout LabOptions) -> Void = { _ in }, _ body: (Lab) throws -> T) throws -> T {
+    var options = LabOptions()
+    configure(&options)
+    let lab = Lab(options: options)
+    defer { lab.teardown() }
+    try lab.up()
+    return try body(lab)
+}
+
+/// Namespaces whose name starts with `prefix`.
+func namespaces(prefix: String) -> [String] {
+    let out = (try? Command.run("ip", ["netns", "list"])) ?? ""
+    return out.split(separator: "\n").map { String($0.split(separator: " ")[0]) }.filter { $0.hasPrefix(prefix) }
+}
+
+/// Whether this process can do what the lab needs; the reason when it cannot.
+func labUnavailableReason() -> String? {
+    if getuid() != 0 { return "lab tests need root (network namespaces, CNI plugins)" }
+    if !FileManager.default.isExecutableFile(atPath: "/usr/lib/cni/bridge") { return "containernetworking-plugins not installed (/usr/lib/cni/bridge missing): run `make deps`" }
+    return nil
+}
+
+/// The pids of processes whose command line mentions `text`.
+func processes(mentioning text: String) -> [String] {
+    let out = (try? Command.capture("pgrep", ["-f", text]).stdout) ?? ""
+    return out.split(separator: "\n").map(String.init)
+}

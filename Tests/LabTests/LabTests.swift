@@ -1,0 +1,111 @@
+import Foundation
+import NodeLab
+import SystemCalls
+import Testing
+
+@Suite("The node lab: real CNI pods, mesh proxy, kubelet probes", .serialized)
+struct LabTests {
+    @Test("pods get addresses from host-local in their node's subnet, both families")
+    func addresses() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab { lab in
+            #expect(lab.pods.count == 4)
+            for pod in lab.pods {
+                let v4 = try #require(pod.ipv4)
+                #expect(v4.description.hasPrefix("10.244.\(pod.node.index).") && v4.description != "10.244.\(pod.node.index).1")
+                let v6 = try #require(pod.ipv6)
+                #expect(v6.description.hasPrefix("fd00:10:244:\(pod.node.index)::"))
+                let ipam = try FileManager.default.contentsOfDirectory(atPath: "\(pod.node.directory)/ipam/lab-pods")
+                #expect(ipam.contains(v4.description), "host-local keeps its lease file")
+            }
+            #expect(Set(lab.pods.compactMap(\.ipv4)).count == 4)
+        }
+    }
+
+    @Test("pods reach each other same-node and cross-node, IPv4 and IPv6; the app sees the real client")
+    func podToPod() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab { lab in
+            let a = lab.pods[0], sameNode = lab.pods[1], otherNode = lab.pods[2]
+            for target in [sameNode, otherNode] {
+                for ip in target.addresses {
+                    let r = try lab.request(from: a, to: SocketAddress(ip, Lab.httpPort))
+                    #expect(r.status == 200)
+                    #expect(r.body.contains("\"pod\":\"\(target.name)\""))
+                    let client = ip.isIPv6 ? "[\(a.ipv6!)]" : a.ipv4!.description
+                    #expect(r.body.contains("\"client\":\"\(client):"), "the app sees the pod's own address: \(r.body)")
+                }
+            }
+        }
+    }
+
+    @Test("the kubelet stand-in probes every pod's /healthz from the node")
+    func probes() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab { lab in
+            for pod in lab.pods {
+                let r = try lab.probe(pod)
+                #expect(r.status == 200 && r.body == "ok\n")
+                let seen = try #require(lab.appRecords(pod).last { $0.path == "/healthz" })
+                // Without capture, a probe comes from the node's bridge address.
+                #expect(seen.client.hasPrefix("10.244.\(pod.node.index).1:"))
+            }
+            let r6 = try lab.probe(lab.pods[0], ipv6: true)
+            #expect(r6.status == 200)
+        }
+    }
+
+    @Test("the proxy forwards a connection handed to it explicitly, same-node and cross-node")
+    func explicitProxy() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab { lab in
+            for pod in lab.pods { try lab.enrollInProxy(pod, spoofSource: false) }
+            let a = lab.pods[0]
+            for target in [lab.pods[1], lab.pods[2]] {
+                let dst = SocketAddress(target.ipv4!, Lab.httpPort)
+                let r = try lab.requestViaProxy(from: a, to: dst)
+                #expect(r.status == 200 && r.body.contains(target.name))
+                let out = lab.proxyRecords(a.node).filter { $0.listener == 15001 && $0.originalDestination == dst.description }
+                #expect(out.count == 1 && out.first?.method == "explicit" && out.first?.upstream == "\(target.ipv4!):15008")
+                let inbound = lab.proxyRecords(target.node).filter { $0.listener == 15008 && $0.originalDestination == dst.description }
+                #expect(inbound.count == 1 && inbound.first?.error == nil)
+            }
+        }
+    }
+
+    @Test("the load client measures short and long connections through real pods")
+    func loadClient() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab { lab in
+            let a = lab.pods[0], b = lab.pods[2]
+            for mode in ["short", "long"] {
+                let out = try Command.run(try LabBinaries.path("lab-app"), [
+                    "client", "--netns", a.netns.path, "--target", "\(b.ipv4!):\(Lab.echoPort)",
+                    "--mode", mode, "--duration", "0.3", "--limit", "50",
+                ])
+                let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+                #expect((json["ok"] as? Int ?? 0) > 0 && (json["failed"] as? Int) == 0, "\(mode): \(out)")
+            }
+        }
+    }
+
+    @Test("teardown leaves no namespace, link or process, also after a failure inside the lab")
+    func teardownLeavesNothing() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        var runID = ""
+        struct Boom: Error {}
+        #expect(throws: Boom.self) {
+            try withLab { lab in
+                runID = lab.options.runID
+                #expect(namespaces(prefix: runID).count == 6)
+                #expect(processes(mentioning: lab.directory).count >= 6)
+                throw Boom()
+            }
+        }
+        #expect(namespaces(prefix: runID).isEmpty)
+        #expect(processes(mentioning: "\(Lab.runRoot)/\(runID)").isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: "\(Lab.runRoot)/\(runID)"))
+        let links = try Command.run("ip", ["-o", "link", "show"])
+        #expect(!links.contains("to-n"), "no inter-node veth leaked into the root namespace")
+    }
+}
