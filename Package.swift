@@ -40,7 +40,7 @@ let package = Package(
         ]),
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
-        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "LabApp", "MeshProxyMain"]),
+        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "LabApp", "MeshProxyMain"]),
     ],
     swiftLanguageModes: [.v5]
 )

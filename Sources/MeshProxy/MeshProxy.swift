@@ -97,10 +97,20 @@ public final class MeshProxy: @unchecked Sendable {
         record.method = method
         let tunnelAddr = SocketAddress(dst.ip, ports.tunnel)
         record.upstream = tunnelAddr.description
-        let up = try Socket.connected(to: tunnelAddr, mark: ports.mark, timeout: 5)
-        try up.setTimeout(seconds: 0)
-        try up.writeAll("CONNECT \(dst) \(client)\n")
-        return up
+        do {
+            let up = try Socket.connected(to: tunnelAddr, mark: ports.mark, timeout: 5)
+            try up.setTimeout(seconds: 0)
+            try up.writeAll("CONNECT \(dst) \(client)\n")
+            return up
+        } catch let e as SystemError where e.code == ECONNREFUSED {
+            // No tunnel listener: the destination is outside the mesh. Like ztunnel for a
+            // workload it has no HBONE for, pass the connection through in plaintext.
+            record.method += "+passthrough"
+            record.upstream = dst.description
+            let up = try Socket.connected(to: dst, mark: ports.mark, timeout: 5)
+            try up.setTimeout(seconds: 0)
+            return up
+        }
     }
 
     /// 15008: read the tunnel header and deliver to the local app.

@@ -12,14 +12,25 @@ extension Lab {
     }
 
     /// An HTTP GET from inside `pod` to `target` (the app's /whoami by default).
-    public func request(from pod: LabPod, to target: SocketAddress, path: String = "/whoami", timeout: Double = 3, mark: UInt32? = nil) throws -> MiniHTTP.Response {
-        try get(from: pod.netns, to: target, path: path, timeout: timeout, mark: mark)
+    /// `sourcePort` binds the client to that port on the pod's own address first.
+    public func request(from pod: LabPod, to target: SocketAddress, path: String = "/whoami", timeout: Double = 3,
+                        mark: UInt32? = nil, sourcePort: UInt16? = nil) throws -> MiniHTTP.Response {
+        let source = try sourcePort.map { port -> SocketAddress in
+            guard let ip = target.ip.isIPv6 ? pod.ipv6 : pod.ipv4 else { throw LabError("\(pod.name) has no address of that family") }
+            return SocketAddress(ip, port)
+        }
+        return try get(from: pod.netns, to: target, path: path, timeout: timeout, mark: mark, source: source)
     }
 
     /// An HTTP GET from a socket made in `netns`.
-    public func get(from netns: NetworkNamespace, to target: SocketAddress, path: String, timeout: Double, mark: UInt32? = nil) throws -> MiniHTTP.Response {
+    public func get(from netns: NetworkNamespace, to target: SocketAddress, path: String, timeout: Double,
+                    mark: UInt32? = nil, source: SocketAddress? = nil) throws -> MiniHTTP.Response {
         let socket = try netns.run { try Socket(tcp: target.ip.family) }
         if let mark { try socket.setMark(mark) }
+        if let source {
+            try socket.setReuseAddress()
+            try socket.bind(source)
+        }
         try socket.setTimeout(seconds: timeout)
         try socket.connect(target)
         return try MiniHTTP.get(socket, host: target.description, path: path)
@@ -65,5 +76,12 @@ extension Lab {
         try socket.connect(loopback)
         try socket.writeAll("CONNECT \(target)\n")
         return try MiniHTTP.get(socket, host: target.description, path: path)
+    }
+}
+
+extension Lab {
+    /// Runs `program` inside `netns` and returns its stdout (for checks: iptables-save, ip rule, ipset).
+    public func inNamespace(_ netns: NetworkNamespace, _ program: String, _ args: [String]) throws -> String {
+        try Command.run("nsenter", ["--net=\(netns.path)", "--", try Command.resolve(program)] + args)
     }
 }

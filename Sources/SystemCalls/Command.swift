@@ -8,6 +8,8 @@ public struct CommandResult: Sendable {
     public var stdout: String
     /// Everything it wrote to stderr.
     public var stderr: String
+    /// Creates a result.
+    public init(status: Int32, stdout: String, stderr: String) { self.status = status; self.stdout = stdout; self.stderr = stderr }
 }
 
 /// A subprocess failed: which command, its status and stderr.
@@ -16,6 +18,8 @@ public struct CommandError: Error, CustomStringConvertible {
     public var command: String
     /// The result.
     public var result: CommandResult
+    /// Creates an error.
+    public init(command: String, result: CommandResult) { self.command = command; self.result = result }
     /// One line: the command, status and stderr.
     public var description: String {
         "\(command) exited \(result.status): \(result.stderr.trimmingCharacters(in: .whitespacesAndNewlines))"
@@ -75,4 +79,10 @@ public enum Command {
 private final class DataBox: @unchecked Sendable {
     var data = Data()
     let done = DispatchSemaphore(value: 0)
+}
+
+/// This process's environment.
+public enum ProcessEnvironment {
+    /// The current environment variables.
+    public static var current: [String: String] { ProcessInfo.processInfo.environment }
 }

@@ -1,0 +1,82 @@
+import SystemCalls
+
+/// Which dataplane captures traffic.
+public enum DataplaneMode: String, Sendable, CaseIterable, Codable {
+    /// BPF programs on pod interfaces.
+    case ebpf
+    /// iptables rules inside each pod (Istio's in-pod mode).
+    case iptables
+    /// ebpf when the kernel allows it, else iptables.
+    case auto
+}
+
+/// Everything that decides what gets captured, with Istio's values as defaults.
+public struct CaptureConfig: Sendable, Equatable, Codable {
+    /// The proxy's outbound capture port.
+    public var outboundPort: UInt16 = 15001
+    /// The proxy's inbound plaintext capture port.
+    public var inboundPort: UInt16 = 15006
+    /// The proxy's inbound tunnel (HBONE) port, reached directly.
+    public var tunnelPort: UInt16 = 15008
+    /// The proxy's DNS port.
+    public var dnsPort: UInt16 = 15053
+    /// The mark the proxy puts on its sockets.
+    public var proxyMark: UInt32 = 0x539
+    /// The mask the marks are matched with.
+    public var markMask: UInt32 = 0xfff
+    /// The connmark that routes replies back to the proxy's transparent sockets.
+    public var connMark: UInt32 = 0x111
+    /// The policy routing table for those replies.
+    public var routeTable: Int = 100
+    /// The `ip rule` priority.
+    public var rulePriority: Int = 32764
+    /// The IPv4 source kubelet probes are SNATed to.
+    public var probeIPv4: IPAddress = IPAddress("169.254.7.127")!
+    /// The IPv6 source kubelet probes are SNATed to.
+    public var probeIPv6: IPAddress = IPAddress("fd16:9254:7127:1337:ffff:ffff:ffff:ffff")!
+    /// Capture DNS (UDP and TCP 53) to the proxy's DNS port.
+    public var dnsCapture = false
+    /// Prefix of every chain: `ISTIO` gives ISTIO_PRERT, ISTIO_OUTPUT, ISTIO_POSTRT.
+    public var chainPrefix = "ISTIO"
+    /// Prefix of the node's ipsets of in-mesh pod IPs (`-v4`/`-v6` appended).
+    public var ipsetPrefix = "istio-inpod-probes"
+
+    /// Istio's defaults.
+    public init() {}
+
+    /// The probe IP of `family` (AF_INET or AF_INET6).
+    public func probeIP(ipv6: Bool) -> IPAddress { ipv6 ? probeIPv6 : probeIPv4 }
+
+    /// The ipset of one family.
+    public func ipsetName(ipv6: Bool) -> String { "\(ipsetPrefix)-\(ipv6 ? "v6" : "v4")" }
+
+    /// Sets the probe IPs from text, as the agent reads them from flags or
+    /// `HOST_PROBE_SNAT_IP`/`HOST_PROBE_SNAT_IPV6`; nil leaves a family unchanged.
+    public mutating func setProbeIPs(v4: String?, v6: String?) throws {
+        if let v4 {
+            guard let ip = IPAddress(v4), !ip.isIPv6 else { throw ConfigError("HOST_PROBE_SNAT_IP: '\(v4)' is not an IPv4 address") }
+            try Self.checkUsable(ip, v4)
+            probeIPv4 = ip
+        }
+        if let v6 {
+            guard let ip = IPAddress(v6), ip.isIPv6 else { throw ConfigError("HOST_PROBE_SNAT_IPV6: '\(v6)' is not an IPv6 address") }
+            try Self.checkUsable(ip, v6)
+            probeIPv6 = ip
+        }
+    }
+
+    private static func checkUsable(_ ip: IPAddress, _ text: String) throws {
+        let b = ip.bytes
+        if b.allSatisfy({ $0 == 0 }) { throw ConfigError("probe IP '\(text)' is unspecified") }
+        if !ip.isIPv6 && (b[0] == 127 || b[0] >= 224) { throw ConfigError("probe IP '\(text)' is loopback, multicast or reserved") }
+        if ip.isIPv6 && (b == [UInt8](repeating: 0, count: 15) + [1] || b[0] == 0xff) { throw ConfigError("probe IP '\(text)' is loopback or multicast") }
+    }
+}
+
+/// A configuration value was rejected.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    /// What is wrong.
+    public var description: String
+    /// Creates an error.
+    public init(_ d: String) { description = d }
+}

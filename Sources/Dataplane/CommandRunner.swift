@@ -1,0 +1,39 @@
+import SystemCalls
+
+/// The seam between dataplane logic and the programs it runs (iptables-restore, ip, ipset):
+/// the real runner executes them, a recording runner lets pure logic be tested.
+public protocol CommandRunner: Sendable {
+    /// Runs `program` with `arguments` inside `netns` (nil: the runner's own namespace), `input` on stdin.
+    func run(_ program: String, _ arguments: [String], netns: String?, input: String?, environment: [String: String]) throws -> CommandResult
+}
+
+extension CommandRunner {
+    /// Runs and throws ``CommandError`` on a non-zero exit; returns stdout.
+    @discardableResult
+    public func checked(_ program: String, _ arguments: [String], netns: String? = nil, input: String? = nil, environment: [String: String] = [:]) throws -> String {
+        let r = try run(program, arguments, netns: netns, input: input, environment: environment)
+        if r.status != 0 {
+            throw CommandError(command: ([program] + arguments).joined(separator: " ") + (netns.map { " (in \($0))" } ?? ""), result: r)
+        }
+        return r.stdout
+    }
+}
+
+/// Runs programs for real; `nsenter --net` enters a pod's namespace (never `ip netns exec`,
+/// which remounts /sys and hides bpffs).
+public struct ProcessRunner: CommandRunner {
+    /// The namespace used when a call names none (the node's, in the lab); nil: this process's.
+    public var defaultNetns: String?
+    /// Creates a runner.
+    public init(defaultNetns: String? = nil) { self.defaultNetns = defaultNetns }
+
+    /// Runs one program.
+    public func run(_ program: String, _ arguments: [String], netns: String?, input: String?, environment: [String: String]) throws -> CommandResult {
+        var env = ProcessEnvironment.current
+        for (k, v) in environment { env[k] = v }
+        if let ns = netns ?? defaultNetns {
+            return try Command.capture("nsenter", ["--net=\(ns)", "--", try Command.resolve(program)] + arguments, environment: env, input: input)
+        }
+        return try Command.capture(program, arguments, environment: env, input: input)
+    }
+}

@@ -1,0 +1,63 @@
+import SystemCalls
+
+/// A pod as the dataplane needs it.
+public struct PodSpec: Sendable, Codable, Hashable {
+    /// Pod UID: the key everything of the pod's is stored under.
+    public var uid: String
+    /// Pod name.
+    public var name: String
+    /// Kubernetes namespace.
+    public var namespace: String
+    /// Path of the pod's network namespace.
+    public var netns: String
+    /// The pod's addresses.
+    public var ips: [IPAddress]
+    /// The pod's interface (inside its namespace).
+    public var interface: String
+
+    /// Creates a spec.
+    public init(uid: String, name: String, namespace: String, netns: String, ips: [IPAddress], interface: String = "eth0") {
+        self.uid = uid; self.name = name; self.namespace = namespace; self.netns = netns; self.ips = ips; self.interface = interface
+    }
+
+    /// Whether the pod has an IPv6 address.
+    public var hasIPv6: Bool { ips.contains { $0.isIPv6 } }
+    /// Whether the pod has an IPv4 address.
+    public var hasIPv4: Bool { ips.contains { !$0.isIPv6 } }
+}
+
+/// A capture dataplane: the behaviour every mode must have, whatever it is made of.
+public protocol Dataplane: AnyObject, Sendable {
+    /// Which mode this is.
+    var mode: DataplaneMode { get }
+    /// The configuration in force.
+    var config: CaptureConfig { get }
+    /// Installs the node-wide part (probe SNAT). Idempotent.
+    func prepareNode() throws
+    /// Captures `pod`'s traffic. Idempotent; on failure nothing of the pod is left half-done.
+    func enroll(_ pod: PodSpec) throws
+    /// Removes everything of `pod`'s. Idempotent; a pod whose namespace is gone is cleaned on the node.
+    func remove(_ pod: PodSpec) throws
+    /// What is missing or wrong in `pod`'s capture (empty when all is in place).
+    func verify(_ pod: PodSpec) throws -> [String]
+    /// Changes the probe source IPs on a running node, for every enrolled pod in `pods`.
+    func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws
+    /// Removes the node-wide part.
+    func uninstallNode() throws
+}
+
+/// A dataplane operation failed: which, for which pod, and why.
+public struct DataplaneError: Error, CustomStringConvertible {
+    /// Stable codes for callers and metrics.
+    public enum Code: String, Sendable { case invalidPod, netnsMissing, applyFailed, removeFailed, unsupported }
+    /// The code.
+    public var code: Code
+    /// The pod, if any.
+    public var pod: String?
+    /// The message.
+    public var message: String
+    /// Creates an error.
+    public init(_ code: Code, pod: String? = nil, _ message: String) { self.code = code; self.pod = pod; self.message = message }
+    /// One line.
+    public var description: String { "\(code.rawValue)\(pod.map { " (pod \($0))" } ?? ""): \(message)" }
+}

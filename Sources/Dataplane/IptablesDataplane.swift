@@ -1,0 +1,198 @@
+import Foundation
+import Logging
+import SystemCalls
+
+/// Istio's in-pod capture with iptables: rules inside each pod's namespace applied with
+/// iptables-restore --noflush, policy routing for the proxy's transparent sockets, and the node's
+/// probe SNAT matched through an ipset of in-mesh pod IPs.
+public final class IptablesDataplane: Dataplane, @unchecked Sendable {
+    /// Always `.iptables`.
+    public let mode = DataplaneMode.iptables
+    /// The configuration in force (the probe IPs change at run time).
+    public var config: CaptureConfig { lock.withLock { _config } }
+    /// The backend in use and why it was chosen.
+    public let backend: IptablesBackend
+    /// Why ``backend`` was chosen.
+    public let backendReason: String
+    private var _config: CaptureConfig
+    private let runner: CommandRunner
+    private let lockDirectory: String
+    private let logger: Logger
+    private let lock = NSLock()
+
+    /// Creates the dataplane. `runner` runs node commands in its default namespace; `lockDirectory`
+    /// holds one xtables lock file per pod, so legacy iptables in a pod never waits on the node's lock.
+    public init(config: CaptureConfig, runner: CommandRunner, backend: IptablesBackend? = nil,
+                lockDirectory: String = "/run/redirect-agent/xtables", logger: Logger = Logger(label: "dataplane.iptables")) {
+        self._config = config
+        self.runner = runner
+        (self.backend, self.backendReason) = IptablesBackend.detect(runner: runner, override: backend)
+        self.lockDirectory = lockDirectory
+        self.logger = logger
+        logger.info("iptables backend", metadata: ["backend": "\(self.backend.rawValue)", "reason": "\(backendReason)"])
+    }
+
+    private var rules: IptablesRules { IptablesRules(config: config) }
+
+    // MARK: node
+
+    /// Creates the ipsets and the probe SNAT chain, with its jump first in POSTROUTING.
+    public func prepareNode() throws {
+        for v6 in [false, true] {
+            try runner.checked("ipset", ["create", config.ipsetName(ipv6: v6), "hash:ip", "family", v6 ? "inet6" : "inet", "comment", "-exist"])
+            try applyNodeRules(ipv6: v6)
+        }
+    }
+
+    private func applyNodeRules(ipv6: Bool) throws {
+        let r = rules
+        let have = r.installed(in: try runner.checked(backend.save(ipv6: ipv6), ["-t", "nat"]))
+        let present = have.jumps.contains(r.nodeJump)
+        let first = have.firstTargets["nat POSTROUTING"] == r.postrouting
+        try runner.checked(backend.restore(ipv6: ipv6), ["--noflush"], input: r.node(ipv6: ipv6, jumpPresent: present, jumpIsFirst: first))
+    }
+
+    /// Removes the node's chain, jump and ipsets.
+    public func uninstallNode() throws {
+        for v6 in [false, true] {
+            let r = rules
+            let have = r.installed(in: try runner.checked(backend.save(ipv6: v6), ["-t", "nat"]))
+            let input = r.nodeRemoval(present: have.jumps, chains: have.chains)
+            if !input.isEmpty { try runner.checked(backend.restore(ipv6: v6), ["--noflush"], input: input) }
+            _ = try? runner.run("ipset", ["destroy", config.ipsetName(ipv6: v6)], netns: nil, input: nil, environment: [:])
+        }
+    }
+
+    // MARK: pods
+
+    /// Captures `pod`: its rules per family, policy routing, and its IPs in the node's ipsets.
+    /// On failure everything of the pod's is removed again, so no half-applied capture remains.
+    public func enroll(_ pod: PodSpec) throws {
+        try validate(pod)
+        do {
+            for v6 in families(of: pod) { try applyPodRules(pod, ipv6: v6) }
+            try applyPolicyRouting(pod)
+            for ip in pod.ips {
+                try runner.checked("ipset", ["add", config.ipsetName(ipv6: ip.isIPv6), ip.description, "comment", pod.uid, "-exist"])
+            }
+        } catch {
+            try? remove(pod)
+            throw DataplaneError(.applyFailed, pod: pod.name, "\(error)")
+        }
+    }
+
+    /// Removes the pod's rules, ip rules, route table and ipset entries (only those tagged with its UID).
+    public func remove(_ pod: PodSpec) throws {
+        var failures: [String] = []
+        if FileManager.default.fileExists(atPath: pod.netns) {
+            for v6 in [false, true] {
+                do {
+                    let r = rules
+                    let have = r.installed(in: try podCommand(pod, backend.save(ipv6: v6), []))
+                    let input = r.podRemoval(present: have.jumps, chains: have.chains)
+                    if !input.isEmpty { try podCommand(pod, backend.restore(ipv6: v6), ["--noflush"], input: input) }
+                } catch { failures.append("\(error)") }
+            }
+            do { try removePolicyRouting(pod) } catch { failures.append("\(error)") }
+        }
+        for ip in pod.ips where ipsetEntryOwner(ip) == pod.uid {
+            do { try runner.checked("ipset", ["del", config.ipsetName(ipv6: ip.isIPv6), ip.description]) } catch { failures.append("\(error)") }
+        }
+        try? FileManager.default.removeItem(atPath: lockFile(pod))
+        if !failures.isEmpty { throw DataplaneError(.removeFailed, pod: pod.name, failures.joined(separator: "; ")) }
+    }
+
+    /// Checks the pod's chains, jumps, rule counts, policy routing and ipset entries.
+    public func verify(_ pod: PodSpec) throws -> [String] {
+        try validate(pod)
+        var drift: [String] = []
+        let r = rules
+        for v6 in families(of: pod) {
+            let fam = v6 ? "IPv6" : "IPv4"
+            let have = r.installed(in: try podCommand(pod, backend.save(ipv6: v6), []))
+            for j in r.podJumps(ipv6: v6) where !have.jumps.contains(j) { drift.append("\(fam): missing jump \(j.table) \(j.from) -> \(j.to)") }
+            for (chain, n) in r.expectedPodRuleCounts(ipv6: v6) where have.ruleCounts[chain, default: 0] != n {
+                drift.append("\(fam): \(chain) has \(have.ruleCounts[chain, default: 0]) rules, expected \(n)")
+            }
+            let ipRules = try podCommand(pod, "ip", [v6 ? "-6" : "-4", "rule", "show"])
+            if !ipRules.contains(policyRuleText) { drift.append("\(fam): missing ip rule \(policyRuleText)") }
+            let routes = try podCommand(pod, "ip", [v6 ? "-6" : "-4", "route", "show", "table", "\(config.routeTable)"])
+            if !routes.contains("local default dev lo") { drift.append("\(fam): missing local default route in table \(config.routeTable)") }
+        }
+        for ip in pod.ips where ipsetEntryOwner(ip) != pod.uid { drift.append("node ipset: \(ip) not tagged with the pod") }
+        return drift
+    }
+
+    /// Re-renders node and pod rules for new probe IPs, without touching anything else.
+    public func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws {
+        lock.withLock { _config.probeIPv4 = v4; _config.probeIPv6 = v6 }
+        for fam in [false, true] { try applyNodeRules(ipv6: fam) }
+        for pod in pods where FileManager.default.fileExists(atPath: pod.netns) {
+            for fam in families(of: pod) { try applyPodRules(pod, ipv6: fam) }
+        }
+    }
+
+    // MARK: helpers
+
+    private func validate(_ pod: PodSpec) throws {
+        if pod.uid.isEmpty || pod.uid.contains(where: { $0 == " " || $0 == "\n" || $0 == "\"" }) {
+            throw DataplaneError(.invalidPod, pod: pod.name, "invalid pod UID '\(pod.uid)'")
+        }
+        if pod.ips.isEmpty { throw DataplaneError(.invalidPod, pod: pod.name, "pod has no IP address") }
+        if !FileManager.default.fileExists(atPath: pod.netns) {
+            throw DataplaneError(.netnsMissing, pod: pod.name, "network namespace \(pod.netns) does not exist")
+        }
+    }
+
+    private func families(of pod: PodSpec) -> [Bool] {
+        (pod.hasIPv4 ? [false] : []) + (pod.hasIPv6 ? [true] : [])
+    }
+
+    private func applyPodRules(_ pod: PodSpec, ipv6: Bool) throws {
+        let r = rules
+        let have = r.installed(in: try podCommand(pod, backend.save(ipv6: ipv6), []))
+        try podCommand(pod, backend.restore(ipv6: ipv6), ["--noflush"], input: r.pod(ipv6: ipv6, present: have.jumps))
+    }
+
+    private var policyRuleText: String {
+        "fwmark 0x\(String(config.connMark, radix: 16))/0x\(String(config.markMask, radix: 16)) lookup \(config.routeTable)"
+    }
+
+    private func applyPolicyRouting(_ pod: PodSpec) throws {
+        for v6 in families(of: pod) {
+            let fam = v6 ? "-6" : "-4"
+            let existing = try podCommand(pod, "ip", [fam, "rule", "show"])
+            if !existing.contains(policyRuleText) {
+                try podCommand(pod, "ip", [fam, "rule", "add"] + policyRuleText.split(separator: " ").map(String.init) + ["pref", "\(config.rulePriority)"])
+            }
+            try podCommand(pod, "ip", [fam, "route", "replace", "local", v6 ? "::/0" : "0.0.0.0/0", "dev", "lo", "table", "\(config.routeTable)"])
+        }
+    }
+
+    private func removePolicyRouting(_ pod: PodSpec) throws {
+        for fam in ["-4", "-6"] {
+            while try podCommand(pod, "ip", [fam, "rule", "show"]).contains(policyRuleText) {
+                try podCommand(pod, "ip", [fam, "rule", "del"] + policyRuleText.split(separator: " ").map(String.init) + ["pref", "\(config.rulePriority)"])
+            }
+            _ = try? runner.run("ip", [fam, "route", "flush", "table", "\(config.routeTable)"], netns: pod.netns, input: nil, environment: [:])
+        }
+    }
+
+    /// The UID an ipset entry is tagged with, nil when absent.
+    private func ipsetEntryOwner(_ ip: IPAddress) -> String? {
+        guard let out = try? runner.checked("ipset", ["list", config.ipsetName(ipv6: ip.isIPv6)]) else { return nil }
+        for line in out.split(separator: "\n") where line.hasPrefix("\(ip) ") {
+            guard let q = line.range(of: "comment \"") else { return "" }
+            return String(line[q.upperBound...].dropLast())
+        }
+        return nil
+    }
+
+    private func lockFile(_ pod: PodSpec) -> String { "\(lockDirectory)/\(pod.uid).lock" }
+
+    @discardableResult
+    private func podCommand(_ pod: PodSpec, _ program: String, _ args: [String], input: String? = nil) throws -> String {
+        try? FileManager.default.createDirectory(atPath: lockDirectory, withIntermediateDirectories: true)
+        return try runner.checked(program, args, netns: pod.netns, input: input, environment: ["XTABLES_LOCKFILE": lockFile(pod)])
+    }
+}

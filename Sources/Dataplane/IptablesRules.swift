@@ -1,0 +1,180 @@
+import SystemCalls
+
+/// Renders iptables-restore input (for `--noflush`) for Istio's in-pod capture and the node's
+/// probe SNAT. Pure: what is already installed comes in as `present`, parsed from iptables-save,
+/// so a second apply adds no duplicate jump and a removal deletes only what exists.
+public struct IptablesRules: Sendable {
+    /// The configuration rendered.
+    public var config: CaptureConfig
+    /// Creates a renderer.
+    public init(config: CaptureConfig) { self.config = config }
+
+    /// Our pre-routing chain.
+    public var prerouting: String { "\(config.chainPrefix)_PRERT" }
+    /// Our output chain.
+    public var output: String { "\(config.chainPrefix)_OUTPUT" }
+    /// Our node post-routing chain.
+    public var postrouting: String { "\(config.chainPrefix)_POSTRT" }
+
+    /// A jump from a built-in chain into ours, as `table builtin target`.
+    public struct Jump: Hashable, Sendable {
+        /// Table.
+        public var table: String
+        /// Built-in chain.
+        public var from: String
+        /// Our chain.
+        public var to: String
+        /// Creates a jump.
+        public init(_ table: String, _ from: String, _ to: String) { self.table = table; self.from = from; self.to = to }
+    }
+
+    // MARK: pod
+
+    /// The rules of each table for a pod, keyed by table, chains in order of use.
+    func podTables(ipv6: Bool) -> [(table: String, rules: [(chain: String, rule: String)])] {
+        let c = config
+        let mark = "0x\(hex(c.proxyMark))/0x\(hex(c.markMask))"
+        let conn = "0x\(hex(c.connMark))/0x\(hex(c.markMask))"
+        let lo = ipv6 ? "::1/128" : "127.0.0.1/32"
+        let probe = "\(c.probeIP(ipv6: ipv6))/\(ipv6 ? 128 : 32)"
+        let mangle: [(String, String)] = [
+            (prerouting, "-m mark --mark \(mark) -j CONNMARK --set-xmark \(conn)"),
+            (output, "-m connmark --mark \(conn) -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
+        ]
+        var nat: [(String, String)] = [
+            (prerouting, "-s \(probe) -p tcp -m tcp -j ACCEPT"),
+            (output, "-d \(probe) -p tcp -m tcp -j ACCEPT"),
+            (prerouting, "! -d \(lo) -p tcp -m tcp ! --dport \(c.tunnelPort) -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.inboundPort)"),
+        ]
+        if c.dnsCapture {
+            nat += [
+                (output, "! -o lo -p udp -m mark ! --mark \(mark) -m udp --dport 53 -j REDIRECT --to-ports \(c.dnsPort)"),
+                (output, "! -d \(lo) -p tcp -m tcp --dport 53 -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.dnsPort)"),
+            ]
+        }
+        nat += [
+            (output, "-p tcp -m mark --mark \(conn) -j ACCEPT"),
+            (output, "! -d \(lo) -o lo -j ACCEPT"),
+            (output, "! -d \(lo) -p tcp -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.outboundPort)"),
+        ]
+        var tables: [(table: String, rules: [(chain: String, rule: String)])] = [("mangle", mangle), ("nat", nat)]
+        if c.dnsCapture {
+            // Separate conntrack zones keep the proxy's upstream DNS flows apart from the app's.
+            tables.append(("raw", [
+                (output, "-p udp -m mark --mark \(mark) -m udp --dport 53 -j CT --zone 1"),
+                (prerouting, "-p udp -m mark ! --mark \(mark) -m udp --sport 53 -j CT --zone 1"),
+            ]))
+        }
+        return tables
+    }
+
+    /// The jumps a pod needs.
+    public func podJumps(ipv6: Bool) -> [Jump] {
+        podTables(ipv6: ipv6).flatMap { t in [Jump(t.table, "PREROUTING", prerouting), Jump(t.table, "OUTPUT", output)] }
+    }
+
+    /// Restore input that (re)writes our pod chains and adds the jumps not in `present`.
+    public func pod(ipv6: Bool, present: Set<Jump> = []) -> String {
+        var out = ""
+        for t in podTables(ipv6: ipv6) {
+            out += "*\(t.table)\n:\(prerouting) - [0:0]\n:\(output) - [0:0]\n"
+            for j in [Jump(t.table, "PREROUTING", prerouting), Jump(t.table, "OUTPUT", output)] where !present.contains(j) {
+                out += "-A \(j.from) -j \(j.to)\n"
+            }
+            for r in t.rules { out += "-A \(r.chain) \(r.rule)\n" }
+            out += "COMMIT\n"
+        }
+        return out
+    }
+
+    /// Restore input that removes our pod chains and the jumps in `present`; empty when nothing is there.
+    public func podRemoval(present: Set<Jump>, chains: Set<String>) -> String {
+        removal(tables: ["mangle", "nat", "raw"], ours: [prerouting, output], present: present, chains: chains)
+    }
+
+    // MARK: node
+
+    /// The node's probe SNAT rule.
+    func nodeRule(ipv6: Bool) -> String {
+        "-m owner --socket-exists -p tcp -m set --match-set \(config.ipsetName(ipv6: ipv6)) dst -j SNAT --to-source \(config.probeIP(ipv6: ipv6))"
+    }
+
+    /// The node's jump.
+    public var nodeJump: Jump { Jump("nat", "POSTROUTING", postrouting) }
+
+    /// Restore input for the node: our chain rewritten; the jump inserted at position 1 unless it
+    /// already is first (`jumpIsFirst`); a jump that slipped down is deleted and re-inserted.
+    public func node(ipv6: Bool, jumpPresent: Bool, jumpIsFirst: Bool) -> String {
+        var out = "*nat\n:\(postrouting) - [0:0]\n"
+        if jumpPresent && !jumpIsFirst { out += "-D POSTROUTING -j \(postrouting)\n" }
+        if !jumpPresent || !jumpIsFirst { out += "-I POSTROUTING 1 -j \(postrouting)\n" }
+        out += "-A \(postrouting) \(nodeRule(ipv6: ipv6))\nCOMMIT\n"
+        return out
+    }
+
+    /// Restore input that removes the node's chain and jump.
+    public func nodeRemoval(present: Set<Jump>, chains: Set<String>) -> String {
+        removal(tables: ["nat"], ours: [postrouting], present: present, chains: chains)
+    }
+
+    private func removal(tables: [String], ours: [String], present: Set<Jump>, chains: Set<String>) -> String {
+        var out = ""
+        for table in tables {
+            let mine = ours.filter { chains.contains("\(table) \($0)") }
+            if mine.isEmpty { continue }
+            out += "*\(table)\n" + mine.map { ":\($0) - [0:0]\n" }.joined()
+            for j in present.sorted(by: { $0.from < $1.from }) where j.table == table && mine.contains(j.to) {
+                out += "-D \(j.from) -j \(j.to)\n"
+            }
+            out += mine.map { "-X \($0)\n" }.joined() + "COMMIT\n"
+        }
+        return out
+    }
+
+    // MARK: reading iptables-save
+
+    /// What of ours an iptables-save dump holds.
+    public struct Installed: Sendable, Equatable {
+        /// Jumps from built-in chains into ours, in any table.
+        public var jumps: Set<Jump> = []
+        /// Our chains, as `table chain`.
+        public var chains: Set<String> = []
+        /// Rules per `table chain` of ours.
+        public var ruleCounts: [String: Int] = [:]
+        /// The first rule of each built-in chain, as `table chain` -> target.
+        public var firstTargets: [String: String] = [:]
+    }
+
+    /// Parses an iptables-save dump for our chains, jumps and rule counts.
+    public func installed(in save: String) -> Installed {
+        var result = Installed()
+        let ours = Set([prerouting, output, postrouting])
+        var table = ""
+        for raw in save.split(separator: "\n") {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.hasPrefix("*") { table = String(line.dropFirst()); continue }
+            if line.hasPrefix(":") {
+                let name = String(line.dropFirst().split(separator: " ").first ?? "")
+                if ours.contains(name) { result.chains.insert("\(table) \(name)") }
+                continue
+            }
+            guard line.hasPrefix("-A ") else { continue }
+            let f = line.split(separator: " ").map(String.init)
+            let chain = f[1]
+            let target = f.firstIndex(of: "-j").flatMap { $0 + 1 < f.count ? f[$0 + 1] : nil } ?? ""
+            if result.firstTargets["\(table) \(chain)"] == nil { result.firstTargets["\(table) \(chain)"] = target }
+            if ours.contains(chain) { result.ruleCounts["\(table) \(chain)", default: 0] += 1 }
+            if ours.contains(target) && !ours.contains(chain) && f.count == 4 { result.jumps.insert(Jump(table, chain, target)) }
+        }
+        return result
+    }
+
+    /// Rules per `table chain` that a pod should have.
+    public func expectedPodRuleCounts(ipv6: Bool) -> [String: Int] {
+        var counts: [String: Int] = [:]
+        for t in podTables(ipv6: ipv6) { for r in t.rules { counts["\(t.table) \(r.chain)", default: 0] += 1 } }
+        return counts
+    }
+
+    private func hex(_ v: UInt32) -> String { String(v, radix: 16) }
+}

@@ -1,1 +1,0 @@
-public enum DataplaneMode: String, Sendable, CaseIterable { case ebpf, iptables, auto }

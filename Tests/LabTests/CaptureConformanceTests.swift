@@ -1,0 +1,251 @@
+import Dataplane
+import Foundation
+import NodeLab
+import SystemCalls
+import Testing
+
+/// The capture conformance suite: one set of behaviours, run against every dataplane.
+/// Real pods from the CNI plugins, real rules or programs, the stand-in proxy, real bytes.
+@Suite("Capture conformance", .serialized)
+struct CaptureConformanceTests {
+    @Test("outbound same-node and cross-node goes through 15001, then the peer's 15008; the app sees the real client", arguments: conformanceModes)
+    func outbound(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let a = cl.meshed[0]
+            for target in [cl.meshed[1], cl.meshed[2]] {
+                let dst = SocketAddress(target.ipv4!, Lab.httpPort)
+                let r = try cl.lab.request(from: a, to: dst)
+                #expect(r.status == 200 && r.body.contains(target.name))
+                #expect(clientIP(r.body) == a.ipv4!.description, "inbound delivery keeps the client's address: \(r.body)")
+                let out = cl.records(a.node, listener: 15001, to: dst)
+                #expect(out.count == 1 && out.first?.upstream == "\(target.ipv4!):15008" && out.first?.error == nil, "\(out)")
+                #expect(out.first?.client.hasPrefix("\(a.ipv4!):") == true)
+                let tunnel = cl.records(target.node, listener: 15008, to: dst)
+                #expect(tunnel.count == 1 && tunnel.first?.error == nil, "\(tunnel)")
+            }
+            // The proxy's own upstream connections were not captured again.
+            #expect(!cl.allRecords.contains { $0.listener == 15001 && $0.originalDestination.hasSuffix(":15008") })
+        }
+    }
+
+    @Test("a plain client outside the mesh lands on 15006", arguments: conformanceModes)
+    func plainInbound(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let outsider = cl.outsider(cl.n2)
+            for target in [cl.meshed[0], cl.meshed[3]] {
+                let dst = SocketAddress(target.ipv4!, Lab.httpPort)
+                let r = try cl.lab.request(from: outsider, to: dst)
+                #expect(r.status == 200 && clientIP(r.body) == outsider.ipv4!.description)
+                let inbound = cl.records(target.node, listener: 15006, to: dst)
+                #expect(inbound.count == 1 && inbound.first?.client.hasPrefix("\(outsider.ipv4!):") == true, "\(inbound)")
+                #expect(cl.records(outsider.node, listener: 15001).isEmpty, "an outsider's outbound is never captured")
+            }
+        }
+    }
+
+    @Test("connections carrying the proxy mark are not captured on the way out", arguments: conformanceModes)
+    func proxyMarkBypass(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let a = cl.meshed[0], target = cl.outsider(cl.n2)
+            let dst = SocketAddress(target.ipv4!, Lab.httpPort)
+            let r = try cl.lab.request(from: a, to: dst, mark: 0x539)
+            #expect(r.status == 200 && clientIP(r.body) == a.ipv4!.description)
+            #expect(cl.records(a.node, listener: 15001).isEmpty)
+            let unmarked = try cl.lab.request(from: a, to: dst)
+            #expect(unmarked.status == 200)
+            #expect(cl.records(a.node, listener: 15001, to: dst).count == 1, "the same request without the mark is captured")
+        }
+    }
+
+    @Test("loopback traffic inside a pod is untouched", arguments: conformanceModes)
+    func loopback(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let a = cl.meshed[0]
+            for ip in ["127.0.0.1", "::1", a.ipv4!.description, a.ipv6!.description] {
+                let r = try cl.lab.request(from: a, to: SocketAddress(IPAddress(ip)!, Lab.httpPort))
+                #expect(r.status == 200 && clientIP(r.body) == ip, "\(ip): \(r.body)")
+            }
+            #expect(cl.allRecords.isEmpty, "no loopback connection reached the proxy: \(String(describing: cl.allRecords))")
+        }
+    }
+
+    @Test("kubelet probes reach the app uncaptured, from the link-local probe IP", arguments: conformanceModes)
+    func probesLinkLocal(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            for pod in cl.meshed {
+                for v6 in [false, true] {
+                    let r = try cl.lab.probe(pod, ipv6: v6)
+                    #expect(r.status == 200 && r.body == "ok\n")
+                    let seen = try #require(cl.lab.appRecords(pod).last { $0.path == "/healthz" })
+                    let expected = v6 ? "[fd16:9254:7127:1337:ffff:ffff:ffff:ffff]" : "169.254.7.127"
+                    #expect(seen.client.hasPrefix(expected + ":"), "\(pod.name) saw \(seen.client)")
+                }
+            }
+            #expect(cl.allRecords.isEmpty, "probes bypass the proxy: \(String(describing: cl.allRecords))")
+            // An outsider pod is probed as before: from the node's own address, not SNATed.
+            let outsider = cl.outsider(cl.n1)
+            _ = try cl.lab.probe(outsider)
+            #expect(cl.lab.appRecords(outsider).last?.client.hasPrefix("10.244.1.1:") == true)
+        }
+    }
+
+    @Test("with the node's own IP as probe IP (HOST_PROBE_SNAT_IP), probes still bypass capture", arguments: conformanceModes)
+    func probesHostIP(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        let hostProbe: (LabNode) -> CaptureConfig = { node in
+            var c = CaptureConfig()
+            try! c.setProbeIPs(v4: node.address.description, v6: node.addressV6.description)
+            return c
+        }
+        try withCaptureLab(mode, config: hostProbe) { cl in
+            for pod in cl.meshed {
+                let r = try cl.lab.probe(pod)
+                #expect(r.status == 200)
+                #expect(cl.lab.appRecords(pod).last?.client.hasPrefix("\(pod.node.address):") == true)
+            }
+            #expect(cl.allRecords.isEmpty)
+        }
+    }
+
+    @Test("switching the probe IP on a running node takes effect without restarting pods", arguments: conformanceModes)
+    func probeIPLiveSwitch(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let pod = cl.meshed[0], node = pod.node
+            let appPid = pod.app?.pid
+            func probeSource() throws -> String {
+                #expect(try cl.lab.probe(pod).status == 200)
+                return String(cl.lab.appRecords(pod).last!.client.split(separator: ":")[0])
+            }
+            #expect(try probeSource() == "169.254.7.127")
+            try cl.capture.setProbeIPs(on: node, v4: node.address, v6: node.addressV6)
+            #expect(try probeSource() == node.address.description)
+            try cl.capture.setProbeIPs(on: node, v4: IPAddress("169.254.7.127")!, v6: IPAddress("fd16:9254:7127:1337:ffff:ffff:ffff:ffff")!)
+            #expect(try probeSource() == "169.254.7.127")
+            #expect(pod.app?.pid == appPid && pod.app?.isRunning == true)
+            #expect(cl.allRecords.isEmpty)
+            // Capture still works after the switches.
+            let dst = SocketAddress(cl.meshed[2].ipv4!, Lab.httpPort)
+            #expect(try cl.lab.request(from: pod, to: dst).status == 200)
+            #expect(cl.records(node, listener: 15001, to: dst).count == 1)
+        }
+    }
+
+    @Test("a pod that is not enrolled is untouched", arguments: conformanceModes)
+    func notEnrolled(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let a = cl.outsider(cl.n1), b = cl.outsider(cl.n2)
+            let r = try cl.lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort))
+            #expect(r.status == 200 && clientIP(r.body) == a.ipv4!.description)
+            #expect(cl.allRecords.isEmpty)
+            let state = try captureState(cl.lab, a)
+            #expect(!state.contains("ISTIO") && !state.contains("lookup 100"), "\(state)")
+        }
+    }
+
+    @Test("removing a pod removes all of its state and its traffic is no longer captured", arguments: conformanceModes)
+    func removal(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let pod = cl.meshed[1], other = cl.meshed[0]
+            try cl.capture.remove(pod)
+            let state = try captureState(cl.lab, pod)
+            #expect(!state.contains("ISTIO") && !state.contains("lookup 100") && !state.contains("local default"), "\(state)")
+            let sets = try cl.lab.inNamespace(pod.node.netns, "ipset", ["list"])
+            #expect(!sets.contains(pod.ipv4!.description) && !sets.contains(pod.identity.uid))
+            #expect(sets.contains(other.ipv4!.description), "the other pod's entry stays")
+            let r = try cl.lab.request(from: pod, to: SocketAddress(cl.meshed[2].ipv4!, Lab.httpPort))
+            #expect(r.status == 200)
+            #expect(cl.records(pod.node, listener: 15001).isEmpty)
+            _ = try cl.lab.probe(pod)
+            #expect(cl.lab.appRecords(pod).last?.client.hasPrefix("10.244.1.1:") == true, "no longer SNATed to the probe IP")
+            #expect(try cl.capture.dataplane(other.node).verify(cl.lab.podSpec(other)).isEmpty, "the other pod is intact")
+        }
+    }
+
+    @Test("IPv6: outbound cross-node capture and inbound delivery", arguments: conformanceModes)
+    func ipv6(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let a = cl.meshed[0], b = cl.meshed[2]
+            let dst = SocketAddress(b.ipv6!, Lab.httpPort)
+            let r = try cl.lab.request(from: a, to: dst)
+            #expect(r.status == 200 && clientIP(r.body) == a.ipv6!.description, "\(r.body)")
+            #expect(cl.records(a.node, listener: 15001, to: dst).count == 1)
+            #expect(cl.records(b.node, listener: 15008, to: dst).count == 1)
+            let o = try cl.lab.request(from: cl.outsider(cl.n1), to: dst)
+            #expect(o.status == 200)
+            #expect(cl.records(b.node, listener: 15006, to: dst).count == 1)
+        }
+    }
+
+    @Test("rapid reconnects on one 4-tuple all succeed", arguments: conformanceModes)
+    func rapidReconnects(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let a = cl.meshed[0]
+            let port = UInt16.random(in: 20000..<25000)
+            for target in [cl.meshed[2], cl.outsider(cl.n2)] {
+                let dst = SocketAddress(target.ipv4!, Lab.httpPort)
+                for i in 0..<8 {
+                    let r = try cl.lab.request(from: a, to: dst, timeout: 3, sourcePort: port)
+                    #expect(r.status == 200, "attempt \(i) to \(target.name)")
+                }
+                #expect(cl.records(a.node, listener: 15001, to: dst).count == 8)
+            }
+        }
+    }
+
+    @Test("bad input: unknown netns, enrolled twice, removed twice", arguments: conformanceModes)
+    func badInput(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let dp = cl.capture.dataplane(cl.n1)
+            var ghost = cl.lab.podSpec(cl.meshed[0])
+            ghost.uid = "ghost-uid"
+            ghost.netns = "/run/netns/does-not-exist-\(cl.lab.options.runID)"
+            ghost.ips = [IPAddress("10.244.1.250")!]
+            #expect(throws: DataplaneError.self) { try dp.enroll(ghost) }
+            let sets = try cl.lab.inNamespace(cl.n1.netns, "ipset", ["list"])
+            #expect(!sets.contains("10.244.1.250") && !sets.contains("ghost-uid"), "nothing partial was left")
+
+            var noIP = cl.lab.podSpec(cl.outsider(cl.n1))
+            noIP.ips = []
+            #expect(throws: DataplaneError.self) { try dp.enroll(noIP) }
+            #expect(!(try captureState(cl.lab, cl.outsider(cl.n1))).contains("ISTIO"))
+
+            let pod = cl.meshed[0]
+            let before = try captureState(cl.lab, pod)
+            try dp.enroll(cl.lab.podSpec(pod))
+            #expect(try captureState(cl.lab, pod) == before, "enrolling twice changes nothing")
+            #expect(try dp.verify(cl.lab.podSpec(pod)).isEmpty)
+
+            try cl.capture.remove(pod)
+            try dp.remove(cl.lab.podSpec(pod))
+            #expect(!(try captureState(cl.lab, pod)).contains("ISTIO"))
+        }
+    }
+
+    @Test("drift is found by verify and repaired by enrolling again", arguments: conformanceModes)
+    func repair(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl in
+            let pod = cl.meshed[0], dp = cl.capture.dataplane(pod.node)
+            try cl.lab.inNamespace(pod.netns, "ip", ["-4", "rule", "del", "fwmark", "0x111/0xfff", "lookup", "100"])
+            if mode == .iptables { try cl.lab.inNamespace(pod.netns, "iptables", ["-t", "nat", "-F", "ISTIO_OUTPUT"]) }
+            let drift = try dp.verify(cl.lab.podSpec(pod))
+            #expect(!drift.isEmpty)
+            try dp.enroll(cl.lab.podSpec(pod))
+            #expect(try dp.verify(cl.lab.podSpec(pod)).isEmpty)
+            let dst = SocketAddress(cl.meshed[2].ipv4!, Lab.httpPort)
+            let r = try cl.lab.request(from: pod, to: dst)
+            #expect(r.status == 200 && cl.records(pod.node, listener: 15001, to: dst).count == 1)
+        }
+    }
+}
