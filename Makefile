@@ -5,7 +5,7 @@ CLANG      ?= clang
 ARCH       := $(shell uname -m)
 BPF_SRC    := bpf/redirect.bpf.c
 BPF_OBJ    := bpf/redirect.bpf.o
-BPF_HDRS   := $(wildcard bpf/*.h)
+BPF_HDRS   := $(wildcard bpf/*.h) Sources/CShim/include/redirect_abi.h
 BIN        := .build/debug
 
 .PHONY: deps bpf build test demo demo-iptables bench clean
@@ -17,7 +17,7 @@ bpf: $(BPF_OBJ)
 
 # Compiled with BTF (-g) for bpftool's typed dumps; never by SwiftPM.
 $(BPF_OBJ): $(BPF_SRC) $(BPF_HDRS)
-	$(CLANG) -O2 -g -Wall -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(ARCH)-linux-gnu -Ibpf -c $(BPF_SRC) -o $@
+	$(CLANG) -O2 -g -Wall -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(ARCH)-linux-gnu -Ibpf -ISources/CShim/include -c $(BPF_SRC) -o $@
 
 build: bpf
 	$(SWIFT) build

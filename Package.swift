@@ -21,7 +21,9 @@ let package = Package(
     targets: [
         .target(name: "CShim", linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
         .target(name: "SystemCalls", dependencies: ["CShim"]),
-        .target(name: "Dataplane", dependencies: ["SystemCalls", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "BPFLoader", dependencies: ["CShim", "SystemCalls", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "MapSync", dependencies: ["BPFLoader", "CShim", "SystemCalls"]),
+        .target(name: "Dataplane", dependencies: ["SystemCalls", "BPFLoader", "MapSync", .product(name: "Logging", package: "swift-log")]),
         .target(name: "MeshProxy", dependencies: ["SystemCalls"]),
         .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy"]),
         .executableTarget(name: "MeshProxyMain", dependencies: [
@@ -39,6 +41,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
+        .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
         .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "LabApp", "MeshProxyMain"]),
     ],

@@ -12,6 +12,7 @@
 
 int cshim_setns(int fd, int nstype) { return setns(fd, nstype); }
 int cshim_clone_newnet(void) { return CLONE_NEWNET; }
+int cshim_unshare_net(void) { return unshare(CLONE_NEWNET); }
 ssize_t cshim_splice(int fd_in, int fd_out, size_t len) {
     return splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_MOVE | SPLICE_F_MORE);
 }
@@ -42,3 +43,118 @@ int cshim_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
 int cshim_sock_stream(void) { return SOCK_STREAM; }
 int cshim_sock_seqpacket(void) { return SOCK_SEQPACKET; }
 int cshim_sock_cloexec(void) { return SOCK_CLOEXEC; }
+
+/* ---- libbpf ---- */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
+
+static void (*cshim_log_sink)(int, const char *);
+
+static int cshim_libbpf_print(enum libbpf_print_level level, const char *fmt, va_list args) {
+    if (!cshim_log_sink) return 0;
+    char line[1024];
+    vsnprintf(line, sizeof(line), fmt, args);
+    cshim_log_sink((int)level, line);
+    return 0;
+}
+
+void cshim_libbpf_set_logger(void (*sink)(int, const char *)) {
+    cshim_log_sink = sink;
+    libbpf_set_print(cshim_libbpf_print);
+}
+
+struct bpf_object *cshim_bpf_object_open(const char *path, const char *pin_root) {
+    LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pin_root);
+    struct bpf_object *obj = bpf_object__open_file(path, &opts);
+    return libbpf_get_error(obj) ? NULL : obj;
+}
+
+static struct bpf_tc_hook cshim_hook(int ifindex, enum bpf_tc_attach_point point) {
+    struct bpf_tc_hook h;
+    memset(&h, 0, sizeof(h));
+    h.sz = sizeof(h);
+    h.ifindex = ifindex;
+    h.attach_point = point;
+    return h;
+}
+
+int cshim_tc_hook_create(int ifindex) {
+    struct bpf_tc_hook h = cshim_hook(ifindex, BPF_TC_INGRESS | BPF_TC_EGRESS);
+    return bpf_tc_hook_create(&h);
+}
+
+int cshim_tc_hook_destroy(int ifindex) {
+    struct bpf_tc_hook h = cshim_hook(ifindex, BPF_TC_INGRESS | BPF_TC_EGRESS);
+    return bpf_tc_hook_destroy(&h);
+}
+
+int cshim_tc_attach(int ifindex, int ingress, int prog_fd, uint32_t handle, uint32_t priority, int replace) {
+    struct bpf_tc_hook h = cshim_hook(ifindex, ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
+    LIBBPF_OPTS(bpf_tc_opts, o, .prog_fd = prog_fd, .handle = handle, .priority = priority,
+                .flags = replace ? BPF_TC_F_REPLACE : 0);
+    return bpf_tc_attach(&h, &o);
+}
+
+int cshim_tc_detach(int ifindex, int ingress, uint32_t handle, uint32_t priority) {
+    struct bpf_tc_hook h = cshim_hook(ifindex, ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
+    LIBBPF_OPTS(bpf_tc_opts, o, .handle = handle, .priority = priority);
+    return bpf_tc_detach(&h, &o);
+}
+
+int cshim_tc_query(int ifindex, int ingress, uint32_t handle, uint32_t priority, uint32_t *prog_id) {
+    struct bpf_tc_hook h = cshim_hook(ifindex, ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
+    LIBBPF_OPTS(bpf_tc_opts, o, .handle = handle, .priority = priority);
+    int err = bpf_tc_query(&h, &o);
+    if (!err) *prog_id = o.prog_id;
+    return err;
+}
+
+int cshim_link_create_sk_lookup(int prog_fd, int netns_fd) {
+    return bpf_link_create(prog_fd, netns_fd, BPF_SK_LOOKUP, NULL);
+}
+
+int cshim_link_create_tcx(int prog_fd, int ifindex, int ingress) {
+    /* libbpf 1.1 predates tcx: pass the raw attach types (BPF_TCX_INGRESS 46, BPF_TCX_EGRESS 47). */
+    return bpf_link_create(prog_fd, ifindex, (enum bpf_attach_type)(ingress ? 46 : 47), NULL);
+}
+
+int cshim_prog_test_run_skb(int prog_fd, const void *data, uint32_t size, void *out, uint32_t *out_size,
+                            uint32_t mark, uint32_t ifindex, uint32_t *retval, uint32_t *mark_out) {
+    struct __sk_buff ctx_in, ctx_out;
+    memset(&ctx_in, 0, sizeof(ctx_in));
+    memset(&ctx_out, 0, sizeof(ctx_out));
+    ctx_in.mark = mark;
+    ctx_in.ifindex = ifindex;
+    LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = data, .data_size_in = size, .data_out = out,
+                .data_size_out = *out_size, .ctx_in = &ctx_in, .ctx_size_in = sizeof(ctx_in),
+                .ctx_out = &ctx_out, .ctx_size_out = sizeof(ctx_out), .repeat = 1);
+    int err = bpf_prog_test_run_opts(prog_fd, &o);
+    if (err) return err;
+    *out_size = o.data_size_out;
+    *retval = o.retval;
+    *mark_out = ctx_out.mark;
+    return 0;
+}
+
+int cshim_prog_id(int prog_fd, uint32_t *id) {
+    struct bpf_prog_info info;
+    uint32_t len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    int err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
+    if (!err) *id = info.id;
+    return err;
+}
+
+int cshim_is_bpffs(const char *path) {
+    struct statfs st;
+    if (statfs(path, &st) != 0) return 0;
+    return st.f_type == BPF_FS_MAGIC;
+}
+
+int cshim_mount_bpffs(const char *path) { return mount("bpf", path, "bpf", 0, NULL); }
+int cshim_umount(const char *path) { return umount2(path, MNT_DETACH); }
+int cshim_num_possible_cpus(void) { return libbpf_num_possible_cpus(); }

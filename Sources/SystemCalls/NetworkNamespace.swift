@@ -42,6 +42,23 @@ public struct NetworkNamespace: Sendable, Hashable, CustomStringConvertible {
         return try box.result!.get()
     }
 
+    /// Runs `body` on a dedicated thread inside a new, empty network namespace (only `lo`, down),
+    /// which disappears with the thread: for tests that need sockets nobody else can see.
+    public static func runInFreshNamespace<T>(_ body: @escaping () throws -> T) throws -> T {
+        let box = ResultBox<T>()
+        let thread = Thread {
+            if cshim_unshare_net() != 0 {
+                box.result = .failure(SystemError("unshare(CLONE_NEWNET)", code: cshim_errno()))
+            } else {
+                box.result = Result { try body() }
+            }
+            box.done.signal()
+        }
+        thread.start()
+        box.done.wait()
+        return try box.result!.get()
+    }
+
     /// Enters this namespace on the calling thread. Only for a process's main thread before it
     /// starts any other thread (a child process that lives in one pod).
     public func enterOnMainThread() throws {

@@ -11,6 +11,8 @@
 
 /// setns(2): switch the calling thread into the namespace behind fd.
 int cshim_setns(int fd, int nstype);
+/// unshare(CLONE_NEWNET): the calling thread gets a new, empty network namespace.
+int cshim_unshare_net(void);
 /// The CLONE_NEWNET constant.
 int cshim_clone_newnet(void);
 /// splice(2) with SPLICE_F_MOVE | SPLICE_F_MORE.
@@ -41,5 +43,44 @@ int cshim_sock_cloexec(void);
 int cshim_errno(void);
 /// gettid(2).
 int cshim_gettid(void);
+
+
+/* ---- libbpf: thin wrappers over calls that take LIBBPF_OPTS structs or a va_list ---- */
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include "redirect_abi.h"
+
+/// Routes libbpf's log lines to `sink(level, line)` (level: 0 warn, 1 info, 2 debug).
+void cshim_libbpf_set_logger(void (*sink)(int level, const char *line));
+/// bpf_object__open_file with pin_root_path set (maps with LIBBPF_PIN_BY_NAME pin and reuse there).
+struct bpf_object *cshim_bpf_object_open(const char *path, const char *pin_root);
+/// bpf_tc_hook_create for a clsact qdisc on ifindex (in the calling thread's namespace).
+int cshim_tc_hook_create(int ifindex);
+/// bpf_tc_hook_destroy of the whole clsact qdisc.
+int cshim_tc_hook_destroy(int ifindex);
+/// bpf_tc_attach (direct-action) at ingress (1) or egress (0); replace != 0 swaps atomically.
+int cshim_tc_attach(int ifindex, int ingress, int prog_fd, uint32_t handle, uint32_t priority, int replace);
+/// bpf_tc_detach.
+int cshim_tc_detach(int ifindex, int ingress, uint32_t handle, uint32_t priority);
+/// bpf_tc_query: the program id attached at handle/priority.
+int cshim_tc_query(int ifindex, int ingress, uint32_t handle, uint32_t priority, uint32_t *prog_id);
+/// bpf_link_create for a netns attach point (BPF_SK_LOOKUP) from a namespace fd.
+int cshim_link_create_sk_lookup(int prog_fd, int netns_fd);
+/// bpf_link_create with a tcx attach type (46 ingress, 47 egress) on ifindex.
+int cshim_link_create_tcx(int prog_fd, int ifindex, int ingress);
+/// bpf_prog_test_run_opts on a packet with an __sk_buff context (mark, ifindex); returns the
+/// program's verdict in *retval, the output packet and mark.
+int cshim_prog_test_run_skb(int prog_fd, const void *data, uint32_t size, void *out, uint32_t *out_size,
+                            uint32_t mark, uint32_t ifindex, uint32_t *retval, uint32_t *mark_out);
+/// The program id behind a file descriptor.
+int cshim_prog_id(int prog_fd, uint32_t *id);
+/// statfs f_type == BPF_FS_MAGIC.
+int cshim_is_bpffs(const char *path);
+/// mount("bpf", path, "bpf", 0, NULL).
+int cshim_mount_bpffs(const char *path);
+/// umount2(path, MNT_DETACH).
+int cshim_umount(const char *path);
+/// The number of possible CPUs (per-CPU map value count).
+int cshim_num_possible_cpus(void);
 
 #endif

@@ -1,0 +1,105 @@
+/* The layout of every BPF map key and value, shared by bpf/redirect.bpf.c and the Swift agent
+ * (imported through CShim). Named fields so `bpftool map dump` prints readable structs.
+ * Addresses and ports are in network byte order unless a name says otherwise. */
+#ifndef REDIRECT_ABI_H
+#define REDIRECT_ABI_H
+
+#include <linux/types.h>
+
+#define RA_MAX_PODS 16384
+#define RA_MAX_PROBE_FLOWS 65536
+#define RA_MAX_TW_HANDOFFS 4096
+#define RA_FAMILY_INET 2
+#define RA_FAMILY_INET6 10
+
+/* An IPv4 (in word 0) or IPv6 address. */
+struct ra_addr {
+    __u32 words[4];
+};
+
+/* In-mesh pods, keyed by each of their addresses. */
+struct ra_pod_key {
+    __u32 family;
+    struct ra_addr addr;
+};
+
+/* Pod flags. */
+enum ra_pod_flags {
+    RA_POD_CREATED_CLSACT_POD = 1,  /* we created the clsact qdisc on the pod's interface */
+    RA_POD_CREATED_CLSACT_HOST = 2, /* we created the clsact qdisc on the host-side veth */
+};
+
+struct ra_pod_info {
+    __u32 pod_index;     /* small id for counters, allocated by the agent */
+    __u32 pod_ifindex;   /* the pod's interface, in the pod's namespace */
+    __u32 host_ifindex;  /* the host side of its veth, in the node's namespace */
+    __u32 flags;         /* enum ra_pod_flags */
+};
+
+/* Node-wide settings: one entry, key 0. Changing the probe IP is one write here. */
+struct ra_config {
+    __u32 probe_ipv4;
+    __u32 probe_ipv6[4];
+    __u16 outbound_port; /* host order */
+    __u16 inbound_port;  /* host order */
+    __u16 tunnel_port;   /* host order */
+    __u16 reserved;
+    __u32 proxy_mark;    /* the proxy's SO_MARK: its traffic is never captured */
+    __u32 mark_mask;
+    __u32 capture_mark;  /* set on captured packets; policy routing delivers them locally */
+};
+
+/* What the programs decided, counted per pod and per CPU. */
+enum ra_decision {
+    RA_OUTBOUND_CAPTURED = 0,     /* app SYN handed to the proxy's 15001 */
+    RA_INBOUND_CAPTURED = 1,      /* inbound SYN handed to the proxy's 15006 */
+    RA_HBONE_PASS = 2,            /* inbound to 15008, reaches the proxy directly */
+    RA_PROBE_PASS = 3,            /* a probe SNATed by this node's program: not captured */
+    RA_PROXY_PASS = 4,            /* the proxy's own traffic (mark 0x539) */
+    RA_ESTABLISHED = 5,           /* packet of a captured flow steered to its socket */
+    RA_SPOOFED_PROBE = 6,         /* source is the probe IP but no SNAT record: captured */
+    RA_TIME_WAIT_HANDOFF = 7,     /* SYN over a TIME_WAIT tuple handed to sk_lookup */
+    RA_PROBE_SNAT = 8,            /* node: a local connection to the pod SNATed to the probe IP */
+    RA_DROP_NO_LISTENER = 9,      /* capture wanted, the proxy is not listening: dropped, never bypassed */
+    RA_DROP_ASSIGN_FAILED = 10,   /* bpf_sk_assign refused */
+    RA_DROP_NO_SOCKET = 11,       /* a captured non-SYN packet whose socket is gone */
+    RA_DROP_FRAGMENT = 12,        /* fragmented TCP cannot be classified safely */
+    RA_DECISION_COUNT = 13,
+};
+
+struct ra_counter_key {
+    __u32 pod_index;
+    enum ra_decision decision;
+};
+
+/* Node probe SNAT: one entry per node-originated flow to a pod, keyed as the pod sees it. */
+struct ra_flow_key {
+    __u32 family;
+    struct ra_addr pod;
+    struct ra_addr probe;
+    __u16 pod_port;
+    __u16 probe_port;
+};
+
+struct ra_flow_value {
+    struct ra_addr original_source;
+    __u64 last_seen_ns;
+};
+
+/* A proxy listener, by pod address and port (host order). */
+struct ra_listener_key {
+    __u32 family;
+    struct ra_addr addr;
+    __u32 port;
+};
+
+/* A SYN over a TIME_WAIT socket that the tc program handed to sk_lookup. Ports host order. */
+struct ra_tuple_key {
+    __u32 family;
+    struct ra_addr local;
+    struct ra_addr remote;
+    __u16 local_port;
+    __u16 remote_port;
+};
+
+#endif

@@ -1,0 +1,213 @@
+import BPFLoader
+import CShim
+import Foundation
+import SystemCalls
+
+/// The node-wide values the programs read from `ra_config`.
+public struct KernelConfig: Sendable, Equatable {
+    /// IPv4 probe source.
+    public var probeIPv4: IPAddress
+    /// IPv6 probe source.
+    public var probeIPv6: IPAddress
+    /// Outbound listener port.
+    public var outboundPort: UInt16
+    /// Inbound listener port.
+    public var inboundPort: UInt16
+    /// Tunnel port.
+    public var tunnelPort: UInt16
+    /// Proxy mark.
+    public var proxyMark: UInt32
+    /// Mark mask.
+    public var markMask: UInt32
+    /// Capture mark (policy-routed locally).
+    public var captureMark: UInt32
+
+    /// Creates a config.
+    public init(probeIPv4: IPAddress, probeIPv6: IPAddress, outboundPort: UInt16, inboundPort: UInt16, tunnelPort: UInt16,
+                proxyMark: UInt32, markMask: UInt32, captureMark: UInt32) {
+        self.probeIPv4 = probeIPv4; self.probeIPv6 = probeIPv6; self.outboundPort = outboundPort; self.inboundPort = inboundPort
+        self.tunnelPort = tunnelPort; self.proxyMark = proxyMark; self.markMask = markMask; self.captureMark = captureMark
+    }
+}
+
+/// One in-mesh pod as the maps hold it.
+public struct PodEntry: Sendable, Equatable {
+    /// Its addresses (one map entry each).
+    public var ips: [IPAddress]
+    /// Its counter index.
+    public var index: UInt32
+    /// Its interface in its namespace.
+    public var podIfindex: UInt32
+    /// The host side of its veth.
+    public var hostIfindex: UInt32
+    /// ra_pod_flags.
+    public var flags: UInt32
+    /// Creates an entry.
+    public init(ips: [IPAddress], index: UInt32, podIfindex: UInt32, hostIfindex: UInt32, flags: UInt32) {
+        self.ips = ips; self.index = index; self.podIfindex = podIfindex; self.hostIfindex = hostIfindex; self.flags = flags
+    }
+}
+
+/// Owns the mapping from desired state (pods, config) to the kernel maps. Every write is
+/// idempotent; ``reconcile(_:)`` brings the maps to exactly the desired pods.
+public final class MapSync: @unchecked Sendable {
+    /// ra_pods.
+    public let pods: BPFMap
+    /// ra_config.
+    public let config: BPFMap
+    /// ra_counters.
+    public let counters: BPFMap
+    /// ra_probe_flows.
+    public let probeFlows: BPFMap
+    /// ra_proxy_listeners.
+    public let proxyListeners: BPFMap
+
+    /// Uses the maps of a loaded object.
+    public init(object: BPFObject) throws {
+        pods = try object.map("ra_pods")
+        config = try object.map("ra_config")
+        counters = try object.map("ra_counters")
+        probeFlows = try object.map("ra_probe_flows")
+        proxyListeners = try object.map("ra_proxy_listeners")
+    }
+
+    // MARK: config
+
+    /// Writes the config: one map write, so a probe IP change reaches every pod at once.
+    public func write(_ c: KernelConfig) throws {
+        var v = ra_config()
+        v.probe_ipv4 = MapSync.addr(c.probeIPv4).words.0
+        let a6 = MapSync.addr(c.probeIPv6).words
+        v.probe_ipv6 = (a6.0, a6.1, a6.2, a6.3)
+        v.outbound_port = c.outboundPort
+        v.inbound_port = c.inboundPort
+        v.tunnel_port = c.tunnelPort
+        v.proxy_mark = c.proxyMark
+        v.mark_mask = c.markMask
+        v.capture_mark = c.captureMark
+        try config.update(UInt32(0), v)
+    }
+
+    /// Reads the config back from the kernel.
+    public func readConfig() throws -> KernelConfig? {
+        guard let v = try config.lookup(UInt32(0), as: ra_config.self), v.outbound_port != 0 else { return nil }
+        let v6 = v.probe_ipv6
+        return KernelConfig(probeIPv4: MapSync.ip(family: 2, ra_addr(words: (v.probe_ipv4, 0, 0, 0))),
+                            probeIPv6: MapSync.ip(family: 10, ra_addr(words: (v6.0, v6.1, v6.2, v6.3))),
+                            outboundPort: v.outbound_port, inboundPort: v.inbound_port, tunnelPort: v.tunnel_port,
+                            proxyMark: v.proxy_mark, markMask: v.mark_mask, captureMark: v.capture_mark)
+    }
+
+    // MARK: pods
+
+    /// Adds or updates the pod's entries.
+    public func upsert(_ pod: PodEntry) throws {
+        var info = ra_pod_info()
+        info.pod_index = pod.index
+        info.pod_ifindex = pod.podIfindex
+        info.host_ifindex = pod.hostIfindex
+        info.flags = pod.flags
+        for ip in pod.ips { try pods.update(MapSync.podKey(ip), info) }
+    }
+
+    /// Removes the pod's entries and its counters.
+    public func remove(ips: [IPAddress]) throws {
+        var indexes = Set<UInt32>()
+        for ip in ips {
+            if let info = try pods.lookup(MapSync.podKey(ip), as: ra_pod_info.self) { indexes.insert(info.pod_index) }
+            try pods.delete(MapSync.podKey(ip))
+        }
+        for index in indexes { try clearCounters(index) }
+    }
+
+    /// The entry for `ip`, if in the mesh.
+    public func pod(_ ip: IPAddress) throws -> ra_pod_info? { try pods.lookup(MapSync.podKey(ip), as: ra_pod_info.self) }
+
+    /// Every pod address in the map with its info.
+    public func allPods() throws -> [(IPAddress, ra_pod_info)] {
+        try pods.keys(ra_pod_key.self).compactMap { k in
+            guard let info = try pods.lookup(k, as: ra_pod_info.self) else { return nil }
+            return (MapSync.ip(family: k.family, k.addr), info)
+        }
+    }
+
+    /// The smallest pod index not in use (indexes start at 1; 0 means "not in the mesh").
+    public func freeIndex() throws -> UInt32 {
+        let used = Set(try allPods().map { $0.1.pod_index })
+        var i: UInt32 = 1
+        while used.contains(i) { i += 1 }
+        return i
+    }
+
+    /// Makes the pods map hold exactly `desired`: adds what is missing or different, removes what
+    /// belongs to no desired pod. Returns the addresses added and removed.
+    @discardableResult
+    public func reconcile(_ desired: [PodEntry]) throws -> (added: [IPAddress], removed: [IPAddress]) {
+        var want: [IPAddress: PodEntry] = [:]
+        for p in desired { for ip in p.ips { want[ip] = p } }
+        var added: [IPAddress] = [], removed: [IPAddress] = []
+        for (ip, info) in try allPods() where want[ip] == nil {
+            try pods.delete(MapSync.podKey(ip))
+            try clearCounters(info.pod_index)
+            removed.append(ip)
+        }
+        for (ip, p) in want {
+            let have = try pod(ip)
+            if have?.pod_index != p.index || have?.pod_ifindex != p.podIfindex || have?.host_ifindex != p.hostIfindex || have?.flags != p.flags {
+                try upsert(PodEntry(ips: [ip], index: p.index, podIfindex: p.podIfindex, hostIfindex: p.hostIfindex, flags: p.flags))
+                added.append(ip)
+            }
+        }
+        return (added, removed)
+    }
+
+    // MARK: counters
+
+    /// Per-decision totals (summed over CPUs) for one pod.
+    public func counters(podIndex: UInt32) throws -> [Decision: UInt64] {
+        var out: [Decision: UInt64] = [:]
+        for d in Decision.allCases {
+            let k = ra_counter_key(pod_index: podIndex, decision: ra_decision(rawValue: d.rawValue))
+            if let v = try counters.lookupPerCPUSum(k), v > 0 { out[d] = v }
+        }
+        return out
+    }
+
+    private func clearCounters(_ index: UInt32) throws {
+        for d in Decision.allCases {
+            try counters.delete(ra_counter_key(pod_index: index, decision: ra_decision(rawValue: d.rawValue)))
+        }
+    }
+
+    // MARK: conversions
+
+    /// An address as the programs store it.
+    public static func addr(_ ip: IPAddress) -> ra_addr {
+        let b = ip.bytes + [UInt8](repeating: 0, count: 16 - ip.bytes.count)
+        let w = stride(from: 0, to: 16, by: 4).map { i in b[i..<i + 4].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) } }
+        return ra_addr(words: (w[0], w[1], w[2], w[3]))
+    }
+
+    /// The map key for one pod address.
+    public static func podKey(_ ip: IPAddress) -> ra_pod_key {
+        ra_pod_key(family: ip.isIPv6 ? 10 : 2, addr: addr(ip))
+    }
+
+    /// Back from the stored form.
+    public static func ip(family: UInt32, _ a: ra_addr) -> IPAddress {
+        let words = [a.words.0, a.words.1, a.words.2, a.words.3]
+        if family == 2 { return .v4(words[0]) }
+        return .v6(words.flatMap { w in withUnsafeBytes(of: w) { Array($0) } })
+    }
+}
+
+/// The decisions counted by the programs (ra_decision).
+public enum Decision: UInt32, CaseIterable, Sendable, Codable, CustomStringConvertible {
+    case outboundCaptured = 0, inboundCaptured, hbonePass, probePass, proxyPass, established, spoofedProbe,
+         timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, dropNoSocket, dropFragment
+    /// The name used in status output and metrics.
+    public var description: String {
+        ["outbound_captured", "inbound_captured", "hbone_pass", "probe_pass", "proxy_pass", "established", "spoofed_probe",
+         "time_wait_handoff", "probe_snat", "drop_no_listener", "drop_assign_failed", "drop_no_socket", "drop_fragment"][Int(rawValue)]
+    }
+}

@@ -1,0 +1,53 @@
+/* The maps, pinned by name under the agent's bpffs directory. */
+#pragma once
+#include "redirect_abi.h"
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, RA_MAX_PODS * 2);
+    __type(key, struct ra_pod_key);
+    __type(value, struct ra_pod_info);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_pods SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct ra_config);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_config SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, RA_MAX_PODS * RA_DECISION_COUNT);
+    __type(key, struct ra_counter_key);
+    __type(value, __u64);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_counters SEC(".maps");
+
+/* LRU: dead flows are evicted, so the map cannot fill up. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, RA_MAX_PROBE_FLOWS);
+    __type(key, struct ra_flow_key);
+    __type(value, struct ra_flow_value);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_probe_flows SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, RA_MAX_TW_HANDOFFS);
+    __type(key, struct ra_tuple_key);
+    __type(value, struct ra_listener_key);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_tw_handoff SEC(".maps");
+
+/* Filled by the proxy with its listening sockets; read by sk_lookup. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKHASH);
+    __uint(max_entries, RA_MAX_PODS * 6);
+    __type(key, struct ra_listener_key);
+    __type(value, __u64);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_proxy_listeners SEC(".maps");

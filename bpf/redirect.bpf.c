@@ -1,0 +1,242 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* redirect-agent's capture programs. One entry program per attach point:
+ *   tc_pod_egress   pod's own interface, egress, in the pod's namespace
+ *   tc_pod_ingress  pod's own interface, ingress
+ *   sk_lookup_pod   the pod's namespace (hand-off of SYNs that meet a TIME_WAIT socket)
+ *   tc_node_egress  host side of the pod's veth, egress, in the node's namespace (probe SNAT)
+ *   tc_node_ingress host side of the pod's veth, ingress (probe SNAT replies)
+ * Behaviour matches Istio's in-pod iptables rules; see README.md for the decisions. */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "packet.h"
+#include "maps.h"
+#include "counters.h"
+#include "sockets.h"
+#include "nat.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int ra_is_proxy(const struct __sk_buff *skb, const struct ra_config *cfg)
+{
+    return (skb->mark & cfg->mark_mask) == (cfg->proxy_mark & cfg->mark_mask);
+}
+
+static __always_inline int ra_is_captured(const struct __sk_buff *skb, const struct ra_config *cfg)
+{
+    return (skb->mark & cfg->mark_mask) == (cfg->capture_mark & cfg->mark_mask);
+}
+
+/* Outbound: every app TCP packet leaving the pod (not the proxy's, not to the probe IP) is turned
+ * back into the interface's ingress with the capture mark, where tc_pod_ingress gives it to the
+ * proxy's socket. The destination MAC becomes our own so the stack accepts it as for us. */
+SEC("tc")
+int tc_pod_egress(struct __sk_buff *skb)
+{
+    struct ra_config *cfg = ra_get_config();
+    struct ra_flow f;
+    if (!cfg || ra_parse(skb, &f) != RA_TCP)
+        return TC_ACT_OK;
+    __u32 pod = ra_pod_index(f.family, &f.src);
+    if (ra_is_proxy(skb, cfg)) {
+        if (ra_is_new_connection(&f))
+            ra_count(pod, RA_PROXY_PASS);
+        return TC_ACT_OK;
+    }
+    if (ra_is_probe_ip(cfg, f.family, &f.dst))
+        return TC_ACT_OK; /* replies to kubelet probes, as Istio's `-d <probe> -j ACCEPT` */
+    if (f.fragment) {
+        ra_count(pod, RA_DROP_FRAGMENT);
+        return TC_ACT_SHOT;
+    }
+    __u8 mac[ETH_ALEN];
+    if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_source), mac, ETH_ALEN) < 0 ||
+        bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), mac, ETH_ALEN, 0) < 0)
+        return TC_ACT_SHOT;
+    skb->mark = (skb->mark & ~cfg->mark_mask) | (cfg->capture_mark & cfg->mark_mask);
+    return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+/* Gives a packet to `sk` and releases it; counts `ok` or the failure. */
+static __always_inline int ra_assign(struct __sk_buff *skb, struct bpf_sock *sk, __u32 pod, enum ra_decision ok)
+{
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err) {
+        ra_count(pod, RA_DROP_ASSIGN_FAILED);
+        return TC_ACT_SHOT;
+    }
+    ra_count(pod, ok);
+    return TC_ACT_OK;
+}
+
+/* A packet the egress program turned around: steer it to the proxy socket that owns the flow,
+ * or a new connection to the proxy's outbound listener. Nothing here may reach the app's own
+ * listeners: without a proxy socket the packet is dropped. */
+static __always_inline int ra_outbound(struct __sk_buff *skb, const struct ra_flow *f, const struct ra_config *cfg)
+{
+    __u32 pod = ra_pod_index(f->family, &f->src);
+    struct bpf_sock *sk = ra_flow_socket(skb, f);
+    if (sk) {
+        if (sk->state == RA_TCP_STATE_TIME_WAIT && ra_is_new_connection(f)) {
+            bpf_sk_release(sk);
+            ra_time_wait_handoff(f, &f->src, cfg->outbound_port);
+            ra_count(pod, RA_TIME_WAIT_HANDOFF);
+            return TC_ACT_OK;
+        }
+        return ra_assign(skb, sk, pod, ra_is_new_connection(f) ? RA_OUTBOUND_CAPTURED : RA_ESTABLISHED);
+    }
+    if (!ra_is_new_connection(f)) {
+        ra_count(pod, RA_DROP_NO_SOCKET);
+        return TC_ACT_SHOT;
+    }
+    struct bpf_sock *listener = ra_proxy_listener(skb, f, cfg->outbound_port, cfg);
+    if (!listener) {
+        ra_count(pod, RA_DROP_NO_LISTENER);
+        return TC_ACT_SHOT;
+    }
+    return ra_assign(skb, listener, pod, RA_OUTBOUND_CAPTURED);
+}
+
+/* A packet from outside the pod. */
+static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flow *f, const struct ra_config *cfg)
+{
+    __u32 pod = ra_pod_index(f->family, &f->dst);
+    if (f->dport == bpf_htons(cfg->tunnel_port)) {
+        if (ra_is_new_connection(f))
+            ra_count(pod, RA_HBONE_PASS);
+        return TC_ACT_OK;
+    }
+    if (ra_is_probe_ip(cfg, f->family, &f->src)) {
+        /* Only a flow this node's probe SNAT created skips capture: another pod can send
+         * from the probe IP too, and must not bypass the proxy by doing so. */
+        struct ra_flow_key k = { .family = f->family, .pod = f->dst, .probe = f->src, .pod_port = f->dport, .probe_port = f->sport };
+        if (bpf_map_lookup_elem(&ra_probe_flows, &k)) {
+            if (ra_is_new_connection(f))
+                ra_count(pod, RA_PROBE_PASS);
+            return TC_ACT_OK;
+        }
+        if (ra_is_new_connection(f))
+            ra_count(pod, RA_SPOOFED_PROBE);
+    }
+    struct bpf_sock *sk = ra_flow_socket(skb, f);
+    if (sk) {
+        if (sk->state == RA_TCP_STATE_TIME_WAIT && ra_is_new_connection(f)) {
+            bpf_sk_release(sk);
+            ra_time_wait_handoff(f, &f->dst, cfg->inbound_port);
+            ra_count(pod, RA_TIME_WAIT_HANDOFF);
+            return TC_ACT_OK;
+        }
+        bpf_sk_release(sk);
+        return TC_ACT_OK; /* the stack finds the same socket */
+    }
+    if (!ra_is_new_connection(f))
+        return TC_ACT_OK; /* no socket: the stack answers with a reset */
+    struct bpf_sock *listener = ra_proxy_listener(skb, f, cfg->inbound_port, cfg);
+    if (!listener) {
+        ra_count(pod, RA_DROP_NO_LISTENER);
+        return TC_ACT_SHOT;
+    }
+    return ra_assign(skb, listener, pod, RA_INBOUND_CAPTURED);
+}
+
+SEC("tc")
+int tc_pod_ingress(struct __sk_buff *skb)
+{
+    struct ra_config *cfg = ra_get_config();
+    struct ra_flow f;
+    if (!cfg || ra_parse(skb, &f) != RA_TCP)
+        return TC_ACT_OK;
+    if (f.fragment) {
+        ra_count(ra_pod_index(f.family, &f.dst), RA_DROP_FRAGMENT);
+        return TC_ACT_SHOT;
+    }
+    /* The mark is cleared when a packet enters the pod from the veth, so only our egress
+     * program can have set it. */
+    if (ra_is_captured(skb, cfg))
+        return ra_outbound(skb, &f, cfg);
+    return ra_inbound(skb, &f, cfg);
+}
+
+/* The kernel's listener lookup for a SYN that met a TIME_WAIT socket: choose the proxy's
+ * listener recorded by the tc program. Every other lookup is left alone. */
+SEC("sk_lookup")
+int sk_lookup_pod(struct bpf_sk_lookup *ctx)
+{
+    if (ctx->protocol != IPPROTO_TCP)
+        return SK_PASS;
+    struct ra_tuple_key k = {};
+    k.family = ctx->family;
+    k.local_port = ctx->local_port;
+    k.remote_port = bpf_ntohs(ctx->remote_port);
+    if (ctx->family == RA_FAMILY_INET) {
+        k.local.words[0] = ctx->local_ip4;
+        k.remote.words[0] = ctx->remote_ip4;
+    } else {
+        k.local.words[0] = ctx->local_ip6[0]; k.local.words[1] = ctx->local_ip6[1];
+        k.local.words[2] = ctx->local_ip6[2]; k.local.words[3] = ctx->local_ip6[3];
+        k.remote.words[0] = ctx->remote_ip6[0]; k.remote.words[1] = ctx->remote_ip6[1];
+        k.remote.words[2] = ctx->remote_ip6[2]; k.remote.words[3] = ctx->remote_ip6[3];
+    }
+    struct ra_listener_key *target = bpf_map_lookup_elem(&ra_tw_handoff, &k);
+    if (!target)
+        return SK_PASS;
+    struct ra_listener_key want = *target;
+    bpf_map_delete_elem(&ra_tw_handoff, &k);
+    struct bpf_sock *sk = bpf_map_lookup_elem(&ra_proxy_listeners, &want);
+    if (!sk)
+        return SK_DROP; /* never fall through to the app's listener */
+    long err = bpf_sk_assign(ctx, sk, 0);
+    bpf_sk_release(sk);
+    return err ? SK_DROP : SK_PASS;
+}
+
+/* Node side: a connection from a local socket of the node (kubelet) to an in-mesh pod leaves
+ * with the probe IP as its source; the original source is remembered per flow. */
+SEC("tc")
+int tc_node_egress(struct __sk_buff *skb)
+{
+    struct ra_config *cfg = ra_get_config();
+    struct ra_flow f;
+    if (!cfg || ra_parse(skb, &f) != RA_TCP || f.fragment)
+        return TC_ACT_OK;
+    struct bpf_sock *origin = skb->sk;
+    if (!origin)
+        return TC_ACT_OK; /* forwarded from another pod or node: not ours to SNAT */
+    __u32 pod = ra_pod_index(f.family, &f.dst);
+    if (!pod)
+        return TC_ACT_OK;
+    struct ra_addr probe;
+    ra_probe_addr(cfg, f.family, &probe);
+    if (ra_addr_eq(&probe, &f.src, f.family))
+        return TC_ACT_OK;
+    struct ra_flow_key k = { .family = f.family, .pod = f.dst, .probe = probe, .pod_port = f.dport, .probe_port = f.sport };
+    struct ra_flow_value v = { .original_source = f.src, .last_seen_ns = bpf_ktime_get_ns() };
+    bpf_map_update_elem(&ra_probe_flows, &k, &v, BPF_ANY);
+    if (ra_is_new_connection(&f))
+        ra_count(pod, RA_PROBE_SNAT);
+    if (ra_rewrite_addr(skb, &f, 1, &probe) < 0)
+        return TC_ACT_SHOT;
+    return TC_ACT_OK;
+}
+
+/* Node side: replies from the pod to the probe IP get their original destination back. */
+SEC("tc")
+int tc_node_ingress(struct __sk_buff *skb)
+{
+    struct ra_config *cfg = ra_get_config();
+    struct ra_flow f;
+    if (!cfg || ra_parse(skb, &f) != RA_TCP || f.fragment)
+        return TC_ACT_OK;
+    /* Keyed by the probe IP the flow was SNATed to, so a flow outlives a probe IP change. */
+    struct ra_flow_key k = { .family = f.family, .pod = f.src, .probe = f.dst, .pod_port = f.sport, .probe_port = f.dport };
+    struct ra_flow_value *v = bpf_map_lookup_elem(&ra_probe_flows, &k);
+    if (!v)
+        return TC_ACT_OK;
+    v->last_seen_ns = bpf_ktime_get_ns();
+    struct ra_addr orig = v->original_source;
+    if (ra_rewrite_addr(skb, &f, 0, &orig) < 0)
+        return TC_ACT_SHOT;
+    return TC_ACT_OK;
+}
