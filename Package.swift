@@ -24,8 +24,8 @@ let package = Package(
         .target(name: "BPFLoader", dependencies: ["CShim", "SystemCalls", .product(name: "Logging", package: "swift-log")]),
         .target(name: "MapSync", dependencies: ["BPFLoader", "CShim", "SystemCalls"]),
         .target(name: "Dataplane", dependencies: ["SystemCalls", "BPFLoader", "MapSync", .product(name: "Logging", package: "swift-log")]),
-        .target(name: "MeshProxy", dependencies: ["SystemCalls"]),
-        .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy"]),
+        .target(name: "MeshProxy", dependencies: ["SystemCalls", "BPFLoader", "MapSync", "CShim"]),
+        .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader"]),
         .executableTarget(name: "MeshProxyMain", dependencies: [
             "MeshProxy", "SystemCalls", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -43,7 +43,7 @@ let package = Package(
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
         .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
-        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "LabApp", "MeshProxyMain"]),
+        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "LabApp", "MeshProxyMain"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -28,6 +28,21 @@ static __always_inline int ra_is_captured(const struct __sk_buff *skb, const str
     return (skb->mark & cfg->mark_mask) == (cfg->capture_mark & cfg->mark_mask);
 }
 
+/* Whether the packet belongs to a flow this node's probe SNAT created (inbound: from the probe
+ * IP to the pod; outbound: the pod's reply to it). Only such flows skip capture: another pod can
+ * send from the probe IP too, and must not bypass the proxy by doing so. */
+static __always_inline int ra_is_probe_flow(const struct ra_config *cfg, const struct ra_flow *f, int inbound)
+{
+    const struct ra_addr *probe = inbound ? &f->src : &f->dst;
+    if (!ra_is_probe_ip(cfg, f->family, probe))
+        return 0;
+    struct ra_flow_key k = { .family = f->family, .probe = *probe };
+    k.pod = inbound ? f->dst : f->src;
+    k.pod_port = inbound ? f->dport : f->sport;
+    k.probe_port = inbound ? f->sport : f->dport;
+    return bpf_map_lookup_elem(&ra_probe_flows, &k) != NULL;
+}
+
 /* Outbound: every app TCP packet leaving the pod (not the proxy's, not to the probe IP) is turned
  * back into the interface's ingress with the capture mark, where tc_pod_ingress gives it to the
  * proxy's socket. The destination MAC becomes our own so the stack accepts it as for us. */
@@ -44,7 +59,7 @@ int tc_pod_egress(struct __sk_buff *skb)
             ra_count(pod, RA_PROXY_PASS);
         return TC_ACT_OK;
     }
-    if (ra_is_probe_ip(cfg, f.family, &f.dst))
+    if (ra_is_probe_flow(cfg, &f, 0))
         return TC_ACT_OK; /* replies to kubelet probes, as Istio's `-d <probe> -j ACCEPT` */
     if (f.fragment) {
         ra_count(pod, RA_DROP_FRAGMENT);
@@ -109,10 +124,7 @@ static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flo
         return TC_ACT_OK;
     }
     if (ra_is_probe_ip(cfg, f->family, &f->src)) {
-        /* Only a flow this node's probe SNAT created skips capture: another pod can send
-         * from the probe IP too, and must not bypass the proxy by doing so. */
-        struct ra_flow_key k = { .family = f->family, .pod = f->dst, .probe = f->src, .pod_port = f->dport, .probe_port = f->sport };
-        if (bpf_map_lookup_elem(&ra_probe_flows, &k)) {
+        if (ra_is_probe_flow(cfg, f, 1)) {
             if (ra_is_new_connection(f))
                 ra_count(pod, RA_PROBE_PASS);
             return TC_ACT_OK;

@@ -76,7 +76,10 @@ enum BPFLog {
         cshim_libbpf_set_logger { level, line in
             guard let line else { return }
             let text = String(cString: line).trimmingCharacters(in: .whitespacesAndNewlines)
+            // The kernel's extended ack for an expected EEXIST/ENOENT (we retry or ignore those)
+            // would read as a warning; the error itself is thrown as a BPFError anyway.
             switch level {
+            case 0 where text.contains("Kernel error message"): BPFLog.logger.debug("\(text)")
             case 0: BPFLog.logger.warning("\(text)")
             case 1: BPFLog.logger.info("\(text)")
             default: BPFLog.logger.debug("\(text)")

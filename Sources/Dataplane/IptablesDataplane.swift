@@ -71,7 +71,7 @@ public final class IptablesDataplane: Dataplane, @unchecked Sendable {
         try validate(pod)
         do {
             for v6 in families(of: pod) { try applyPodRules(pod, ipv6: v6) }
-            try applyPolicyRouting(pod)
+            try routing.apply(netns: pod.netns, families: families(of: pod))
             for ip in pod.ips {
                 try runner.checked("ipset", ["add", config.ipsetName(ipv6: ip.isIPv6), ip.description, "comment", pod.uid, "-exist"])
             }
@@ -93,7 +93,7 @@ public final class IptablesDataplane: Dataplane, @unchecked Sendable {
                     if !input.isEmpty { try podCommand(pod, backend.restore(ipv6: v6), ["--noflush"], input: input) }
                 } catch { failures.append("\(error)") }
             }
-            do { try removePolicyRouting(pod) } catch { failures.append("\(error)") }
+            do { try routing.remove(netns: pod.netns) } catch { failures.append("\(error)") }
         }
         for ip in pod.ips where ipsetEntryOwner(ip) == pod.uid {
             do { try runner.checked("ipset", ["del", config.ipsetName(ipv6: ip.isIPv6), ip.description]) } catch { failures.append("\(error)") }
@@ -114,11 +114,8 @@ public final class IptablesDataplane: Dataplane, @unchecked Sendable {
             for (chain, n) in r.expectedPodRuleCounts(ipv6: v6) where have.ruleCounts[chain, default: 0] != n {
                 drift.append("\(fam): \(chain) has \(have.ruleCounts[chain, default: 0]) rules, expected \(n)")
             }
-            let ipRules = try podCommand(pod, "ip", [v6 ? "-6" : "-4", "rule", "show"])
-            if !ipRules.contains(policyRuleText) { drift.append("\(fam): missing ip rule \(policyRuleText)") }
-            let routes = try podCommand(pod, "ip", [v6 ? "-6" : "-4", "route", "show", "table", "\(config.routeTable)"])
-            if !routes.contains("local default dev lo") { drift.append("\(fam): missing local default route in table \(config.routeTable)") }
         }
+        drift += try routing.drift(netns: pod.netns, families: families(of: pod))
         for ip in pod.ips where ipsetEntryOwner(ip) != pod.uid { drift.append("node ipset: \(ip) not tagged with the pod") }
         return drift
     }
@@ -154,29 +151,7 @@ public final class IptablesDataplane: Dataplane, @unchecked Sendable {
         try podCommand(pod, backend.restore(ipv6: ipv6), ["--noflush"], input: r.pod(ipv6: ipv6, present: have.jumps))
     }
 
-    private var policyRuleText: String {
-        "fwmark 0x\(String(config.connMark, radix: 16))/0x\(String(config.markMask, radix: 16)) lookup \(config.routeTable)"
-    }
-
-    private func applyPolicyRouting(_ pod: PodSpec) throws {
-        for v6 in families(of: pod) {
-            let fam = v6 ? "-6" : "-4"
-            let existing = try podCommand(pod, "ip", [fam, "rule", "show"])
-            if !existing.contains(policyRuleText) {
-                try podCommand(pod, "ip", [fam, "rule", "add"] + policyRuleText.split(separator: " ").map(String.init) + ["pref", "\(config.rulePriority)"])
-            }
-            try podCommand(pod, "ip", [fam, "route", "replace", "local", v6 ? "::/0" : "0.0.0.0/0", "dev", "lo", "table", "\(config.routeTable)"])
-        }
-    }
-
-    private func removePolicyRouting(_ pod: PodSpec) throws {
-        for fam in ["-4", "-6"] {
-            while try podCommand(pod, "ip", [fam, "rule", "show"]).contains(policyRuleText) {
-                try podCommand(pod, "ip", [fam, "rule", "del"] + policyRuleText.split(separator: " ").map(String.init) + ["pref", "\(config.rulePriority)"])
-            }
-            _ = try? runner.run("ip", [fam, "route", "flush", "table", "\(config.routeTable)"], netns: pod.netns, input: nil, environment: [:])
-        }
-    }
+    private var routing: PolicyRouting { PolicyRouting(config: config, runner: runner) }
 
     /// The UID an ipset entry is tagged with, nil when absent.
     private func ipsetEntryOwner(_ ip: IPAddress) -> String? {

@@ -20,6 +20,7 @@ final class PodListeners: @unchecked Sendable {
                     result.sockets.append(s)
                 }
             }
+            try proxy.registerListeners(result.sockets, workload: workload)
             for s in result.sockets {
                 let port = (try? s.localAddress().port) ?? 0
                 let t = Thread { PodListeners.acceptLoop(s, port: port, workload: workload, proxy: proxy) }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SystemCalls
+import BPFLoader
 
 /// What lab to build.
 public struct LabOptions: Sendable {
@@ -46,6 +47,10 @@ public final class LabNode: @unchecked Sendable {
     public let directory: String
     /// CNI configuration directory the lab's runtime reads.
     public var cniConfDir: String { "\(directory)/net.d" }
+    /// A private bpffs mount for this node's pinned maps, programs and links.
+    public var bpffsMount: String { "\(directory)/bpffs" }
+    /// The eBPF dataplane's pin root on this node.
+    public var bpfPinRoot: String { "\(bpffsMount)/redirect-agent" }
     /// The mesh proxy, if started.
     public internal(set) var proxy: ManagedProcess?
     /// The proxy's control socket.
@@ -259,6 +264,7 @@ public final class Lab: @unchecked Sendable {
     public func startProxy(on node: LabNode) throws {
         let proxy = try ManagedProcess(try LabBinaries.path("mesh-proxy"), [
             "--netns", node.netns.path, "--control", node.proxyControlPath, "--records", node.proxyRecordsPath,
+            "--listener-map", "\(node.bpfPinRoot)/maps/ra_proxy_listeners",
         ], logPath: "\(node.directory)/proxy.log")
         node.proxy = proxy
         try waitForLine("READY", in: proxy, what: "mesh proxy on \(node.name)")
@@ -282,6 +288,7 @@ public final class Lab: @unchecked Sendable {
         for node in nodes {
             node.proxy?.stop()
             _ = try? Command.capture("ip", ["netns", "del", node.netnsName])
+            if BPFFS.isMounted(node.bpffsMount) { BPFFS.unmount(node.bpffsMount) }
         }
         nodes.removeAll()
         Lab.sweep(runID: options.runID)

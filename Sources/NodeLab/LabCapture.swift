@@ -1,3 +1,4 @@
+import BPFLoader
 import Dataplane
 import Foundation
 import SystemCalls
@@ -37,7 +38,11 @@ public final class LabCapture: @unchecked Sendable {
         case .iptables, .auto:
             return IptablesDataplane(config: config, runner: runner, lockDirectory: "\(node.directory)/xtables")
         case .ebpf:
-            throw LabError("the ebpf dataplane is not built yet")
+            try BPFFS.ensureMounted(node.bpffsMount)
+            var options = EBPFOptions(objectPath: try LabBinaries.bpfObject())
+            options.pinRoot = node.bpfPinRoot
+            options.nodeNetns = node.netns
+            return try EBPFDataplane(config: config, options: options, runner: runner)
         }
     }
 

@@ -66,6 +66,21 @@ public enum LabBinaries {
         return dir.path
     }
 
+    /// The compiled BPF object: `REDIRECT_BPF_OBJECT`, else `bpf/redirect.bpf.o` of the checkout the
+    /// binaries were built in, else the installed copy.
+    public static func bpfObject() throws -> String {
+        if let p = ProcessInfo.processInfo.environment["REDIRECT_BPF_OBJECT"], !p.isEmpty { return p }
+        var dir = URL(fileURLWithPath: directory)
+        for _ in 0..<5 {
+            let candidate = dir.appendingPathComponent("bpf/redirect.bpf.o").path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        let installed = "/usr/lib/redirect-agent/redirect.bpf.o"
+        if FileManager.default.fileExists(atPath: installed) { return installed }
+        throw LabError("bpf/redirect.bpf.o not found: run `make bpf` or set REDIRECT_BPF_OBJECT")
+    }
+
     /// Full path of one of the project's executables, checked to exist.
     public static func path(_ name: String) throws -> String {
         let p = "\(directory)/\(name)"

@@ -84,11 +84,22 @@ struct ProgramTests {
         }
     }
 
-    @Test("egress: replies to the probe IP, UDP and non-IP pass untouched")
+    @Test("egress: replies to a probe the node SNATed, and UDP, pass untouched")
     func egressPasses() throws {
         if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withPrograms { p throws in
             let probeReply = Packet("10.244.1.2:8080", "169.254.7.127:41000", flags: 0x12)
+            // Without the node's SNAT record a packet to the probe IP is captured like any other.
+            #expect(try p.run("tc_pod_egress", probeReply).verdict == TC_ACT_REDIRECT)
+            for (pod, probe) in [("10.244.1.2", "169.254.7.127"), ("fd00:10:244:1::2", "fd16:9254:7127:1337:ffff:ffff:ffff:ffff")] {
+                var key = ra_flow_key()
+                key.family = pod.contains(":") ? 10 : 2
+                key.pod = MapSync.addr(IPAddress(pod)!)
+                key.probe = MapSync.addr(IPAddress(probe)!)
+                key.pod_port = UInt16(8080).bigEndian
+                key.probe_port = UInt16(41000).bigEndian
+                try p.sync.probeFlows.update(key, ra_flow_value(original_source: MapSync.addr(IPAddress(pod)!), last_seen_ns: 1))
+            }
             let r = try p.run("tc_pod_egress", probeReply)
             #expect(r.verdict == TC_ACT_OK && r.packet == probeReply.bytes)
             var udp = Packet("10.244.1.2:5000", "10.244.2.2:53")

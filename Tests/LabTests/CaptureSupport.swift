@@ -6,7 +6,7 @@ import SystemCalls
 import Testing
 
 /// The dataplanes the conformance suite runs against: every case runs once per mode.
-let conformanceModes: [DataplaneMode] = [.iptables]
+let conformanceModes: [DataplaneMode] = [.iptables, .ebpf]
 
 /// A lab with capture: 2 nodes, 2 enrolled pods each, and one pod per node that is not in the mesh.
 struct CaptureLab {
@@ -65,4 +65,12 @@ func captureState(_ lab: Lab, _ pod: LabPod) throws -> String {
         .filter { !$0.hasPrefix("#") }
         .map { $0.replacingOccurrences(of: #"\[\d+:\d+\]"#, with: "[0:0]", options: .regularExpression) }
         .joined(separator: "\n")
+}
+
+/// Whether the node still treats `ip` as in the mesh (the ipset in iptables mode, ra_pods in ebpf mode).
+func nodeHasMember(_ cl: CaptureLab, _ node: LabNode, _ ip: IPAddress) throws -> Bool {
+    switch cl.capture.dataplane(node) {
+    case let ebpf as EBPFDataplane: return try ebpf.maps.pod(ip) != nil
+    default: return try cl.lab.inNamespace(node.netns, "ipset", ["list"]).contains(ip.description)
+    }
 }

@@ -1,0 +1,240 @@
+import BPFLoader
+import CShim
+import Foundation
+import Logging
+import MapSync
+import SystemCalls
+
+/// Where the eBPF dataplane keeps its kernel objects and how it attaches.
+public struct EBPFOptions: Sendable {
+    /// The compiled programs (bpf/redirect.bpf.o).
+    public var objectPath: String
+    /// The project's bpffs directory: maps/, progs/, links/ below it. A sibling of other
+    /// projects' trees (/sys/fs/bpf/cilium, ...), never inside one.
+    public var pinRoot: String = "/sys/fs/bpf/redirect-agent"
+    /// tc clsact (default: far cheaper to attach here) or tcx links.
+    public var attach: AttachMode = .clsact
+    /// The node's namespace, when the dataplane runs outside it (the lab drives nodes in-process).
+    public var nodeNetns: NetworkNamespace?
+    /// The pod interface name.
+    public var podInterface = "eth0"
+    /// Creates options.
+    public init(objectPath: String) { self.objectPath = objectPath }
+}
+
+/// Capture with BPF programs: on the pod's own interface (inside its namespace) tc programs steer
+/// packets to the proxy's sockets with bpf_sk_assign; an sk_lookup program covers SYNs that meet a
+/// TIME_WAIT socket; on the host side of the pod's veth, programs SNAT node-originated connections
+/// to the probe IP. State lives in pinned maps (``MapSync``). No iptables rule anywhere.
+public final class EBPFDataplane: Dataplane, @unchecked Sendable {
+    /// Always `.ebpf`.
+    public let mode = DataplaneMode.ebpf
+    /// The configuration in force.
+    public var config: CaptureConfig { lock.withLock { _config } }
+    /// The options.
+    public let options: EBPFOptions
+    /// The maps.
+    public let maps: MapSync
+    private var _config: CaptureConfig
+    private let object: BPFObject
+    private let runner: CommandRunner
+    private let logger: Logger
+    private let lock = NSLock()
+
+    /// The programs, by attach point.
+    public static let programNames = ["tc_pod_ingress", "tc_pod_egress", "sk_lookup_pod", "tc_node_ingress", "tc_node_egress"]
+
+    /// Loads the programs (reusing pinned maps), pins them, and writes the config.
+    public init(config: CaptureConfig, options: EBPFOptions, runner: CommandRunner, logger: Logger = Logger(label: "dataplane.ebpf")) throws {
+        self._config = config
+        self.options = options
+        self.runner = runner
+        self.logger = logger
+        if options.pinRoot.hasPrefix("/sys/fs/bpf/") { try BPFFS.ensureMounted("/sys/fs/bpf") }
+        guard BPFFS.isMounted((options.pinRoot as NSString).deletingLastPathComponent) || BPFFS.isMounted(options.pinRoot) else {
+            throw DataplaneError(.unsupported, "\(options.pinRoot) is not on a bpffs")
+        }
+        object = try BPFObject(path: options.objectPath, mapPinDirectory: "\(options.pinRoot)/maps")
+        try object.pinPrograms(in: "\(options.pinRoot)/progs", names: Self.programNames)
+        maps = try MapSync(object: object)
+        try maps.write(Self.kernelConfig(config))
+        logger.info("ebpf dataplane loaded", metadata: ["pins": "\(options.pinRoot)", "attach": "\(options.attach.rawValue)"])
+    }
+
+    static func kernelConfig(_ c: CaptureConfig) -> KernelConfig {
+        KernelConfig(probeIPv4: c.probeIPv4, probeIPv6: c.probeIPv6, outboundPort: c.outboundPort, inboundPort: c.inboundPort,
+                     tunnelPort: c.tunnelPort, proxyMark: c.proxyMark, markMask: c.markMask, captureMark: c.connMark)
+    }
+
+    private var routing: PolicyRouting { PolicyRouting(config: config, runner: runner) }
+
+    /// The pinned map of proxy listeners the proxy fills (for the TIME_WAIT hand-off).
+    public var proxyListenerMapPath: String { "\(options.pinRoot)/maps/ra_proxy_listeners" }
+
+    // MARK: node
+
+    /// Writes the node config; nothing node-wide is attached (node programs go per pod veth).
+    public func prepareNode() throws { try maps.write(Self.kernelConfig(config)) }
+
+    /// Removes pinned programs, maps and links of this dataplane.
+    public func uninstallNode() throws {
+        for sub in ["links", "progs", "maps"] { try? FileManager.default.removeItem(atPath: "\(options.pinRoot)/\(sub)") }
+        try? FileManager.default.removeItem(atPath: options.pinRoot)
+    }
+
+    /// One map write: every pod sees the new probe IPs on its next packet.
+    public func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws {
+        let c = lock.withLock { () -> CaptureConfig in
+            _config.probeIPv4 = v4
+            _config.probeIPv6 = v6
+            return _config
+        }
+        try maps.write(Self.kernelConfig(c))
+    }
+
+    // MARK: pods
+
+    /// Attaches the pod's programs, its sk_lookup link and policy routing, the node-side probe
+    /// SNAT, and finally its map entry. On failure everything is rolled back.
+    public func enroll(_ pod: PodSpec) throws {
+        try validate(pod)
+        do {
+            let index = try pod.ips.lazy.compactMap { try self.maps.pod($0)?.pod_index }.first ?? maps.freeIndex()
+            let attached = try attachInPod(pod)
+            try LinkAttach.skLookup(try object.program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
+            try routing.apply(netns: pod.netns, families: families(of: pod))
+            let hostCreated = try attachOnNode(hostIfindex: attached.hostIfindex)
+            var flags = attached.createdClsact ? UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) : 0
+            if hostCreated { flags |= UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) }
+            try maps.upsert(PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex),
+                                     hostIfindex: UInt32(attached.hostIfindex), flags: flags))
+        } catch {
+            try? remove(pod)
+            throw DataplaneError(.applyFailed, pod: pod.name, "\(error)")
+        }
+    }
+
+    /// Removes the map entry first (node SNAT stops), then links, programs and routing.
+    public func remove(_ pod: PodSpec) throws {
+        var failures: [String] = []
+        let entry = pod.ips.lazy.compactMap { try? self.maps.pod($0) }.first
+        do { try maps.remove(ips: pod.ips) } catch { failures.append("\(error)") }
+        LinkAttach.unpin(linkPin(pod))
+        if FileManager.default.fileExists(atPath: pod.netns) {
+            do { try detachInPod(pod, destroyClsact: entry.map { $0.flags & UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) != 0 } ?? true) } catch { failures.append("\(error)") }
+            do { try routing.remove(netns: pod.netns) } catch { failures.append("\(error)") }
+        }
+        if let entry, entry.host_ifindex != 0 {
+            do { try detachOnNode(entry) } catch { failures.append("\(error)") }
+        }
+        if !failures.isEmpty { throw DataplaneError(.removeFailed, pod: pod.name, failures.joined(separator: "; ")) }
+    }
+
+    /// Checks the map entry, both tc programs on the pod's interface, the node-side programs,
+    /// the sk_lookup link and policy routing.
+    public func verify(_ pod: PodSpec) throws -> [String] {
+        try validate(pod)
+        var drift: [String] = []
+        let entries = try pod.ips.map { ($0, try maps.pod($0)) }
+        for (ip, e) in entries where e == nil { drift.append("maps: \(ip) is not in ra_pods") }
+        let ingressID = try object.program("tc_pod_ingress").id(), egressID = try object.program("tc_pod_egress").id()
+        let (ing, eg) = try NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
+            let idx = try TCAttach.ifindex(self.options.podInterface)
+            return (TCAttach.attachedProgramID(ifindex: idx, ingress: true), TCAttach.attachedProgramID(ifindex: idx, ingress: false))
+        }
+        if ing != ingressID { drift.append("pod \(options.podInterface) ingress: program \(ing.map(String.init) ?? "none"), expected \(ingressID)") }
+        if eg != egressID { drift.append("pod \(options.podInterface) egress: program \(eg.map(String.init) ?? "none"), expected \(egressID)") }
+        if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
+        if let e = entries.first?.1 {
+            let host = try onNode { (TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: true), TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: false)) }
+            if host.0 == nil || host.1 == nil { drift.append("host veth ifindex \(e.host_ifindex): node programs missing") }
+        }
+        drift += try routing.drift(netns: pod.netns, families: families(of: pod))
+        return drift
+    }
+
+    // MARK: attach
+
+    private struct PodAttachment { var podIfindex: Int32; var hostIfindex: Int32; var createdClsact: Bool }
+
+    /// In the pod's namespace: allow our re-injected packets (their source is the pod's own
+    /// address), then attach ingress and egress.
+    private func attachInPod(_ pod: PodSpec) throws -> PodAttachment {
+        let ingress = try object.program("tc_pod_ingress"), egress = try object.program("tc_pod_egress")
+        let name = options.podInterface, mode = options.attach, pin = options.pinRoot, uid = pod.uid
+        return try NetworkNamespace(path: pod.netns).run {
+            let link = try Netlink.link(named: name)
+            if pod.hasIPv4 { try writeSysctl("net.ipv4.conf.\(name).accept_local", "1") }
+            var created = false
+            switch mode {
+            case .clsact:
+                created = try TCAttach.ensureClsact(ifindex: link.index)
+                try TCAttach.attach(ingress, ifindex: link.index, ingress: true)
+                try TCAttach.attach(egress, ifindex: link.index, ingress: false)
+            case .tcx:
+                try LinkAttach.tcx(ingress, ifindex: link.index, ingress: true, pinPath: "\(pin)/links/\(uid)-tcx-ingress")
+                try LinkAttach.tcx(egress, ifindex: link.index, ingress: false, pinPath: "\(pin)/links/\(uid)-tcx-egress")
+            }
+            return PodAttachment(podIfindex: link.index, hostIfindex: link.linkIndex, createdClsact: created)
+        }
+    }
+
+    private func detachInPod(_ pod: PodSpec, destroyClsact: Bool) throws {
+        for dir in ["ingress", "egress"] { LinkAttach.unpin("\(options.pinRoot)/links/\(pod.uid)-tcx-\(dir)") }
+        let name = options.podInterface
+        try NetworkNamespace(path: pod.netns).run {
+            guard let idx = try? TCAttach.ifindex(name) else { return }
+            try TCAttach.detach(ifindex: idx, ingress: true)
+            try TCAttach.detach(ifindex: idx, ingress: false)
+            if destroyClsact { try TCAttach.destroyClsact(ifindex: idx) }
+        }
+    }
+
+    /// On the node: the probe SNAT programs on the host side of the pod's veth (always clsact:
+    /// the CNI may own other programs there, and our filter coexists with theirs by handle).
+    private func attachOnNode(hostIfindex: Int32) throws -> Bool {
+        let ingress = try object.program("tc_node_ingress"), egress = try object.program("tc_node_egress")
+        return try onNode {
+            let created = try TCAttach.ensureClsact(ifindex: hostIfindex)
+            try TCAttach.attach(ingress, ifindex: hostIfindex, ingress: true)
+            try TCAttach.attach(egress, ifindex: hostIfindex, ingress: false)
+            return created
+        }
+    }
+
+    private func detachOnNode(_ e: ra_pod_info) throws {
+        try onNode {
+            let idx = Int32(e.host_ifindex)
+            try TCAttach.detach(ifindex: idx, ingress: true)
+            try TCAttach.detach(ifindex: idx, ingress: false)
+            if e.flags & UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) != 0 { try TCAttach.destroyClsact(ifindex: idx) }
+        }
+    }
+
+    private func onNode<T>(_ body: @escaping () throws -> T) throws -> T {
+        if let ns = options.nodeNetns { return try ns.run(body) }
+        return try body()
+    }
+
+    // MARK: helpers
+
+    private func linkPin(_ pod: PodSpec) -> String { "\(options.pinRoot)/links/\(pod.uid)-sklookup" }
+
+    private func families(of pod: PodSpec) -> [Bool] { (pod.hasIPv4 ? [false] : []) + (pod.hasIPv6 ? [true] : []) }
+
+    private func validate(_ pod: PodSpec) throws {
+        if pod.uid.isEmpty || pod.uid.contains(where: { $0 == "/" || $0 == " " || $0 == "\n" }) {
+            throw DataplaneError(.invalidPod, pod: pod.name, "invalid pod UID '\(pod.uid)'")
+        }
+        if pod.ips.isEmpty { throw DataplaneError(.invalidPod, pod: pod.name, "pod has no IP address") }
+        if !FileManager.default.fileExists(atPath: pod.netns) {
+            throw DataplaneError(.netnsMissing, pod: pod.name, "network namespace \(pod.netns) does not exist")
+        }
+    }
+
+    /// Counters of one pod from the kernel.
+    public func counters(_ pod: PodSpec) throws -> [Decision: UInt64] {
+        guard let e = try pod.ips.lazy.compactMap({ try self.maps.pod($0) }).first else { return [:] }
+        return try maps.counters(podIndex: e.pod_index)
+    }
+}

@@ -1,0 +1,88 @@
+import Dataplane
+import Foundation
+import MapSync
+import NodeLab
+import SystemCalls
+import Testing
+
+/// What only the eBPF dataplane does or guarantees, beyond the shared conformance suite.
+@Suite("eBPF dataplane in the lab", .serialized)
+struct EBPFCaptureTests {
+    @Test("no iptables rule of ours exists in the node or in any pod")
+    func noIptables() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(.ebpf) { cl throws in
+            let dst = SocketAddress(cl.meshed[2].ipv4!, Lab.httpPort)
+            #expect(try cl.lab.request(from: cl.meshed[0], to: dst).status == 200)
+            let namespaces = cl.lab.nodes.map(\.netns) + cl.lab.pods.map(\.netns)
+            for ns in namespaces {
+                for prog in ["iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-legacy-save"] {
+                    let out = (try? cl.lab.inNamespace(ns, prog, [])) ?? ""
+                    #expect(!out.contains("ISTIO") && !out.contains("-j REDIRECT") && !out.contains("-j SNAT"), "\(prog) in \(ns)")
+                }
+                #expect(!((try? cl.lab.inNamespace(ns, "ipset", ["list"])) ?? "").contains("istio"))
+            }
+        }
+    }
+
+    @Test("bpftool dumps show the in-mesh pods, the probe IPs, ports and marks as named fields")
+    func bpftoolDump() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(.ebpf) { cl throws in
+            let maps = "\(cl.n1.bpfPinRoot)/maps"
+            let config = try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_config"])
+            for field in ["probe_ipv4", "probe_ipv6", "outbound_port", "inbound_port", "tunnel_port", "proxy_mark", "capture_mark"] {
+                #expect(config.contains("\"\(field)\""), "ra_config shows \(field)")
+            }
+            let probe = IPAddress("169.254.7.127")!.bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+            #expect(config.contains("\"probe_ipv4\": \(probe)"))
+            #expect(config.contains("\"outbound_port\": 15001") && config.contains("\"proxy_mark\": 1337"))
+            let pods = try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_pods"])
+            #expect(pods.contains("\"pod_index\"") && pods.contains("\"host_ifindex\""))
+            let entries = pods.components(separatedBy: "\"pod_index\"").count - 1
+            #expect(entries == 4, "two pods on n1, one entry per address: \(entries)")
+            let progs = try FileManager.default.contentsOfDirectory(atPath: "\(cl.n1.bpfPinRoot)/progs")
+            #expect(Set(progs) == Set(EBPFDataplane.programNames))
+        }
+    }
+
+    @Test("a connection from another pod that spoofs the probe IP is captured, not let through")
+    func spoofedProbeIsCaptured() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(.ebpf) { cl throws in
+            let attacker = cl.outsider(cl.n1), victim = cl.meshed[0]
+            // Let the attacker receive replies to the probe IP, so a handshake can complete.
+            try cl.lab.ip(["-n", cl.n1.netnsName, "route", "add", "169.254.7.127/32", "via", attacker.ipv4!.description])
+            try cl.lab.ip(["-n", attacker.netnsName, "route", "add", "local", "169.254.7.127/32", "dev", "lo"])
+            let socket = try attacker.netns.run { try Socket(tcp: AF_INET) }
+            try socket.setTransparent(ipv6: false)
+            try socket.bind(SocketAddress(IPAddress("169.254.7.127")!, 0))
+            try socket.setTimeout(seconds: 3)
+            try socket.connect(SocketAddress(victim.ipv4!, Lab.httpPort))
+            let r = try MiniHTTP.get(socket, host: "victim", path: "/whoami")
+            #expect(r.status == 200)
+            let captured = cl.records(victim.node, listener: 15006, to: SocketAddress(victim.ipv4!, Lab.httpPort))
+            #expect(captured.count == 1 && captured.first?.client.hasPrefix("169.254.7.127:") == true, "\(captured)")
+            let counters = try (cl.capture.dataplane(victim.node) as! EBPFDataplane).counters(cl.lab.podSpec(victim))
+            #expect(counters[.spoofedProbe, default: 0] >= 1 && counters[.inboundCaptured, default: 0] >= 1)
+            // A genuine probe still passes.
+            #expect(try cl.lab.probe(victim).status == 200)
+            #expect(try (cl.capture.dataplane(victim.node) as! EBPFDataplane).counters(cl.lab.podSpec(victim))[.probePass, default: 0] >= 1)
+        }
+    }
+
+    @Test("per-pod counters come from the kernel and follow the traffic")
+    func counters() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(.ebpf) { cl throws in
+            let a = cl.meshed[0], b = cl.meshed[2]
+            for _ in 0..<3 { _ = try cl.lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort)) }
+            _ = try cl.lab.probe(b)
+            let dpA = cl.capture.dataplane(a.node) as! EBPFDataplane, dpB = cl.capture.dataplane(b.node) as! EBPFDataplane
+            let ca = try dpA.counters(cl.lab.podSpec(a)), cb = try dpB.counters(cl.lab.podSpec(b))
+            #expect(ca[.outboundCaptured] == 3, "\(ca)")
+            #expect(cb[.hbonePass] == 3 && cb[.probePass] == 1, "\(cb)")
+            #expect(try dpB.counters(cl.lab.podSpec(b))[.probeSNAT] == 1)
+        }
+    }
+}
