@@ -33,7 +33,7 @@ let package = Package(
             "SystemCalls", "NodeLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "LabCLI", dependencies: [
-            "NodeLab", "Dataplane", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "NodeLab", "Dataplane", "MapSync", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "RedirectAgent", dependencies: [
             "Dataplane", "SystemCalls",

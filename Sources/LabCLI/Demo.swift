@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dataplane
+import MapSync
 import Foundation
 import NodeLab
 import SystemCalls
@@ -9,7 +10,7 @@ struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Bring up 2 nodes x 2 pods, capture them, run traffic and kubelet probes, print what the proxy and the kernel saw, tear down.")
     enum Choice: String, ExpressibleByArgument, CaseIterable { case ebpf, iptables, none }
-    @Option(help: "Dataplane: ebpf, iptables, or none (no capture; traffic to the proxy is explicit).") var dataplane: Choice = .iptables
+    @Option(help: "Dataplane: ebpf, iptables, or none (no capture; traffic to the proxy is explicit).") var dataplane: Choice = .ebpf
     @Flag(help: "No IPv6 addresses.") var noIPv6 = false
 
     func run() throws {
@@ -63,7 +64,13 @@ struct Demo: ParsableCommand {
                 say("  \(node.name) :\(r.listener)  \(r.client) -> \(r.originalDestination)  [\(r.method)] upstream \(r.upstream)\(r.error.map { " ERROR \($0)" } ?? "")")
             }
         }
-        if capture != nil { try showKernelState(lab: lab, pod: meshed[0]) }
+        if let capture {
+            if let ebpf = capture.dataplane(meshed[0].node) as? EBPFDataplane {
+                try showBPFState(lab: lab, capture: capture, dataplane: ebpf, pod: meshed[0])
+            } else {
+                try showKernelState(lab: lab, pod: meshed[0])
+            }
+        }
         say("\n== tearing down")
     }
 
@@ -78,6 +85,26 @@ struct Demo: ParsableCommand {
         for line in try lab.inNamespace(pod.node.netns, "ipset", ["list", "istio-inpod-probes-v4"]).split(separator: "\n") where line.contains("comment") {
             say("  ipset istio-inpod-probes-v4: \(line)")
         }
+    }
+}
+
+extension Demo {
+    func showBPFState(lab: Lab, capture: LabCapture, dataplane: EBPFDataplane, pod: LabPod) throws {
+        let maps = "\(pod.node.bpfPinRoot)/maps"
+        say("\n== what the kernel holds on node \(pod.node.name) (pins under \(pod.node.bpfPinRoot))")
+        say("$ bpftool map dump pinned \(maps)/ra_config")
+        say(try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_config"]).trimmed)
+        say("$ bpftool map dump pinned \(maps)/ra_pods   (one entry per pod address)")
+        say(try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_pods"]).trimmed)
+        say("$ tc filter show dev eth0 ingress   (inside \(pod.name))")
+        say(try lab.inNamespace(pod.netns, "tc", ["filter", "show", "dev", "eth0", "ingress"]).trimmed)
+        say("\n== per-pod decisions counted by the programs (ra_counters)")
+        for p in capture.enrolledPods(on: pod.node).sorted(by: { $0.name < $1.name }) {
+            let c = try dataplane.counters(lab.podSpec(p)).sorted { $0.key.rawValue < $1.key.rawValue }
+            say("  \(p.name): " + c.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
+        }
+        let rules = try lab.inNamespace(pod.netns, "iptables-save", []) + lab.inNamespace(pod.node.netns, "iptables-save", [])
+        say("\n== iptables rules of ours in \(pod.name) and \(pod.node.name): \(rules.split(separator: "\n").filter { $0.contains("ISTIO") }.count)")
     }
 }
 
