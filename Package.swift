@@ -17,6 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         .target(name: "CShim", linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
@@ -24,6 +25,7 @@ let package = Package(
         .target(name: "BPFLoader", dependencies: ["CShim", "SystemCalls", .product(name: "Logging", package: "swift-log")]),
         .target(name: "MapSync", dependencies: ["BPFLoader", "CShim", "SystemCalls"]),
         .target(name: "Dataplane", dependencies: ["SystemCalls", "BPFLoader", "MapSync", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "NetworkPolicyCheck", dependencies: ["SystemCalls", .product(name: "Yams", package: "Yams")]),
         .target(name: "MeshProxy", dependencies: ["SystemCalls", "BPFLoader", "MapSync", "CShim"]),
         .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader"]),
         .executableTarget(name: "MeshProxyMain", dependencies: [
@@ -36,13 +38,14 @@ let package = Package(
             "NodeLab", "Dataplane", "MapSync", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "RedirectAgent", dependencies: [
-            "Dataplane", "SystemCalls",
+            "Dataplane", "SystemCalls", "NetworkPolicyCheck",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
         .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
+        .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "LabApp", "MeshProxyMain"]),
     ],
     swiftLanguageModes: [.v5]

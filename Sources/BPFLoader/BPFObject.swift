@@ -29,7 +29,10 @@ public final class BPFObject: @unchecked Sendable {
         self.mapPinDirectory = mapPinDirectory
     }
 
-    deinit { bpf_object__close(object) }
+    deinit {
+        for fd in retained { close(fd) }
+        bpf_object__close(object)
+    }
 
     /// The program named `name` (its function name in the C source).
     public func program(_ name: String) throws -> BPFProgram {
@@ -43,15 +46,30 @@ public final class BPFObject: @unchecked Sendable {
         return BPFMap(name: name, fd: bpf_map__fd(m), owned: false)
     }
 
-    /// Pins every program under `directory` (replacing older pins), for bpftool and for restarts.
-    public func pinPrograms(in directory: String, names: [String]) throws {
+    /// Pins the programs under `directory` and returns the ones to attach. A pinned program with
+    /// the same tag (same instructions, same maps) is reused, so a restarted agent finds its
+    /// attachments already current and changes nothing; a different one (an upgrade) is replaced.
+    public func pinnedPrograms(in directory: String, names: [String]) throws -> [String: BPFProgram] {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var out: [String: BPFProgram] = [:]
         for name in names {
-            let p = "\(directory)/\(name)"
-            unlink(p)
-            try bpfCheck("pin program \(name) at \(p)", bpf_obj_pin(try program(name).fd, p))
+            let fresh = try program(name)
+            let pin = "\(directory)/\(name)"
+            let old = FileManager.default.fileExists(atPath: pin) ? bpf_obj_get(pin) : -1
+            if old >= 0, let a = try? BPFProgram(name: name, fd: old).tag(), a == (try fresh.tag()) {
+                out[name] = BPFProgram(name: name, fd: old)
+                retained.append(old) // kept open for the object's lifetime
+                continue
+            }
+            if old >= 0 { close(old) }
+            unlink(pin)
+            try bpfCheck("pin program \(name) at \(pin)", bpf_obj_pin(fresh.fd, pin))
+            out[name] = fresh
         }
+        return out
     }
+
+    private var retained: [Int32] = []
 }
 
 /// A loaded program.
@@ -60,6 +78,13 @@ public struct BPFProgram: Sendable {
     public let name: String
     /// Its descriptor (owned by the object).
     public let fd: Int32
+
+    /// The kernel's tag: a hash of its instructions.
+    public func tag() throws -> [UInt8] {
+        var t = [UInt8](repeating: 0, count: 8)
+        try bpfCheck("prog tag \(name)", cshim_prog_tag(fd, &t))
+        return t
+    }
 
     /// The kernel's id for it.
     public func id() throws -> UInt32 {

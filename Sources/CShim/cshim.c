@@ -149,6 +149,15 @@ int cshim_prog_id(int prog_fd, uint32_t *id) {
     return err;
 }
 
+int cshim_prog_tag(int prog_fd, uint8_t tag[8]) {
+    struct bpf_prog_info info;
+    uint32_t len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    int err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
+    if (!err) memcpy(tag, info.tag, 8);
+    return err;
+}
+
 int cshim_is_bpffs(const char *path) {
     struct statfs st;
     if (statfs(path, &st) != 0) return 0;

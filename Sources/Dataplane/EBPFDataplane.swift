@@ -1,6 +1,7 @@
 import BPFLoader
 import CShim
 import Foundation
+import Glibc
 import Logging
 import MapSync
 import SystemCalls
@@ -37,6 +38,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
     public let maps: MapSync
     private var _config: CaptureConfig
     private let object: BPFObject
+    private let programs: [String: BPFProgram]
     private let runner: CommandRunner
     private let logger: Logger
     private let lock = NSLock()
@@ -55,7 +57,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
             throw DataplaneError(.unsupported, "\(options.pinRoot) is not on a bpffs")
         }
         object = try BPFObject(path: options.objectPath, mapPinDirectory: "\(options.pinRoot)/maps")
-        try object.pinPrograms(in: "\(options.pinRoot)/progs", names: Self.programNames)
+        programs = try object.pinnedPrograms(in: "\(options.pinRoot)/progs", names: Self.programNames)
         maps = try MapSync(object: object)
         try maps.write(Self.kernelConfig(config))
         logger.info("ebpf dataplane loaded", metadata: ["pins": "\(options.pinRoot)", "attach": "\(options.attach.rawValue)"])
@@ -101,7 +103,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
         do {
             let index = try pod.ips.lazy.compactMap { try self.maps.pod($0)?.pod_index }.first ?? maps.freeIndex()
             let attached = try attachInPod(pod)
-            try LinkAttach.skLookup(try object.program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
+            try LinkAttach.skLookup(try program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
             try routing.apply(netns: pod.netns, families: families(of: pod))
             let hostCreated = try attachOnNode(hostIfindex: attached.hostIfindex)
             var flags = attached.createdClsact ? UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) : 0
@@ -137,7 +139,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
         var drift: [String] = []
         let entries = try pod.ips.map { ($0, try maps.pod($0)) }
         for (ip, e) in entries where e == nil { drift.append("maps: \(ip) is not in ra_pods") }
-        let ingressID = try object.program("tc_pod_ingress").id(), egressID = try object.program("tc_pod_egress").id()
+        let ingressID = try program("tc_pod_ingress").id(), egressID = try program("tc_pod_egress").id()
         let (ing, eg) = try NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
             let idx = try TCAttach.ifindex(self.options.podInterface)
             return (TCAttach.attachedProgramID(ifindex: idx, ingress: true), TCAttach.attachedProgramID(ifindex: idx, ingress: false))
@@ -160,7 +162,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
     /// In the pod's namespace: allow our re-injected packets (their source is the pod's own
     /// address), then attach ingress and egress.
     private func attachInPod(_ pod: PodSpec) throws -> PodAttachment {
-        let ingress = try object.program("tc_pod_ingress"), egress = try object.program("tc_pod_egress")
+        let ingress = try program("tc_pod_ingress"), egress = try program("tc_pod_egress")
         let name = options.podInterface, mode = options.attach, pin = options.pinRoot, uid = pod.uid
         return try NetworkNamespace(path: pod.netns).run {
             let link = try Netlink.link(named: name)
@@ -193,7 +195,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
     /// On the node: the probe SNAT programs on the host side of the pod's veth (always clsact:
     /// the CNI may own other programs there, and our filter coexists with theirs by handle).
     private func attachOnNode(hostIfindex: Int32) throws -> Bool {
-        let ingress = try object.program("tc_node_ingress"), egress = try object.program("tc_node_egress")
+        let ingress = try program("tc_node_ingress"), egress = try program("tc_node_egress")
         return try onNode {
             let created = try TCAttach.ensureClsact(ifindex: hostIfindex)
             try TCAttach.attach(ingress, ifindex: hostIfindex, ingress: true)
@@ -236,5 +238,13 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
     public func counters(_ pod: PodSpec) throws -> [Decision: UInt64] {
         guard let e = try pod.ips.lazy.compactMap({ try self.maps.pod($0) }).first else { return [:] }
         return try maps.counters(podIndex: e.pod_index)
+    }
+}
+
+extension EBPFDataplane {
+    /// The program to attach for `name` (the pinned one when it is current).
+    func program(_ name: String) throws -> BPFProgram {
+        guard let p = programs[name] else { throw BPFError("program \(name)", code: ENOENT) }
+        return p
     }
 }

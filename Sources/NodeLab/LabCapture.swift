@@ -18,6 +18,7 @@ public final class LabCapture: @unchecked Sendable {
     /// The mode.
     public let mode: DataplaneMode
     private var dataplanes: [String: Dataplane] = [:]
+    private var configs: [String: CaptureConfig] = [:]
     private var enrolled: [String: LabPod] = [:]
     private let lock = NSLock()
 
@@ -26,9 +27,11 @@ public final class LabCapture: @unchecked Sendable {
         self.lab = lab
         self.mode = mode
         for node in lab.nodes {
-            let dp = try LabCapture.make(mode: mode, node: node, config: config(node))
+            let c = config(node)
+            let dp = try LabCapture.make(mode: mode, node: node, config: c)
             try dp.prepareNode()
             dataplanes[node.name] = dp
+            configs[node.name] = c
         }
     }
 
@@ -46,8 +49,17 @@ public final class LabCapture: @unchecked Sendable {
         }
     }
 
+    /// Drops `node`'s dataplane and builds a new one from the same pins and config, as an agent
+    /// restart does; the old instance's kernel objects stay attached while it goes.
+    public func restartDataplane(_ node: LabNode) throws {
+        lock.withLock { dataplanes[node.name] = nil }
+        let dp = try LabCapture.make(mode: mode, node: node, config: configs[node.name]!)
+        try dp.prepareNode()
+        lock.withLock { dataplanes[node.name] = dp }
+    }
+
     /// The dataplane of `node`.
-    public func dataplane(_ node: LabNode) -> Dataplane { dataplanes[node.name]! }
+    public func dataplane(_ node: LabNode) -> Dataplane { lock.withLock { dataplanes[node.name]! } }
 
     /// Captures `pod` and hands it to its node's proxy.
     public func enroll(_ pod: LabPod) throws {

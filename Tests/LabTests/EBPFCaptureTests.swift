@@ -85,4 +85,30 @@ struct EBPFCaptureTests {
             #expect(try dpB.counters(cl.lab.podSpec(b))[.probeSNAT] == 1)
         }
     }
+
+    @Test("a restarted dataplane reuses the pinned programs and maps: nothing detaches, live connections keep flowing",
+          arguments: conformanceModes)
+    func restartKeepsCapture(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            let a = cl.meshed[0], b = cl.meshed[2]
+            let conn = try a.netns.run { try Socket(tcp: AF_INET) }
+            try conn.setTimeout(seconds: 3)
+            try conn.connect(SocketAddress(b.ipv4!, Lab.echoPort))
+            func roundTrip(_ text: String) throws -> String {
+                try conn.writeAll(text)
+                return String(decoding: try conn.read(max: 100), as: UTF8.self)
+            }
+            #expect(try roundTrip("before") == "before")
+            try cl.capture.restartDataplane(a.node)
+            try cl.capture.restartDataplane(b.node)
+            #expect(try roundTrip("after") == "after", "the connection survived the restart")
+            for pod in cl.meshed {
+                #expect(try cl.capture.dataplane(pod.node).verify(cl.lab.podSpec(pod)).isEmpty, "\(pod.name) intact after restart")
+            }
+            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            #expect(try cl.lab.request(from: a, to: dst).status == 200)
+            #expect(cl.records(a.node, listener: 15001, to: dst).count == 1, "new connections are still captured")
+        }
+    }
 }
