@@ -8,7 +8,7 @@ BPF_OBJ    := bpf/redirect.bpf.o
 BPF_HDRS   := $(wildcard bpf/*.h) Sources/CShim/include/redirect_abi.h
 BIN        := .build/debug
 
-.PHONY: deps bpf build test demo demo-iptables bench clean
+.PHONY: deps bpf build test demo demo-iptables bench clean proto
 
 deps:
 	@bash scripts/deps.sh
@@ -38,3 +38,9 @@ clean:
 	rm -f $(BPF_OBJ)
 	$(SWIFT) package clean
 	-$(BIN)/redirect-lab cleanup 2>/dev/null
+
+# Regenerates Sources/ZDS/zds.pb.swift (committed; CI never builds the plugin).
+# Needs protoc (Debian protobuf-compiler) and protoc-gen-swift built from swift-protobuf.
+PROTOC_GEN_SWIFT ?= protoc-gen-swift
+proto:
+	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_out=Visibility=Public:Sources/ZDS -Iproto proto/zds.proto

@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
     ],
     targets: [
         .target(name: "CShim", linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
@@ -26,7 +27,9 @@ let package = Package(
         .target(name: "MapSync", dependencies: ["BPFLoader", "CShim", "SystemCalls"]),
         .target(name: "Dataplane", dependencies: ["SystemCalls", "BPFLoader", "MapSync", .product(name: "Logging", package: "swift-log")]),
         .target(name: "NetworkPolicyCheck", dependencies: ["SystemCalls", .product(name: "Yams", package: "Yams")]),
-        .target(name: "MeshProxy", dependencies: ["SystemCalls", "BPFLoader", "MapSync", "CShim"]),
+        .target(name: "ZDS", dependencies: ["SystemCalls", "CShim", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                                            .product(name: "Logging", package: "swift-log")], exclude: ["zds.proto.note"]),
+        .target(name: "MeshProxy", dependencies: ["SystemCalls", "BPFLoader", "MapSync", "CShim", "ZDS"]),
         .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader"]),
         .executableTarget(name: "MeshProxyMain", dependencies: [
             "MeshProxy", "SystemCalls", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -167,3 +167,47 @@ int cshim_is_bpffs(const char *path) {
 int cshim_mount_bpffs(const char *path) { return mount("bpf", path, "bpf", 0, NULL); }
 int cshim_umount(const char *path) { return umount2(path, MNT_DETACH); }
 int cshim_num_possible_cpus(void) { return libbpf_num_possible_cpus(); }
+
+ssize_t cshim_send_with_fd(int sock, const void *data, size_t len, int fd) {
+    struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+    char control[CMSG_SPACE(sizeof(int))];
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (fd >= 0) {
+        memset(control, 0, sizeof(control));
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof(control);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
+
+ssize_t cshim_recv_with_fd(int sock, void *buf, size_t len, int *fd) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    char control[CMSG_SPACE(sizeof(int) * 4)];
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    *fd = -1;
+    ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *fds = (int *)CMSG_DATA(c);
+            for (int i = 0; i < count; i++) {
+                if (*fd < 0) *fd = fds[i]; else close(fds[i]);
+            }
+        }
+    }
+    return n;
+}

@@ -75,15 +75,12 @@ public final class MeshProxy: @unchecked Sendable {
     /// Enrolled pod UIDs.
     public var enrolled: [String] { lock.withLock { Array(workloads.keys).sorted() } }
 
-    /// Opens the pod's listeners; re-adding a pod replaces its listeners.
+    /// Opens the pod's listeners. A pod already served keeps its listeners (an agent that
+    /// restarts hands every pod over again; closing listeners then would drop connections).
     public func add(_ workload: ProxyWorkload) throws {
+        if lock.withLock({ workloads[workload.uid] != nil }) { return }
         let listeners = try PodListeners.open(workload, proxy: self)
-        let old = lock.withLock { () -> PodListeners? in
-            let old = workloads[workload.uid]
-            workloads[workload.uid] = listeners
-            return old
-        }
-        old?.close()
+        lock.withLock { workloads[workload.uid] = listeners }
     }
 
     /// Closes the pod's listeners (connections in flight finish). No-op for an unknown pod.

@@ -10,7 +10,8 @@ struct MeshProxyCommand: ParsableCommand {
         commandName: "mesh-proxy",
         abstract: "Stand-in mesh proxy: listeners inside each enrolled pod on 15001/15006/15008, tunnels between pods.")
     @Option(help: "The node's network namespace (entered at start).") var netns: String?
-    @Option(help: "Unix socket for the control channel.") var control: String
+    @Option(help: "Unix socket for the line control channel (the lab's direct mode).") var control: String?
+    @Option(help: "The agent's ZDS socket: pods arrive over ztunnel's protocol.") var zds: String?
     @Option(help: "JSON-lines file of handled connections.") var records: String?
     @Option(help: "Pinned sockhash of the eBPF dataplane to register listeners in (used when it exists).") var listenerMap: String?
 
@@ -20,10 +21,12 @@ struct MeshProxyCommand: ParsableCommand {
         ParentWatch.start()
         signal(SIGPIPE, SIG_IGN)
         let proxy = MeshProxy(records: RecordWriter(path: records), listenerMapPath: listenerMap)
-        let server = try ControlServer(proxy: proxy, path: control)
-        print("READY control=\(control)")
+        guard control != nil || zds != nil else { throw ValidationError("give --control or --zds (or both)") }
+        if let zds { Thread { ZDSClient(path: zds, proxy: proxy).run() }.start() }
+        let server = try control.map { try ControlServer(proxy: proxy, path: $0) }
+        print("READY control=\(control ?? "-") zds=\(zds ?? "-")")
         fflush(stdout)
-        server.serve()
+        if let server { server.serve() } else { while true { sleep(3600) } }
     }
 }
 

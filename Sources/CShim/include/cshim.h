@@ -39,6 +39,10 @@ int cshim_accept_cloexec(int fd);
 int cshim_sock_stream(void);
 int cshim_sock_seqpacket(void);
 int cshim_sock_cloexec(void);
+/// sendmsg(2) of one datagram with an optional file descriptor as SCM_RIGHTS (fd < 0: none).
+ssize_t cshim_send_with_fd(int sock, const void *data, size_t len, int fd);
+/// recvmsg(2) of one datagram; *fd receives a passed descriptor or -1. MSG_CMSG_CLOEXEC.
+ssize_t cshim_recv_with_fd(int sock, void *buf, size_t len, int *fd);
 /// The thread's errno.
 int cshim_errno(void);
 /// gettid(2).

@@ -1,0 +1,53 @@
+import BPFLoader
+import CShim
+import Foundation
+import Glibc
+
+/// What the kernel offers the eBPF dataplane, probed for real (bpf(2) calls), with the reason
+/// when something is missing.
+public struct KernelFeatures: Sendable, Codable, Equatable {
+    /// The bpf() syscall answers.
+    public var bpfSyscall: Bool
+    /// tc (SCHED_CLS) programs load.
+    public var tcPrograms: Bool
+    /// sk_lookup programs load.
+    public var skLookupPrograms: Bool
+    /// bpf_sk_assign is available to tc programs.
+    public var skAssignHelper: Bool
+    /// bpf_skc_lookup_tcp is available to tc programs.
+    public var skcLookupHelper: Bool
+    /// A bpffs is (or can be) mounted at the pin root's parent.
+    public var bpffs: Bool
+    /// Why ebpf cannot be used; nil when it can.
+    public var missing: String?
+
+    /// Whether the eBPF dataplane can run.
+    public var ebpfUsable: Bool { missing == nil }
+
+    /// Probes the running kernel; `bpffsPath` is where pins go.
+    public static func probe(bpffsPath: String) -> KernelFeatures {
+        errno = 0
+        let tc = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SCHED_CLS, nil)
+        let tcErr = errno
+        let sysOK = !(tc < 0 && (tc == -EPERM || tc == -ENOSYS || tcErr == EPERM || tcErr == ENOSYS))
+        let skl = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nil)
+        let assign = libbpf_probe_bpf_helper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_sk_assign, nil)
+        let skc = libbpf_probe_bpf_helper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_skc_lookup_tcp, nil)
+        var fs = BPFFS.isMounted(bpffsPath)
+        if !fs { fs = (try? BPFFS.ensureMounted(bpffsPath)) != nil && BPFFS.isMounted(bpffsPath) }
+        var f = KernelFeatures(bpfSyscall: sysOK, tcPrograms: tc == 1, skLookupPrograms: skl == 1,
+                               skAssignHelper: assign == 1, skcLookupHelper: skc == 1, bpffs: fs, missing: nil)
+        f.missing = f.reason(tcResult: tc)
+        return f
+    }
+
+    private func reason(tcResult: Int32) -> String? {
+        if !bpfSyscall { return "the bpf() syscall is denied (\(String(cString: strerror(abs(tcResult)))))" }
+        if !tcPrograms { return "tc (sched_cls) BPF programs cannot be loaded (\(String(cString: strerror(abs(tcResult)))))" }
+        if !skLookupPrograms { return "sk_lookup BPF programs are not supported (kernel 5.9+ needed)" }
+        if !skAssignHelper { return "the bpf_sk_assign helper is not available to tc programs (kernel 5.7+ needed)" }
+        if !skcLookupHelper { return "the bpf_skc_lookup_tcp helper is not available to tc programs" }
+        if !bpffs { return "no bpffs can be mounted at the pin directory" }
+        return nil
+    }
+}

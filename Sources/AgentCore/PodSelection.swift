@@ -1,0 +1,47 @@
+import Foundation
+
+/// The label that puts pods in the mesh.
+public let dataplaneModeLabel = "istio.io/dataplane-mode"
+
+/// Decides whether a pod is in the mesh. One seam: today labels come from CNI_ARGS or a
+/// node-local selection file; a Kubernetes API watch can replace it.
+public protocol PodSelection: Sendable {
+    /// The pod's and its namespace's labels as this source knows them.
+    func labels(namespace: String, pod: String, fromCNI: [String: String], namespaceFromCNI: [String: String]) -> (pod: [String: String], namespace: [String: String])
+}
+
+extension PodSelection {
+    /// In the mesh when the pod or its namespace says `ambient` and the pod does not say `none`.
+    public func isInMesh(namespace: String, pod: String, podLabels: [String: String], namespaceLabels: [String: String]) -> Bool {
+        let (p, n) = labels(namespace: namespace, pod: pod, fromCNI: podLabels, namespaceFromCNI: namespaceLabels)
+        if p[dataplaneModeLabel] == "none" { return false }
+        return p[dataplaneModeLabel] == "ambient" || n[dataplaneModeLabel] == "ambient"
+    }
+}
+
+/// Labels from CNI_ARGS, overlaid with a node-local JSON file (read on every decision, so it can
+/// change while the agent runs):
+///
+///     {"namespaces": {"shop": {"istio.io/dataplane-mode": "ambient"}},
+///      "pods": {"shop/cart-1": {"istio.io/dataplane-mode": "none"}}}
+public struct FileAndArgsSelection: PodSelection {
+    /// The file; nil: CNI_ARGS only.
+    public var path: String?
+    /// Creates the selection.
+    public init(path: String?) { self.path = path }
+
+    struct File: Decodable {
+        var namespaces: [String: [String: String]]?
+        var pods: [String: [String: String]]?
+    }
+
+    /// CNI_ARGS labels first, the file's on top.
+    public func labels(namespace: String, pod: String, fromCNI: [String: String], namespaceFromCNI: [String: String]) -> (pod: [String: String], namespace: [String: String]) {
+        var p = fromCNI, n = namespaceFromCNI
+        if let path, let data = FileManager.default.contents(atPath: path), let f = try? JSONDecoder().decode(File.self, from: data) {
+            p.merge(f.pods?["\(namespace)/\(pod)"] ?? [:]) { $1 }
+            n.merge(f.namespaces?[namespace] ?? [:]) { $1 }
+        }
+        return (p, n)
+    }
+}

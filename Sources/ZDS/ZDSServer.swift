@@ -1,0 +1,133 @@
+import CShim
+import Foundation
+import Glibc
+import Logging
+import SystemCalls
+
+/// A pod as the agent hands it to the proxy.
+public struct ZDSWorkload: Sendable {
+    /// Pod UID.
+    public var uid: String
+    /// Pod name.
+    public var name: String
+    /// Kubernetes namespace.
+    public var namespace: String
+    /// The pod's network namespace path (opened and passed as a descriptor).
+    public var netns: String
+    /// Creates one.
+    public init(uid: String, name: String, namespace: String, netns: String) { self.uid = uid; self.name = name; self.namespace = namespace; self.netns = netns }
+}
+
+/// The agent's side of ZDS: ztunnel (or the stand-in proxy) connects, says hello, receives a
+/// snapshot of every enrolled pod (each acknowledged), SnapshotSent, then live adds and deletes.
+/// One proxy at a time: a new connection replaces the old one and gets a fresh snapshot. A peer
+/// that sends garbage or disconnects is dropped; the server keeps serving.
+public final class ZDSServer: @unchecked Sendable {
+    private let listener: Socket
+    private let snapshot: @Sendable () -> [ZDSWorkload]
+    private let logger: Logger
+    private let lock = NSLock()   // one request in flight at a time, snapshot included
+    private var channel: ZDSChannel?
+    private let ackTimeout: Double
+
+    /// Listens on `path`; `snapshot` lists the pods to send to a new proxy.
+    public init(path: String, ackTimeout: Double = 5, logger: Logger = Logger(label: "zds"), snapshot: @escaping @Sendable () -> [ZDSWorkload]) throws {
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        self.listener = try UnixSocket.listen(path: path, type: cshim_sock_seqpacket())
+        self.snapshot = snapshot
+        self.logger = logger
+        self.ackTimeout = ackTimeout
+    }
+
+    /// Whether a proxy is connected and has its snapshot.
+    public var connected: Bool { lock.withLock { channel != nil } }
+
+    /// Accepts proxies on a background thread.
+    public func start() {
+        Thread { [self] in
+            while true {
+                guard let s = try? listener.accept() else { usleep(10_000); continue }
+                Thread { self.serve(ZDSChannel(socket: s)) }.start()
+            }
+        }.start()
+    }
+
+    private func serve(_ ch: ZDSChannel) {
+        do {
+            try ch.socket.setTimeout(seconds: ackTimeout)
+            guard let (hello, fd) = try ch.receive(Istio_Workload_Zds_ZdsHello.self) else { return }
+            if fd >= 0 { close(fd) }
+            logger.info("proxy connected", metadata: ["version": "\(hello.version)"])
+            try lock.withLock {
+                for w in snapshot() { try sendAdd(w, on: ch) }
+                var req = Istio_Workload_Zds_WorkloadRequest()
+                req.snapshotSent = Istio_Workload_Zds_SnapshotSent()
+                try request(req, on: ch)
+                channel = ch
+            }
+            logger.info("snapshot sent to proxy")
+        } catch {
+            logger.warning("proxy dropped during hello/snapshot", metadata: ["error": "\(error)"])
+            ch.socket.close()
+        }
+    }
+
+    /// Hands a new pod to the proxy and waits for its ack. No proxy connected: nothing to do (the
+    /// pod goes out in the snapshot when one connects). A rejected pod throws.
+    public func add(_ w: ZDSWorkload) throws {
+        try lock.withLock {
+            guard let ch = channel else { return }
+            do { try sendAdd(w, on: ch) } catch let e as ZDSRejected { throw e } catch { drop(ch, error) }
+        }
+    }
+
+    /// Tells the proxy a pod is gone.
+    public func remove(uid: String) {
+        lock.withLock {
+            guard let ch = channel else { return }
+            var req = Istio_Workload_Zds_WorkloadRequest()
+            var del = Istio_Workload_Zds_DelWorkload()
+            del.uid = uid
+            req.del = del
+            do { try request(req, on: ch) } catch { drop(ch, error) }
+        }
+    }
+
+    private func sendAdd(_ w: ZDSWorkload, on ch: ZDSChannel) throws {
+        let fd = open(w.netns, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            logger.warning("pod namespace gone, not sent", metadata: ["uid": "\(w.uid)", "netns": "\(w.netns)"])
+            return
+        }
+        defer { close(fd) }
+        var add = Istio_Workload_Zds_AddWorkload()
+        add.uid = w.uid
+        add.workloadInfo.name = w.name
+        add.workloadInfo.namespace = w.namespace
+        var req = Istio_Workload_Zds_WorkloadRequest()
+        req.add = add
+        try request(req, on: ch, fd: fd)
+    }
+
+    private func request(_ req: Istio_Workload_Zds_WorkloadRequest, on ch: ZDSChannel, fd: Int32 = -1) throws {
+        try ch.send(req, fd: fd)
+        guard let (resp, rfd) = try ch.receive(Istio_Workload_Zds_WorkloadResponse.self) else { throw ZDSError("proxy closed the connection") }
+        if rfd >= 0 { close(rfd) }
+        guard case .ack(let ack)? = resp.payload else { throw ZDSError("expected an Ack") }
+        if !ack.error.isEmpty { throw ZDSRejected(message: ack.error) }
+    }
+
+    private func drop(_ ch: ZDSChannel, _ error: Error) {
+        logger.warning("proxy connection lost", metadata: ["error": "\(error)"])
+        ch.socket.close()
+        if channel === ch { channel = nil }
+    }
+}
+
+/// The proxy answered a request with an error.
+public struct ZDSRejected: Error, CustomStringConvertible {
+    /// Its message.
+    public var message: String
+    /// One line.
+    public var description: String { "proxy rejected the pod: \(message)" }
+}
