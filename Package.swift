@@ -13,12 +13,14 @@ let package = Package(
         .executable(name: "redirect-lab", targets: ["LabCLI"]),
         .executable(name: "mesh-proxy", targets: ["MeshProxyMain"]),
         .executable(name: "lab-app", targets: ["LabApp"]),
+        .executable(name: "redirect-cni", targets: ["CNIPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         .target(name: "CShim", linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
@@ -30,6 +32,10 @@ let package = Package(
         .target(name: "ZDS", dependencies: ["SystemCalls", "CShim", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                             .product(name: "Logging", package: "swift-log")], exclude: ["zds.proto.note"]),
         .target(name: "MeshProxy", dependencies: ["SystemCalls", "BPFLoader", "MapSync", "CShim", "ZDS"]),
+        .target(name: "AgentAPI", dependencies: ["SystemCalls"]),
+        .target(name: "AgentCore", dependencies: ["AgentAPI", "Dataplane", "BPFLoader", "MapSync", "ZDS", "SystemCalls",
+                                                  .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "CNIPlugin", dependencies: ["AgentAPI", "SystemCalls"]),
         .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader"]),
         .executableTarget(name: "MeshProxyMain", dependencies: [
             "MeshProxy", "SystemCalls", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -41,7 +47,8 @@ let package = Package(
             "NodeLab", "Dataplane", "MapSync", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "RedirectAgent", dependencies: [
-            "Dataplane", "SystemCalls", "NetworkPolicyCheck",
+            "Dataplane", "SystemCalls", "NetworkPolicyCheck", "AgentCore", "AgentAPI",
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

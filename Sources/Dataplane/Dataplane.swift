@@ -44,6 +44,10 @@ public protocol Dataplane: AnyObject, Sendable {
     func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws
     /// Removes the node-wide part.
     func uninstallNode() throws
+    /// Where the pod's capture is attached, as the kernel reports it (for `status`).
+    func describe(_ pod: PodSpec) -> String
+    /// Removes node-side state of pods not in `keep` (after a crash or a missed DEL); returns what it removed.
+    func removeStale(keep: [PodSpec]) throws -> [String]
 }
 
 /// A dataplane operation failed: which, for which pod, and why.

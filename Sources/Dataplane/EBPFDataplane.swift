@@ -21,6 +21,19 @@ public struct EBPFOptions: Sendable {
     public var podInterface = "eth0"
     /// Creates options.
     public init(objectPath: String) { self.objectPath = objectPath }
+
+    /// Where the compiled programs are: `REDIRECT_BPF_OBJECT`, else `bpf/redirect.bpf.o` of the
+    /// checkout the running binary was built in, else the installed copy.
+    public static func defaultObjectPath(besides binaryDirectory: String) -> String {
+        if let p = ProcessInfo.processInfo.environment["REDIRECT_BPF_OBJECT"], !p.isEmpty { return p }
+        var dir = URL(fileURLWithPath: binaryDirectory)
+        for _ in 0..<5 {
+            let candidate = dir.appendingPathComponent("bpf/redirect.bpf.o").path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return "/usr/lib/redirect-agent/redirect.bpf.o"
+    }
 }
 
 /// Capture with BPF programs: on the pod's own interface (inside its namespace) tc programs steer
@@ -153,6 +166,42 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
         }
         drift += try routing.drift(netns: pod.netns, families: families(of: pod))
         return drift
+    }
+
+    /// The programs attached on the pod's interface and host veth, by kernel id.
+    public func describe(_ pod: PodSpec) -> String {
+        guard FileManager.default.fileExists(atPath: pod.netns),
+              let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return "not in ra_pods" }
+        let name = options.podInterface
+        let ids = (try? NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
+            let idx = try TCAttach.ifindex(name)
+            return (TCAttach.attachedProgramID(ifindex: idx, ingress: true), TCAttach.attachedProgramID(ifindex: idx, ingress: false))
+        }) ?? (nil, nil)
+        let host = (try? onNode { (TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: true), TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: false)) }) ?? (nil, nil)
+        func id(_ v: UInt32?) -> String { v.map { "prog \($0)" } ?? "none" }
+        let link = FileManager.default.fileExists(atPath: linkPin(pod)) ? "sk_lookup link pinned" : "sk_lookup link missing"
+        return "\(options.attach.rawValue) \(name) ifindex \(e.pod_ifindex): ingress \(id(ids.0)), egress \(id(ids.1)); host veth ifindex \(e.host_ifindex): ingress \(id(host.0)), egress \(id(host.1)); \(link); pod index \(e.pod_index)"
+    }
+
+    /// Deletes map entries and sk_lookup link pins of pods not in `keep`.
+    public func removeStale(keep: [PodSpec]) throws -> [String] {
+        let ips = Set(keep.flatMap(\.ips)), uids = Set(keep.map(\.uid))
+        var removed: [String] = []
+        for (ip, info) in try maps.allPods() where !ips.contains(ip) {
+            try maps.remove(ips: [ip])
+            if info.host_ifindex != 0 { try? detachOnNode(info) }
+            removed.append("ra_pods \(ip)")
+        }
+        let links = "\(options.pinRoot)/links"
+        for f in (try? FileManager.default.contentsOfDirectory(atPath: links)) ?? [] {
+            let uid = f.components(separatedBy: "-sklookup").first ?? f
+            let owner = f.hasSuffix("-sklookup") ? uid : String(f.split(separator: "-tcx-").first ?? "")
+            if !uids.contains(owner) {
+                LinkAttach.unpin("\(links)/\(f)")
+                removed.append("link \(f)")
+            }
+        }
+        return removed
     }
 
     // MARK: attach

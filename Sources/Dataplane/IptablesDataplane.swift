@@ -129,6 +129,35 @@ public final class IptablesDataplane: Dataplane, @unchecked Sendable {
         }
     }
 
+    /// The rule count of our chains in the pod, per family, and the backend.
+    public func describe(_ pod: PodSpec) -> String {
+        var parts = ["iptables-\(backend.rawValue)"]
+        for v6 in families(of: pod) {
+            let have = (try? podCommand(pod, backend.save(ipv6: v6), [])).map { rules.installed(in: $0) }
+            parts.append("\(v6 ? "IPv6" : "IPv4"): \(have?.ruleCounts.values.reduce(0, +) ?? 0) rules in \(have?.chains.count ?? 0) chains")
+        }
+        return parts.joined(separator: ", ")
+    }
+
+    /// Deletes ipset entries tagged with a UID no kept pod has.
+    public func removeStale(keep: [PodSpec]) throws -> [String] {
+        let uids = Set(keep.map(\.uid))
+        var removed: [String] = []
+        for v6 in [false, true] {
+            let set = config.ipsetName(ipv6: v6)
+            guard let out = try? runner.checked("ipset", ["list", set]) else { continue }
+            for line in out.split(separator: "\n") {
+                guard let q = line.range(of: " comment \"") else { continue }
+                let ip = String(line[..<q.lowerBound]), uid = String(line[q.upperBound...].dropLast())
+                if !uids.contains(uid) {
+                    try runner.checked("ipset", ["del", set, ip])
+                    removed.append("ipset \(set) \(ip) (pod \(uid))")
+                }
+            }
+        }
+        return removed
+    }
+
     // MARK: helpers
 
     private func validate(_ pod: PodSpec) throws {

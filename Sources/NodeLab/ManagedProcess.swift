@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SystemCalls
+import Dataplane
 
 /// A long-running helper process (app server, mesh proxy) with its output in a log file.
 public final class ManagedProcess: @unchecked Sendable {
@@ -66,19 +67,11 @@ public enum LabBinaries {
         return dir.path
     }
 
-    /// The compiled BPF object: `REDIRECT_BPF_OBJECT`, else `bpf/redirect.bpf.o` of the checkout the
-    /// binaries were built in, else the installed copy.
+    /// The compiled BPF object, found as the agent finds it.
     public static func bpfObject() throws -> String {
-        if let p = ProcessInfo.processInfo.environment["REDIRECT_BPF_OBJECT"], !p.isEmpty { return p }
-        var dir = URL(fileURLWithPath: directory)
-        for _ in 0..<5 {
-            let candidate = dir.appendingPathComponent("bpf/redirect.bpf.o").path
-            if FileManager.default.fileExists(atPath: candidate) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        let installed = "/usr/lib/redirect-agent/redirect.bpf.o"
-        if FileManager.default.fileExists(atPath: installed) { return installed }
-        throw LabError("bpf/redirect.bpf.o not found: run `make bpf` or set REDIRECT_BPF_OBJECT")
+        let p = EBPFOptions.defaultObjectPath(besides: directory)
+        guard FileManager.default.fileExists(atPath: p) else { throw LabError("\(p) not found: run `make bpf` or set REDIRECT_BPF_OBJECT") }
+        return p
     }
 
     /// Full path of one of the project's executables, checked to exist.

@@ -1,0 +1,280 @@
+import AgentAPI
+import BPFLoader
+import Dataplane
+import Foundation
+import Logging
+import MapSync
+import SystemCalls
+import ZDS
+
+/// How the agent is set up.
+public struct AgentOptions: Sendable {
+    /// ebpf, iptables or auto.
+    public var mode: DataplaneMode = .auto
+    /// Ports, marks, probe IPs.
+    public var capture = CaptureConfig()
+    /// State file, sockets.
+    public var stateDirectory = "/run/redirect-agent"
+    /// The control socket the CNI plugin and `status` use.
+    public var controlSocket = AgentClient.defaultSocket
+    /// The ZDS socket the proxy connects to.
+    public var zdsSocket = "/run/redirect-agent/ztunnel.sock"
+    /// eBPF options.
+    public var bpf: EBPFOptions
+    /// Forced iptables backend.
+    public var iptablesBackend: IptablesBackend?
+    /// The node-local selection file.
+    public var selectionFile: String?
+    /// Creates options.
+    public init(bpfObject: String) { bpf = EBPFOptions(objectPath: bpfObject) }
+    /// The state file.
+    public var statePath: String { "\(stateDirectory)/state.json" }
+}
+
+/// The node agent: picks the dataplane, enrolls pods the CNI plugin reports, hands them to the
+/// proxy over ZDS, and keeps the kernel in line with its state file across restarts.
+public final class Agent: @unchecked Sendable {
+    /// The dataplane in use.
+    public let dataplane: Dataplane
+    /// Why it was chosen.
+    public let reason: String
+    /// What the kernel offers.
+    public let features: KernelFeatures
+    /// Counters for /metrics.
+    public let metrics = AgentMetrics()
+    let options: AgentOptions
+    let store: StateStore
+    let selection: PodSelection
+    let logger: Logger
+    var state: AgentState
+    var zds: ZDSServer?
+    let lock = NSLock()
+
+    /// Chooses the dataplane: `ebpf` fails with the kernel's reason, `auto` falls back to
+    /// iptables with it, `iptables` is iptables.
+    public static func chooseDataplane(_ o: AgentOptions, logger: Logger) throws -> (Dataplane, String, KernelFeatures) {
+        let pinParent = (o.bpf.pinRoot as NSString).deletingLastPathComponent
+        let features = KernelFeatures.probe(bpffsPath: pinParent)
+        func iptables(_ why: String) -> (Dataplane, String, KernelFeatures) {
+            (IptablesDataplane(config: o.capture, runner: ProcessRunner(), backend: o.iptablesBackend,
+                               lockDirectory: "\(o.stateDirectory)/xtables", logger: logger), why, features)
+        }
+        switch o.mode {
+        case .iptables: return iptables("--dataplane iptables")
+        case .ebpf, .auto:
+            if let missing = features.missing {
+                if o.mode == .ebpf { throw AgentError(.ebpfUnavailable, "--dataplane ebpf: \(missing)") }
+                return iptables("auto: eBPF unavailable (\(missing)); using iptables")
+            }
+            do {
+                let dp = try EBPFDataplane(config: o.capture, options: o.bpf, runner: ProcessRunner(), logger: logger)
+                return (dp, o.mode == .ebpf ? "--dataplane ebpf" : "auto: the kernel supports every feature the programs use", features)
+            } catch {
+                if o.mode == .ebpf { throw AgentError(.ebpfUnavailable, "--dataplane ebpf: loading the programs failed: \(error)") }
+                return iptables("auto: loading the BPF programs failed (\(error)); using iptables")
+            }
+        }
+    }
+
+    /// Chooses the dataplane and loads the state file (migrating pods if the dataplane changed).
+    public init(options: AgentOptions, logger: Logger = Logger(label: "redirect-agent")) throws {
+        self.options = options
+        self.logger = logger
+        self.store = StateStore(path: options.statePath)
+        self.selection = FileAndArgsSelection(path: options.selectionFile)
+        (dataplane, reason, features) = try Agent.chooseDataplane(options, logger: logger)
+        state = try store.load()
+        logger.info("dataplane chosen", metadata: ["dataplane": "\(dataplane.mode.rawValue)", "reason": "\(reason)"])
+    }
+
+    // MARK: start-up
+
+    /// What the start-up reconciliation did.
+    public struct ReconcileReport: Sendable {
+        /// Pods whose capture was intact.
+        public var intact: [String] = []
+        /// Pods whose drift was repaired.
+        public var repaired: [String] = []
+        /// Pods whose namespace is gone, cleaned up.
+        public var gone: [String] = []
+        /// Pods moved from another dataplane.
+        public var migrated: [String] = []
+        /// Node state that belonged to no pod.
+        public var stale: [String] = []
+    }
+
+    /// Brings the kernel in line with the state file: migrates pods from a previous dataplane,
+    /// repairs drift, removes what belongs to pods that are gone.
+    @discardableResult
+    public func reconcile() throws -> ReconcileReport {
+        try lock.withLock {
+            var report = ReconcileReport()
+            try dataplane.prepareNode()
+            if let previous = state.dataplane, previous != dataplane.mode { report.migrated = migrate(from: previous) }
+            for (uid, pod) in state.pods.sorted(by: { $0.key < $1.key }) {
+                if !FileManager.default.fileExists(atPath: pod.spec.netns) {
+                    try? dataplane.remove(pod.spec)
+                    state.pods[uid] = nil
+                    report.gone.append(pod.spec.name)
+                    continue
+                }
+                let drift = (try? dataplane.verify(pod.spec)) ?? ["verify failed"]
+                if drift.isEmpty { report.intact.append(pod.spec.name); continue }
+                logger.warning("repairing pod", metadata: ["pod": "\(pod.spec.name)", "drift": "\(drift)"])
+                try dataplane.enroll(pod.spec)
+                report.repaired.append(pod.spec.name)
+            }
+            report.stale = try dataplane.removeStale(keep: state.pods.values.map(\.spec))
+            state.dataplane = dataplane.mode
+            state.probeIPv4 = dataplane.config.probeIPv4.description
+            state.probeIPv6 = dataplane.config.probeIPv6.description
+            try store.save(state)
+            logger.info("reconciled", metadata: ["intact": "\(report.intact.count)", "repaired": "\(report.repaired)", "gone": "\(report.gone)",
+                                                 "migrated": "\(report.migrated)", "stale": "\(report.stale)"])
+            return report
+        }
+    }
+
+    private func migrate(from previous: DataplaneMode) -> [String] {
+        logger.info("switching dataplane", metadata: ["from": "\(previous.rawValue)", "to": "\(dataplane.mode.rawValue)"])
+        var opts = options
+        opts.mode = previous
+        let old = try? Agent.chooseDataplane(opts, logger: logger).0
+        var moved: [String] = []
+        for pod in state.pods.values where FileManager.default.fileExists(atPath: pod.spec.netns) {
+            try? old?.remove(pod.spec)
+            moved.append(pod.spec.name)
+        }
+        try? old?.uninstallNode()
+        return moved
+    }
+
+    /// Starts ZDS for the proxy.
+    public func startZDS() throws {
+        let server = try ZDSServer(path: options.zdsSocket, logger: logger) { [weak self] in
+            guard let self else { return [] }
+            return self.lock.withLock { self.state.pods.values.map { ZDSWorkload(uid: $0.spec.uid, name: $0.spec.name, namespace: $0.spec.namespace, netns: $0.spec.netns) } }
+        }
+        zds = server
+        server.start()
+    }
+
+    // MARK: operations
+
+    /// Enrolls a pod the CNI plugin reports: selection, dataplane, proxy, state file. Returns
+    /// false when the pod is not selected for the mesh (nothing is done).
+    public func add(_ req: PodRequest) throws -> Bool {
+        let spec = try Agent.spec(from: req)
+        guard selection.isInMesh(namespace: req.namespace, pod: req.name, podLabels: req.podLabels, namespaceLabels: req.namespaceLabels) else {
+            logger.info("pod not selected for the mesh", metadata: ["pod": "\(req.namespace)/\(req.name)"])
+            return false
+        }
+        let start = DispatchTime.now()
+        do {
+            try lock.withLock {
+                try dataplane.enroll(spec)
+                do {
+                    try zds?.add(ZDSWorkload(uid: spec.uid, name: spec.name, namespace: spec.namespace, netns: spec.netns))
+                } catch {
+                    try? dataplane.remove(spec)
+                    throw AgentError(.proxyRejected, "\(error)")
+                }
+                state.pods[spec.uid] = EnrolledPod(spec: spec, enrolledAt: Date())
+                try store.save(state)
+            }
+        } catch let e as AgentError {
+            metrics.failure()
+            throw e
+        } catch {
+            metrics.failure()
+            throw AgentError(.enrollFailed, "\(error)")
+        }
+        metrics.enrolled(seconds: Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9)
+        logger.info("pod enrolled", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "ips": "\(spec.ips)"])
+        return true
+    }
+
+    /// Removes a pod; a pod that is not enrolled is a success.
+    public func remove(_ req: PodRequest) throws {
+        try lock.withLock {
+            let known = state.pods[req.uid]?.spec
+            guard let spec = known ?? (try? Agent.spec(from: req)) else { return }
+            zds?.remove(uid: spec.uid)
+            do { try dataplane.remove(spec) } catch { throw AgentError(.removeFailed, "\(error)") }
+            state.pods[spec.uid] = nil
+            try store.save(state)
+            metrics.removed()
+        }
+    }
+
+    /// Verifies a pod's capture (CNI CHECK).
+    public func check(_ req: PodRequest) throws {
+        try lock.withLock {
+            guard let pod = state.pods[req.uid] else {
+                if selection.isInMesh(namespace: req.namespace, pod: req.name, podLabels: req.podLabels, namespaceLabels: req.namespaceLabels) {
+                    throw AgentError(.notEnrolled, "pod \(req.namespace)/\(req.name) is selected for the mesh but not enrolled")
+                }
+                return
+            }
+            let drift = try dataplane.verify(pod.spec)
+            if !drift.isEmpty { throw AgentError(.drift, drift.joined(separator: "; ")) }
+        }
+    }
+
+    /// Changes the probe IPs on the running node.
+    public func setProbeIPs(v4: String?, v6: String?) throws {
+        try lock.withLock {
+            var c = dataplane.config
+            do { try c.setProbeIPs(v4: v4, v6: v6) } catch { throw AgentError(.invalidRequest, "\(error)") }
+            try dataplane.setProbeIPs(v4: c.probeIPv4, v6: c.probeIPv6, pods: state.pods.values.map(\.spec))
+            state.probeIPv4 = c.probeIPv4.description
+            state.probeIPv6 = c.probeIPv6.description
+            try store.save(state)
+        }
+    }
+
+    /// The status, read from the kernel.
+    public func status() -> AgentStatus {
+        lock.withLock {
+            let pods = state.pods.values.sorted { $0.spec.name < $1.spec.name }.map { p -> AgentStatus.PodStatus in
+                let counters = ((try? (dataplane as? EBPFDataplane)?.counters(p.spec)) ?? [:]).reduce(into: [String: UInt64]()) { $0["\($1.key)"] = $1.value }
+                return AgentStatus.PodStatus(uid: p.spec.uid, pod: "\(p.spec.namespace)/\(p.spec.name)", ips: p.spec.ips.map(\.description),
+                                             attachment: dataplane.describe(p.spec), drift: (try? dataplane.verify(p.spec)) ?? ["verify failed"],
+                                             counters: counters)
+            }
+            let f = features
+            return AgentStatus(dataplane: dataplane.mode.rawValue, reason: reason,
+                               features: ["bpf_syscall": f.bpfSyscall, "tc_programs": f.tcPrograms, "sk_lookup_programs": f.skLookupPrograms,
+                                          "sk_assign_helper": f.skAssignHelper, "skc_lookup_tcp_helper": f.skcLookupHelper, "bpffs": f.bpffs],
+                               ebpfMissing: f.missing, probeIPv4: dataplane.config.probeIPv4.description,
+                               probeIPv6: dataplane.config.probeIPv6.description, proxyConnected: zds?.connected ?? false, pods: pods)
+        }
+    }
+
+    /// Enrolled pod count.
+    public var podCount: Int { lock.withLock { state.pods.count } }
+
+    static func spec(from r: PodRequest) throws -> PodSpec {
+        guard !r.uid.isEmpty, !r.name.isEmpty, !r.netns.isEmpty else { throw AgentError(.invalidRequest, "uid, name and netns are required") }
+        let ips = try r.ips.map { text -> IPAddress in
+            guard let ip = IPPrefix(text)?.ip else { throw AgentError(.invalidRequest, "'\(text)' is not an IP address") }
+            return ip
+        }
+        guard !ips.isEmpty else { throw AgentError(.invalidRequest, "the pod has no IP address (prevResult has no ips)") }
+        return PodSpec(uid: r.uid, name: r.name, namespace: r.namespace, netns: r.netns, ips: ips, interface: r.interface)
+    }
+
+    /// Removes every pod's capture and the node-wide parts, and the state file.
+    public func uninstall() throws {
+        try lock.withLock {
+            for pod in state.pods.values {
+                zds?.remove(uid: pod.spec.uid)
+                try? dataplane.remove(pod.spec)
+            }
+            _ = try? dataplane.removeStale(keep: [])
+            try dataplane.uninstallNode()
+            state = AgentState()
+            try? FileManager.default.removeItem(atPath: options.statePath)
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import AgentCore
+import ArgumentParser
+import BPFLoader
+import Dataplane
+import Foundation
+import SystemCalls
+
+/// An environment variable, for flag defaults: every flag can also come from the environment.
+func env(_ name: String) -> String? {
+    let v = ProcessInfo.processInfo.environment[name]
+    return (v?.isEmpty ?? true) ? nil : v
+}
+
+/// The flags `run` and `uninstall` share.
+struct AgentFlags: ParsableArguments {
+    @Option(help: "ebpf, iptables or auto (env REDIRECT_DATAPLANE).") var dataplane: String = env("REDIRECT_DATAPLANE") ?? "auto"
+    @Option(help: "IPv4 source of kubelet probes (env HOST_PROBE_SNAT_IP, as Istio).") var probeIP: String? = env("HOST_PROBE_SNAT_IP")
+    @Option(help: "IPv6 source of kubelet probes (env HOST_PROBE_SNAT_IPV6, as Istio).") var probeIPv6: String? = env("HOST_PROBE_SNAT_IPV6")
+    @Option(help: "State file and sockets (env REDIRECT_STATE_DIR).") var stateDir: String = env("REDIRECT_STATE_DIR") ?? "/run/redirect-agent"
+    @Option(help: "Control socket for the CNI plugin and status (env REDIRECT_CONTROL_SOCKET).") var controlSocket: String? = env("REDIRECT_CONTROL_SOCKET")
+    @Option(help: "ZDS socket the proxy connects to (env REDIRECT_ZDS_SOCKET).") var zdsSocket: String? = env("REDIRECT_ZDS_SOCKET")
+    @Option(help: "bpffs directory for pins (env REDIRECT_PIN_ROOT).") var pinRoot: String = env("REDIRECT_PIN_ROOT") ?? "/sys/fs/bpf/redirect-agent"
+    @Option(help: "The compiled BPF programs (env REDIRECT_BPF_OBJECT).") var bpfObject: String? = env("REDIRECT_BPF_OBJECT")
+    @Option(help: "clsact or tcx (env REDIRECT_ATTACH).") var attach: String = env("REDIRECT_ATTACH") ?? "clsact"
+    @Option(help: "legacy or nft; detected when absent (env REDIRECT_IPTABLES_BACKEND).") var iptablesBackend: String? = env("REDIRECT_IPTABLES_BACKEND")
+    @Option(help: "Node-local pod selection file (env REDIRECT_SELECTION_FILE).") var selectionFile: String? = env("REDIRECT_SELECTION_FILE")
+    @Flag(help: "Capture DNS to the proxy's 15053 (iptables mode).") var dnsCapture = false
+    @Option(help: "Enter this network namespace first (the lab runs one agent per node namespace).") var netns: String?
+
+    /// The agent options these flags describe.
+    func options() throws -> AgentOptions {
+        guard let mode = DataplaneMode(rawValue: dataplane) else { throw ValidationError("--dataplane: expected ebpf, iptables or auto, got '\(dataplane)'") }
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var o = AgentOptions(bpfObject: bpfObject ?? EBPFOptions.defaultObjectPath(besides: (exe as NSString).deletingLastPathComponent))
+        o.mode = mode
+        do { try o.capture.setProbeIPs(v4: probeIP, v6: probeIPv6) } catch { throw ValidationError("\(error)") }
+        o.capture.dnsCapture = dnsCapture
+        o.stateDirectory = stateDir
+        o.controlSocket = controlSocket ?? "\(stateDir)/control.sock"
+        o.zdsSocket = zdsSocket ?? "\(stateDir)/ztunnel.sock"
+        o.bpf.pinRoot = pinRoot
+        guard let a = AttachMode(rawValue: attach) else { throw ValidationError("--attach: expected clsact or tcx") }
+        o.bpf.attach = a
+        if let b = iptablesBackend {
+            guard let backend = IptablesBackend(rawValue: b) else { throw ValidationError("--iptables-backend: expected legacy or nft") }
+            o.iptablesBackend = backend
+        }
+        o.selectionFile = selectionFile
+        return o
+    }
+
+    /// Enters `--netns` on the main thread, before any other thread exists.
+    func enterNamespace() throws {
+        if let netns { try NetworkNamespace(path: netns).enterOnMainThread() }
+    }
+}
