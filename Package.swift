@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "AgentCore", dependencies: ["AgentAPI", "Dataplane", "BPFLoader", "MapSync", "ZDS", "SystemCalls",
                                                   .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "CNIPlugin", dependencies: ["AgentAPI", "SystemCalls"]),
-        .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader"]),
+        .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader", "AgentAPI"]),
         .executableTarget(name: "MeshProxyMain", dependencies: [
             "MeshProxy", "SystemCalls", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
         .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
-        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "LabApp", "MeshProxyMain"]),
+        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain", "RedirectAgent", "CNIPlugin"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -15,7 +15,7 @@ public struct PodRequest: Codable, Sendable, Equatable {
     public var ips: [String]
     /// CNI_IFNAME.
     public var interface: String
-    /// Pod labels passed in CNI_ARGS (POD_LABELS=k=v,k=v), if any.
+    /// Pod labels passed in CNI_ARGS (POD_LABELS=k:v,k:v), if any.
     public var podLabels: [String: String]
     /// Namespace labels passed in CNI_ARGS (NAMESPACE_LABELS=...), if any.
     public var namespaceLabels: [String: String]

@@ -33,11 +33,12 @@ func cniArgs(_ raw: String) -> [String: String] {
     return out
 }
 
-/// `k=v,k=v` label lists from CNI_ARGS.
+/// `k:v,k:v` label lists from CNI_ARGS (`=` cannot appear in a CNI_ARGS value; label keys and
+/// values never contain `:`).
 func labels(_ raw: String?) -> [String: String] {
     var out: [String: String] = [:]
     for pair in (raw ?? "").split(separator: ",") {
-        let kv = pair.split(separator: "=", maxSplits: 1).map(String.init)
+        let kv = pair.split(separator: ":", maxSplits: 1).map(String.init)
         if kv.count == 2 { out[kv[0]] = kv[1] }
     }
     return out

@@ -25,7 +25,8 @@ public struct PodIdentity: Sendable, Codable, Hashable {
     public var uid: String
     /// Container (sandbox) ID.
     public var containerID: String
-    /// Labels passed to plugins that read them (`K8S_POD_LABELS` is not standard; see the agent's selection seam).
+    /// Pod labels, passed as `POD_LABELS=k:v,k:v` in CNI_ARGS (the CNI library splits pairs on `=`) (runtimes pass no labels; the
+    /// agent's selection seam also reads a node-local file).
     public var labels: [String: String]
 
     /// Creates an identity.
@@ -35,7 +36,9 @@ public struct PodIdentity: Sendable, Codable, Hashable {
 
     /// The CNI_ARGS string a kubelet/containerd passes.
     public var cniArgs: String {
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE=\(namespace);K8S_POD_NAME=\(name);K8S_POD_INFRA_CONTAINER_ID=\(containerID);K8S_POD_UID=\(uid)"
+        var s = "IgnoreUnknown=1;K8S_POD_NAMESPACE=\(namespace);K8S_POD_NAME=\(name);K8S_POD_INFRA_CONTAINER_ID=\(containerID);K8S_POD_UID=\(uid)"
+        if !labels.isEmpty { s += ";POD_LABELS=" + labels.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",") }
+        return s
     }
 }
 

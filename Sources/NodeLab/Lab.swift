@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import SystemCalls
 import BPFLoader
+import AgentAPI
 
 /// What lab to build.
 public struct LabOptions: Sendable {
@@ -21,6 +22,11 @@ public struct LabOptions: Sendable {
     public var startApps = true
     /// Start the mesh proxy on each node.
     public var startProxies = true
+    /// Run a redirect-agent on each node with this dataplane, append redirect-cni to the node's
+    /// CNI chain, and feed the proxy over ZDS: pods are enrolled as a runtime creates them.
+    public var agentDataplane: String?
+    /// Extra environment for the agents (the seccomp test wraps them instead).
+    public var agentWrapper: [String] = []
     /// Creates the defaults.
     public init() {}
 }
@@ -53,6 +59,14 @@ public final class LabNode: @unchecked Sendable {
     public var bpfPinRoot: String { "\(bpffsMount)/redirect-agent" }
     /// The mesh proxy, if started.
     public internal(set) var proxy: ManagedProcess?
+    /// The node's agent, if started.
+    public internal(set) var agent: ManagedProcess?
+    /// The agent's state directory.
+    public var agentDirectory: String { "\(directory)/agent" }
+    /// The agent's control socket.
+    public var agentControlSocket: String { "\(agentDirectory)/control.sock" }
+    /// The agent's ZDS socket.
+    public var agentZDSSocket: String { "\(agentDirectory)/ztunnel.sock" }
     /// The proxy's control socket.
     public var proxyControlPath: String { "\(directory)/proxy.sock" }
     /// The proxy's connection records (JSON lines).
@@ -148,7 +162,9 @@ public final class Lab: @unchecked Sendable {
         }
         if nodes.count == 2 { try link(nodes[0], nodes[1]) }
         for node in nodes {
+            if options.agentDataplane != nil { try startAgent(on: node) }
             if options.startProxies { try startProxy(on: node) }
+            if options.agentDataplane != nil && options.startProxies { try waitForProxyOnAgent(node) }
             for p in 1...max(options.podsPerNode, 1) where options.podsPerNode > 0 {
                 _ = try addPod(on: node, name: "\(node.name)-pod\(p)")
             }
@@ -181,7 +197,11 @@ public final class Lab: @unchecked Sendable {
                          "routes": [["dst": "0.0.0.0/0"]] + (options.ipv6 ? [["dst": "::/0"]] : [])],
             ]],
         ]
-        let data = try JSONSerialization.data(withJSONObject: list, options: [.prettyPrinted, .sortedKeys])
+        var full = list
+        if options.agentDataplane != nil {
+            full["plugins"] = (list["plugins"] as! [[String: Any]]) + [["type": "redirect-cni", "agentSocket": node.agentControlSocket]]
+        }
+        let data = try JSONSerialization.data(withJSONObject: full, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: "\(node.cniConfDir)/10-lab-bridge.conflist"))
     }
 
@@ -201,7 +221,8 @@ public final class Lab: @unchecked Sendable {
 
     /// The CNI runtime for `node`.
     public func runtime(for node: LabNode) -> CNIRuntime {
-        CNIRuntime(hostNamespace: node.netns, pluginDirectories: options.extraPluginDirectories + [options.pluginDirectory])
+        let ours = options.agentDataplane != nil ? [LabBinaries.directory] : []
+        return CNIRuntime(hostNamespace: node.netns, pluginDirectories: options.extraPluginDirectories + ours + [options.pluginDirectory])
     }
 
     /// Creates a pod on `node` the way a container runtime does: a sandbox namespace, loopback,
@@ -222,6 +243,12 @@ public final class Lab: @unchecked Sendable {
         }
         if options.startApps { try startApp(in: pod) }
         return pod
+    }
+
+    /// Creates a pod that asks to be in the mesh (label istio.io/dataplane-mode=ambient).
+    @discardableResult
+    public func addMeshedPod(on node: LabNode, name: String) throws -> LabPod {
+        try addPod(on: node, name: name, labels: ["istio.io/dataplane-mode": "ambient"])
     }
 
     /// Removes a pod the way a runtime does: app stopped, DEL in reverse order, namespace deleted.
@@ -262,12 +289,40 @@ public final class Lab: @unchecked Sendable {
 
     /// Starts the mesh proxy for `node`.
     public func startProxy(on node: LabNode) throws {
+        let zds = options.agentDataplane != nil ? ["--zds", node.agentZDSSocket] : []
         let proxy = try ManagedProcess(try LabBinaries.path("mesh-proxy"), [
             "--netns", node.netns.path, "--control", node.proxyControlPath, "--records", node.proxyRecordsPath,
             "--listener-map", "\(node.bpfPinRoot)/maps/ra_proxy_listeners",
-        ], logPath: "\(node.directory)/proxy.log")
+        ] + zds, logPath: "\(node.directory)/proxy.log")
         node.proxy = proxy
         try waitForLine("READY", in: proxy, what: "mesh proxy on \(node.name)")
+    }
+
+    /// The arguments the lab runs `redirect-agent run` with on `node`.
+    public func agentArguments(_ node: LabNode, dataplane: String) -> [String] {
+        ["run", "--netns", node.netns.path, "--dataplane", dataplane, "--state-dir", node.agentDirectory,
+         "--pin-root", node.bpfPinRoot, "--metrics-address", "127.0.0.1:15029"]
+    }
+
+    /// Starts (or restarts) the node's agent, in the node's namespace with the node's private bpffs.
+    public func startAgent(on node: LabNode, dataplane: String? = nil) throws {
+        try BPFFS.ensureMounted(node.bpffsMount)
+        let mode = dataplane ?? options.agentDataplane ?? "auto"
+        let exe = try LabBinaries.path("redirect-agent")
+        let args = options.agentWrapper.isEmpty ? agentArguments(node, dataplane: mode) : Array(options.agentWrapper.dropFirst()) + [exe] + agentArguments(node, dataplane: mode)
+        let agent = try ManagedProcess(options.agentWrapper.first ?? exe, args, logPath: "\(node.directory)/agent-\(Date().timeIntervalSince1970).log")
+        node.agent = agent
+        try waitForLine("READY", in: agent, what: "agent on \(node.name)")
+    }
+
+    /// Waits until the node's agent reports its proxy connected over ZDS.
+    public func waitForProxyOnAgent(_ node: LabNode) throws {
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if let r = try? AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket), r.status?.proxyConnected == true { return }
+            usleep(20_000)
+        }
+        throw LabError("the proxy on \(node.name) did not connect to the agent over ZDS: \(node.proxy?.log() ?? "")")
     }
 
     private func waitForLine(_ marker: String, in process: ManagedProcess, what: String) throws {
@@ -286,6 +341,7 @@ public final class Lab: @unchecked Sendable {
     public func teardown() {
         for pod in lock.withLock({ pods }).reversed() { try? removePod(pod) }
         for node in nodes {
+            node.agent?.stop()
             node.proxy?.stop()
             _ = try? Command.capture("ip", ["netns", "del", node.netnsName])
             if BPFFS.isMounted(node.bpffsMount) { BPFFS.unmount(node.bpffsMount) }

@@ -1,3 +1,4 @@
+import AgentAPI
 import BPFLoader
 import Dataplane
 import Foundation
@@ -22,10 +23,17 @@ public final class LabCapture: @unchecked Sendable {
     private var enrolled: [String: LabPod] = [:]
     private let lock = NSLock()
 
-    /// Creates a dataplane per node with `config(node)` and prepares each node.
-    public init(lab: Lab, mode: DataplaneMode, config: (LabNode) -> CaptureConfig = { _ in CaptureConfig() }) throws {
+    /// Whether pods are enrolled by the node agents (through the CNI plugin and ZDS) rather than
+    /// by this object calling the dataplane itself.
+    public let viaAgent: Bool
+
+    /// Creates a dataplane per node with `config(node)` and prepares each node. With `viaAgent`,
+    /// the node agents own the dataplanes: these instances only observe the same kernel objects
+    /// (same pins, same config), and enrolment goes through the agent's control socket.
+    public init(lab: Lab, mode: DataplaneMode, viaAgent: Bool = false, config: (LabNode) -> CaptureConfig = { _ in CaptureConfig() }) throws {
         self.lab = lab
         self.mode = mode
+        self.viaAgent = viaAgent
         for node in lab.nodes {
             let c = config(node)
             let dp = try LabCapture.make(mode: mode, node: node, config: c)
@@ -63,6 +71,12 @@ public final class LabCapture: @unchecked Sendable {
 
     /// Captures `pod` and hands it to its node's proxy.
     public func enroll(_ pod: LabPod) throws {
+        if viaAgent {
+            let r = try AgentClient.call(ControlRequest(op: "add", pod: lab.podRequest(pod, meshed: true)), socket: pod.node.agentControlSocket)
+            guard r.ok else { throw LabError("agent refused \(pod.name): \(r.error ?? "?")") }
+            lock.withLock { enrolled[pod.identity.uid] = pod }
+            return
+        }
         try dataplane(pod.node).enroll(lab.podSpec(pod))
         try lab.enrollInProxy(pod, spoofSource: true)
         lock.withLock { enrolled[pod.identity.uid] = pod }
@@ -70,6 +84,12 @@ public final class LabCapture: @unchecked Sendable {
 
     /// Takes `pod` out of the mesh.
     public func remove(_ pod: LabPod) throws {
+        if viaAgent {
+            let r = try AgentClient.call(ControlRequest(op: "del", pod: lab.podRequest(pod, meshed: true)), socket: pod.node.agentControlSocket)
+            guard r.ok else { throw LabError("agent refused to remove \(pod.name): \(r.error ?? "?")") }
+            lock.withLock { _ = enrolled.removeValue(forKey: pod.identity.uid) }
+            return
+        }
         try? lab.removeFromProxy(pod)
         try dataplane(pod.node).remove(lab.podSpec(pod))
         lock.withLock { _ = enrolled.removeValue(forKey: pod.identity.uid) }
@@ -80,12 +100,29 @@ public final class LabCapture: @unchecked Sendable {
 
     /// Changes the probe IPs on `node` while it runs.
     public func setProbeIPs(on node: LabNode, v4: IPAddress, v6: IPAddress) throws {
+        if viaAgent {
+            let r = try AgentClient.call(ControlRequest(op: "set-probe-ips", probeIPv4: v4.description, probeIPv6: v6.description), socket: node.agentControlSocket)
+            guard r.ok else { throw LabError("agent refused the probe IPs: \(r.error ?? "?")") }
+            return
+        }
         try dataplane(node).setProbeIPs(v4: v4, v6: v6, pods: enrolledPods(on: node).map(lab.podSpec))
     }
 
-    /// Removes every pod's capture and the node-wide parts.
+    /// Records a pod the agent enrolled on its own (through the CNI plugin).
+    public func adopt(_ pod: LabPod) { lock.withLock { enrolled[pod.identity.uid] = pod } }
+
+    /// Removes every pod's capture and the node-wide parts (the agents' own when they run).
     public func teardown() {
+        if viaAgent { return } // pods leave through CNI DEL; the agents are stopped with the lab
         for pod in lock.withLock({ Array(enrolled.values) }) { try? remove(pod) }
         for dp in dataplanes.values { try? dp.uninstallNode() }
+    }
+}
+
+extension Lab {
+    /// The request the CNI plugin would send for `pod`.
+    public func podRequest(_ pod: LabPod, meshed: Bool) -> PodRequest {
+        PodRequest(uid: pod.identity.uid, name: pod.name, namespace: pod.identity.namespace, netns: pod.netns.path,
+                   ips: pod.addresses.map(\.description), podLabels: meshed ? ["istio.io/dataplane-mode": "ambient"] : pod.identity.labels)
     }
 }

@@ -15,7 +15,7 @@ func env(_ name: String) -> String? {
 struct AgentFlags: ParsableArguments {
     @Option(help: "ebpf, iptables or auto (env REDIRECT_DATAPLANE).") var dataplane: String = env("REDIRECT_DATAPLANE") ?? "auto"
     @Option(help: "IPv4 source of kubelet probes (env HOST_PROBE_SNAT_IP, as Istio).") var probeIP: String? = env("HOST_PROBE_SNAT_IP")
-    @Option(help: "IPv6 source of kubelet probes (env HOST_PROBE_SNAT_IPV6, as Istio).") var probeIPv6: String? = env("HOST_PROBE_SNAT_IPV6")
+    @Option(name: .customLong("probe-ipv6"), help: "IPv6 source of kubelet probes (env HOST_PROBE_SNAT_IPV6, as Istio).") var probeIPv6: String? = env("HOST_PROBE_SNAT_IPV6")
     @Option(help: "State file and sockets (env REDIRECT_STATE_DIR).") var stateDir: String = env("REDIRECT_STATE_DIR") ?? "/run/redirect-agent"
     @Option(help: "Control socket for the CNI plugin and status (env REDIRECT_CONTROL_SOCKET).") var controlSocket: String? = env("REDIRECT_CONTROL_SOCKET")
     @Option(help: "ZDS socket the proxy connects to (env REDIRECT_ZDS_SOCKET).") var zdsSocket: String? = env("REDIRECT_ZDS_SOCKET")

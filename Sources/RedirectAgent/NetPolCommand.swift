@@ -19,7 +19,7 @@ struct NetPolCheck: ParsableCommand {
     @Argument(help: "YAML files with NetworkPolicy objects (several documents, kind: List, or kubectl get -o yaml output); - or none for stdin.")
     var files: [String] = []
     @Option(help: "IPv4 source of kubelet probes in the mesh (HOST_PROBE_SNAT_IP).") var probeIP = "169.254.7.127"
-    @Option(help: "IPv6 source of kubelet probes; IPv6 probes are checked only when this is given (HOST_PROBE_SNAT_IPV6).") var probeIPv6: String?
+    @Option(name: .customLong("probe-ipv6"), help: "IPv6 source of kubelet probes; IPv6 probes are checked only when this is given (HOST_PROBE_SNAT_IPV6).") var probeIPv6: String?
     @Option(help: "The mesh tunnel port.") var hbonePort = 15008
     @Option(name: .customLong("ambient-namespace"), help: "A namespace labelled for ambient (repeat); none: every namespace.") var ambientNamespaces: [String] = []
     @Option(help: "YAML list of pods ({namespace, name, labels}) or Pod objects, to evaluate selectors exactly.") var podLabels: String?

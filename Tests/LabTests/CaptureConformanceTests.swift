@@ -9,10 +9,10 @@ import Testing
 /// Real pods from the CNI plugins, real rules or programs, the stand-in proxy, real bytes.
 @Suite("Capture conformance", .serialized)
 struct CaptureConformanceTests {
-    @Test("outbound same-node and cross-node goes through 15001, then the peer's 15008; the app sees the real client", arguments: conformanceModes)
-    func outbound(_ mode: DataplaneMode) throws {
+    @Test("outbound same-node and cross-node goes through 15001, then the peer's 15008; the app sees the real client", arguments: conformanceSetups)
+    func outbound(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let a = cl.meshed[0]
             for target in [cl.meshed[1], cl.meshed[2]] {
                 let dst = SocketAddress(target.ipv4!, Lab.httpPort)
@@ -30,10 +30,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("a plain client outside the mesh lands on 15006", arguments: conformanceModes)
-    func plainInbound(_ mode: DataplaneMode) throws {
+    @Test("a plain client outside the mesh lands on 15006", arguments: conformanceSetups)
+    func plainInbound(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let outsider = cl.outsider(cl.n2)
             for target in [cl.meshed[0], cl.meshed[3]] {
                 let dst = SocketAddress(target.ipv4!, Lab.httpPort)
@@ -46,10 +46,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("connections carrying the proxy mark are not captured on the way out", arguments: conformanceModes)
-    func proxyMarkBypass(_ mode: DataplaneMode) throws {
+    @Test("connections carrying the proxy mark are not captured on the way out", arguments: conformanceSetups)
+    func proxyMarkBypass(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let a = cl.meshed[0], target = cl.outsider(cl.n2)
             let dst = SocketAddress(target.ipv4!, Lab.httpPort)
             let r = try cl.lab.request(from: a, to: dst, mark: 0x539)
@@ -61,10 +61,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("loopback traffic inside a pod is untouched", arguments: conformanceModes)
-    func loopback(_ mode: DataplaneMode) throws {
+    @Test("loopback traffic inside a pod is untouched", arguments: conformanceSetups)
+    func loopback(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let a = cl.meshed[0]
             for ip in ["127.0.0.1", "::1", a.ipv4!.description, a.ipv6!.description] {
                 let r = try cl.lab.request(from: a, to: SocketAddress(IPAddress(ip)!, Lab.httpPort))
@@ -74,10 +74,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("kubelet probes reach the app uncaptured, from the link-local probe IP", arguments: conformanceModes)
-    func probesLinkLocal(_ mode: DataplaneMode) throws {
+    @Test("kubelet probes reach the app uncaptured, from the link-local probe IP", arguments: conformanceSetups)
+    func probesLinkLocal(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             for pod in cl.meshed {
                 for v6 in [false, true] {
                     let r = try cl.lab.probe(pod, ipv6: v6)
@@ -95,15 +95,15 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("with the node's own IP as probe IP (HOST_PROBE_SNAT_IP), probes still bypass capture", arguments: conformanceModes)
-    func probesHostIP(_ mode: DataplaneMode) throws {
+    @Test("with the node's own IP as probe IP (HOST_PROBE_SNAT_IP), probes still bypass capture", arguments: conformanceSetups)
+    func probesHostIP(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         let hostProbe: (LabNode) -> CaptureConfig = { node in
             var c = CaptureConfig()
             try! c.setProbeIPs(v4: node.address.description, v6: node.addressV6.description)
             return c
         }
-        try withCaptureLab(mode, config: hostProbe) { cl throws in
+        try withCaptureLab(setup, config: hostProbe) { cl throws in
             for pod in cl.meshed {
                 let r = try cl.lab.probe(pod)
                 #expect(r.status == 200)
@@ -113,10 +113,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("switching the probe IP on a running node takes effect without restarting pods", arguments: conformanceModes)
-    func probeIPLiveSwitch(_ mode: DataplaneMode) throws {
+    @Test("switching the probe IP on a running node takes effect without restarting pods", arguments: conformanceSetups)
+    func probeIPLiveSwitch(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let pod = cl.meshed[0], node = pod.node
             let appPid = pod.app?.pid
             func probeSource() throws -> String {
@@ -137,10 +137,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("a pod that is not enrolled is untouched", arguments: conformanceModes)
-    func notEnrolled(_ mode: DataplaneMode) throws {
+    @Test("a pod that is not enrolled is untouched", arguments: conformanceSetups)
+    func notEnrolled(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let a = cl.outsider(cl.n1), b = cl.outsider(cl.n2)
             let r = try cl.lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort))
             #expect(r.status == 200 && clientIP(r.body) == a.ipv4!.description)
@@ -150,10 +150,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("removing a pod removes all of its state and its traffic is no longer captured", arguments: conformanceModes)
-    func removal(_ mode: DataplaneMode) throws {
+    @Test("removing a pod removes all of its state and its traffic is no longer captured", arguments: conformanceSetups)
+    func removal(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let pod = cl.meshed[1], other = cl.meshed[0]
             try cl.capture.remove(pod)
             let state = try captureState(cl.lab, pod)
@@ -169,10 +169,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("IPv6: outbound cross-node capture and inbound delivery", arguments: conformanceModes)
-    func ipv6(_ mode: DataplaneMode) throws {
+    @Test("IPv6: outbound cross-node capture and inbound delivery", arguments: conformanceSetups)
+    func ipv6(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let a = cl.meshed[0], b = cl.meshed[2]
             let dst = SocketAddress(b.ipv6!, Lab.httpPort)
             let r = try cl.lab.request(from: a, to: dst)
@@ -185,10 +185,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("rapid reconnects on one 4-tuple all succeed", arguments: conformanceModes)
-    func rapidReconnects(_ mode: DataplaneMode) throws {
+    @Test("rapid reconnects on one 4-tuple all succeed", arguments: conformanceSetups)
+    func rapidReconnects(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let a = cl.meshed[0]
             let port = UInt16.random(in: 20000..<25000)
             for target in [cl.meshed[2], cl.outsider(cl.n2)] {
@@ -207,10 +207,10 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("bad input: unknown netns, enrolled twice, removed twice", arguments: conformanceModes)
-    func badInput(_ mode: DataplaneMode) throws {
+    @Test("bad input: unknown netns, enrolled twice, removed twice", arguments: conformanceSetups)
+    func badInput(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let dp = cl.capture.dataplane(cl.n1)
             var ghost = cl.lab.podSpec(cl.meshed[0])
             ghost.uid = "ghost-uid"
@@ -236,13 +236,13 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("drift is found by verify and repaired by enrolling again", arguments: conformanceModes)
-    func repair(_ mode: DataplaneMode) throws {
+    @Test("drift is found by verify and repaired by enrolling again", arguments: conformanceSetups)
+    func repair(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(mode) { cl throws in
+        try withCaptureLab(setup) { cl throws in
             let pod = cl.meshed[0], dp = cl.capture.dataplane(pod.node)
             try cl.lab.inNamespace(pod.netns, "ip", ["-4", "rule", "del", "fwmark", "0x111/0xfff", "lookup", "100"])
-            if mode == .iptables { try cl.lab.inNamespace(pod.netns, "iptables", ["-t", "nat", "-F", "ISTIO_OUTPUT"]) }
+            if setup.mode == .iptables { try cl.lab.inNamespace(pod.netns, "iptables", ["-t", "nat", "-F", "ISTIO_OUTPUT"]) }
             let drift = try dp.verify(cl.lab.podSpec(pod))
             #expect(!drift.isEmpty)
             try dp.enroll(cl.lab.podSpec(pod))

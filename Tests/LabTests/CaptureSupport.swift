@@ -1,3 +1,4 @@
+import AgentAPI
 import Dataplane
 import Foundation
 import MeshProxy
@@ -5,7 +6,23 @@ import NodeLab
 import SystemCalls
 import Testing
 
-/// The dataplanes the conformance suite runs against: every case runs once per mode.
+/// How a conformance lab enrols its pods.
+struct CaptureSetup: CustomTestStringConvertible, Sendable {
+    /// The dataplane.
+    let mode: DataplaneMode
+    /// true: pods are created through the CNI chain with redirect-cni, enrolled by a redirect-agent
+    /// per node, and the proxy learns them over ZDS. false: the test drives the dataplane directly.
+    let viaAgent: Bool
+    var testDescription: String { "\(mode.rawValue)\(viaAgent ? " via CNI+agent+ZDS" : "")" }
+}
+
+/// Every case of the conformance suite runs once per dataplane and enrolment path.
+let conformanceSetups: [CaptureSetup] = [
+    CaptureSetup(mode: .iptables, viaAgent: false), CaptureSetup(mode: .ebpf, viaAgent: false),
+    CaptureSetup(mode: .iptables, viaAgent: true), CaptureSetup(mode: .ebpf, viaAgent: true),
+]
+
+/// The dataplanes driven directly (for cases about the dataplane object itself).
 let conformanceModes: [DataplaneMode] = [.iptables, .ebpf]
 
 /// A lab with capture: 2 nodes, 2 enrolled pods each, and one pod per node that is not in the mesh.
@@ -28,18 +45,40 @@ struct CaptureLab {
     var allRecords: [ProxyRecord] { lab.nodes.flatMap { lab.proxyRecords($0) } }
 }
 
-/// Builds a capture lab for `mode`, runs `body`, and always tears it down.
-func withCaptureLab(_ mode: DataplaneMode, config: @escaping (LabNode) -> CaptureConfig = { _ in CaptureConfig() },
+/// Builds a capture lab for `setup`, runs `body`, and always tears it down.
+func withCaptureLab(_ setup: CaptureSetup, config: @escaping (LabNode) -> CaptureConfig = { _ in CaptureConfig() },
                     _ body: (CaptureLab) throws -> Void) throws {
-    try withLab { lab in
+    try withLab({ o in
+        if setup.viaAgent {
+            o.podsPerNode = 0
+            o.agentDataplane = setup.mode.rawValue
+        }
+    }) { lab in
         var capture: LabCapture?
         defer { capture?.teardown() }
+        if setup.viaAgent {
+            for node in lab.nodes {
+                for i in 1...2 { try lab.addMeshedPod(on: node, name: "\(node.name)-pod\(i)") }
+                let c = config(node)
+                if c != CaptureConfig() {
+                    let r = try AgentClient.call(ControlRequest(op: "set-probe-ips", probeIPv4: c.probeIPv4.description, probeIPv6: c.probeIPv6.description),
+                                                 socket: node.agentControlSocket)
+                    #expect(r.ok)
+                }
+            }
+        }
         for node in lab.nodes { try lab.addPod(on: node, name: "\(node.name)-outsider") }
-        capture = try LabCapture(lab: lab, mode: mode, config: config)
+        capture = try LabCapture(lab: lab, mode: setup.mode, viaAgent: setup.viaAgent, config: config)
         let cl = CaptureLab(lab: lab, capture: capture!)
-        for pod in cl.meshed { try capture!.enroll(pod) }
+        for pod in cl.meshed { if setup.viaAgent { capture!.adopt(pod) } else { try capture!.enroll(pod) } }
         try body(cl)
     }
+}
+
+/// Builds a lab with the dataplane driven directly.
+func withCaptureLab(_ mode: DataplaneMode, config: @escaping (LabNode) -> CaptureConfig = { _ in CaptureConfig() },
+                    _ body: (CaptureLab) throws -> Void) throws {
+    try withCaptureLab(CaptureSetup(mode: mode, viaAgent: false), config: config, body)
 }
 
 /// The part of a `/whoami` body naming the client, e.g. `10.244.1.2`.
