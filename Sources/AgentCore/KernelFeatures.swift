@@ -26,10 +26,12 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
 
     /// Probes the running kernel; `bpffsPath` is where pins go.
     public static func probe(bpffsPath: String) -> KernelFeatures {
-        errno = 0
-        let tc = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SCHED_CLS, nil)
-        let tcErr = errno
-        let sysOK = !(tc < 0 && (tc == -EPERM || tc == -ENOSYS || tcErr == EPERM || tcErr == ENOSYS))
+        // The syscall itself first: libbpf's probes report a denied bpf() as merely "unsupported".
+        let map = bpf_map_create(BPF_MAP_TYPE_ARRAY, nil, 4, 4, 1, nil)
+        let sysErr = map < 0 ? (map == -1 ? errno : -map) : 0
+        if map >= 0 { close(map) }
+        let sysOK = map >= 0
+        let tc = sysOK ? libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SCHED_CLS, nil) : -sysErr
         let skl = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nil)
         let assign = libbpf_probe_bpf_helper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_sk_assign, nil)
         let skc = libbpf_probe_bpf_helper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_skc_lookup_tcp, nil)
@@ -43,7 +45,7 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
 
     private func reason(tcResult: Int32) -> String? {
         if !bpfSyscall { return "the bpf() syscall is denied (\(String(cString: strerror(abs(tcResult)))))" }
-        if !tcPrograms { return "tc (sched_cls) BPF programs cannot be loaded (\(String(cString: strerror(abs(tcResult)))))" }
+        if !tcPrograms { return "tc (sched_cls) BPF programs cannot be loaded" }
         if !skLookupPrograms { return "sk_lookup BPF programs are not supported (kernel 5.9+ needed)" }
         if !skAssignHelper { return "the bpf_sk_assign helper is not available to tc programs (kernel 5.7+ needed)" }
         if !skcLookupHelper { return "the bpf_skc_lookup_tcp helper is not available to tc programs" }

@@ -14,7 +14,7 @@ int cshim_setns(int fd, int nstype) { return setns(fd, nstype); }
 int cshim_clone_newnet(void) { return CLONE_NEWNET; }
 int cshim_unshare_net(void) { return unshare(CLONE_NEWNET); }
 ssize_t cshim_splice(int fd_in, int fd_out, size_t len) {
-    return splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_MOVE | SPLICE_F_MORE);
+    return splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_MOVE);
 }
 int cshim_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 int cshim_set_pipe_size(int fd, int size) { return fcntl(fd, F_SETPIPE_SZ, size); }

@@ -93,6 +93,7 @@ public final class MeshProxy: @unchecked Sendable {
 
     func handle(_ conn: Socket, listener: UInt16, workload: ProxyWorkload) {
         let client = (try? conn.peerAddress()) ?? SocketAddress(IPAddress("0.0.0.0")!, 0)
+        try? conn.setNoDelay()
         var record = ProxyRecord(pod: workload.uid, listener: listener, client: client.description)
         do {
             let upstream: Socket

@@ -15,7 +15,7 @@ int cshim_setns(int fd, int nstype);
 int cshim_unshare_net(void);
 /// The CLONE_NEWNET constant.
 int cshim_clone_newnet(void);
-/// splice(2) with SPLICE_F_MOVE | SPLICE_F_MORE.
+/// splice(2) with SPLICE_F_MOVE (not SPLICE_F_MORE: it corks TCP and delays small replies).
 ssize_t cshim_splice(int fd_in, int fd_out, size_t len);
 /// pipe2(2) with O_CLOEXEC.
 int cshim_pipe_cloexec(int fds[2]);

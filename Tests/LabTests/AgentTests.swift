@@ -1,0 +1,257 @@
+import AgentAPI
+import Dataplane
+import Foundation
+import NodeLab
+import SystemCalls
+import Testing
+
+/// The repository root (for scripts/).
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+/// A lab with one agent per node and no pods yet.
+func withAgentLab(_ dataplane: String, wrapper: [String] = [], nodes: Int = 1, _ body: (Lab) throws -> Void) throws {
+    try withLab({ o in
+        o.podsPerNode = 0
+        o.nodes = nodes
+        o.agentDataplane = dataplane
+        o.agentWrapper = wrapper
+    }, body)
+}
+
+func status(_ node: LabNode) throws -> AgentStatus {
+    let r = try AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket)
+    return try #require(r.status)
+}
+
+/// Runs redirect-cni as a runtime would, with `env` and `stdin`; returns (exit status, stdout JSON).
+func runPlugin(_ env: [String: String], stdin: String) throws -> (Int32, [String: Any]) {
+    var full = ProcessInfo.processInfo.environment
+    for k in full.keys where k.hasPrefix("CNI_") { full[k] = nil }
+    full.merge(env) { $1 }
+    let r = try Command.capture(try LabBinaries.path("redirect-cni"), [], environment: full, input: stdin)
+    let json = (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any] ?? [:]
+    return (r.status, json)
+}
+
+@Suite("The node agent", .serialized)
+struct AgentTests {
+    @Test("pods from the CNI chain are enrolled by label; an opt-out pod and an unlabelled one are not; status reads the kernel", arguments: ["ebpf", "iptables"])
+    func selectionAndStatus(_ dataplane: String) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab(dataplane) { lab throws in
+            let node = lab.nodes[0]
+            let meshed = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let optOut = try lab.addPod(on: node, name: "n1-optout", labels: ["istio.io/dataplane-mode": "none"])
+            let plain = try lab.addPod(on: node, name: "n1-plain")
+            let s = try status(node)
+            #expect(s.dataplane == dataplane && s.proxyConnected)
+            #expect(s.pods.map(\.pod) == ["default/n1-pod1"])
+            #expect(s.pods.first?.drift.isEmpty == true, "\(String(describing: s.pods.first?.drift))")
+            #expect(s.pods.first?.attachment.contains(dataplane == "ebpf" ? "clsact eth0" : "iptables-") == true)
+            // Traffic: the meshed pod is captured, the others are not.
+            let dst = SocketAddress(plain.ipv4!, Lab.httpPort)
+            #expect(try lab.request(from: meshed, to: dst).status == 200)
+            #expect(try lab.request(from: optOut, to: dst).status == 200)
+            let out = lab.proxyRecords(node).filter { $0.listener == 15001 }
+            #expect(out.count == 1 && out.first?.client.hasPrefix("\(meshed.ipv4!):") == true)
+            if dataplane == "ebpf" {
+                #expect(try status(node).pods.first?.counters["outbound_captured"] == 1)
+            }
+            // The CLI prints the same from the kernel.
+            let json = try Command.run(try LabBinaries.path("redirect-agent"), ["status", "--json", "--control-socket", node.agentControlSocket])
+            #expect(json.contains("\"dataplane\" : \"\(dataplane)\"") && json.contains("n1-pod1"))
+            // CNI DEL through the chain removes it.
+            try lab.removePod(meshed)
+            #expect(try status(node).pods.isEmpty)
+        }
+    }
+
+    @Test("auto falls back to iptables where seccomp denies bpf(), says why, and still captures; --dataplane ebpf refuses to start")
+    func seccompFallback() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        let wrapper = ["/usr/bin/python3", "\(repoRoot)/scripts/deny-bpf.py"]
+        guard (try? Command.run("/usr/bin/python3", ["-c", "import seccomp"])) != nil else {
+            Issue.record("cannot run: Debian's python3-seccomp is missing (make deps installs it)"); return
+        }
+        try withAgentLab("auto", wrapper: wrapper, nodes: 2) { lab throws in
+            let s = try status(lab.nodes[0])
+            #expect(s.dataplane == "iptables")
+            #expect(s.reason.contains("bpf() syscall is denied"), "\(s.reason)")
+            #expect(s.features["bpf_syscall"] == false)
+            let a = try lab.addMeshedPod(on: lab.nodes[0], name: "n1-pod1")
+            let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
+            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            #expect(try lab.request(from: a, to: dst).status == 200)
+            #expect(lab.proxyRecords(lab.nodes[0]).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count == 1)
+            #expect(try lab.probe(b).status == 200)
+            #expect(lab.appRecords(b).last?.client.hasPrefix("169.254.7.127:") == true)
+            // Forced ebpf under the same limits: refuses, with the reason.
+            let node = lab.nodes[0]
+            var args = lab.agentArguments(node, dataplane: "ebpf")
+            args[args.firstIndex(of: "--state-dir")! + 1] = "\(node.directory)/agent-ebpf"
+            let r = try Command.capture(wrapper[0], [wrapper[1], try LabBinaries.path("redirect-agent")] + args)
+            #expect(r.status != 0)
+            #expect(r.stderr.contains("--dataplane ebpf") && r.stderr.contains("bpf() syscall is denied"), "\(r.stderr)")
+        }
+    }
+
+    @Test("kill -9 under steady traffic, restart, repeat: no failed connection, none skipped capture, same pods", arguments: ["ebpf", "iptables"])
+    func killNineUnderTraffic(_ dataplane: String) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab(dataplane, nodes: 2) { lab throws in
+            let a = try lab.addMeshedPod(on: lab.nodes[0], name: "n1-pod1")
+            let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
+            let target = "\(b.ipv4!):\(Lab.echoPort)"
+            let load = try ManagedProcess(try LabBinaries.path("lab-app"), [
+                "client", "--netns", a.netns.path, "--target", target, "--mode", "short", "--duration", "6",
+            ], logPath: "\(lab.directory)/load.json")
+            for _ in 0..<3 {
+                usleep(600_000)
+                for node in lab.nodes {
+                    node.agent?.kill9()
+                    try lab.startAgent(on: node)
+                }
+            }
+            load.process.waitUntilExit()
+            let summary = try #require(try JSONSerialization.jsonObject(with: Data(load.log().utf8)) as? [String: Any])
+            let ok = summary["ok"] as? Int ?? 0
+            #expect(ok > 20 && summary["failed"] as? Int == 0, "\(summary) \(load.log())")
+            let captured = lab.proxyRecords(lab.nodes[0]).filter { $0.listener == 15001 && $0.originalDestination == target }
+            #expect(captured.count == ok, "every connection went through the proxy: \(captured.count) of \(ok)")
+            for node in lab.nodes {
+                let s = try status(node)
+                #expect(s.pods.count == 1 && s.pods.allSatisfy { $0.drift.isEmpty })
+            }
+        }
+    }
+
+    @Test("malformed CNI input gets the spec's error; the agent and other pods are unaffected")
+    func malformedCNI() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("ebpf") { lab throws in
+            let node = lab.nodes[0]
+            let good = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let conf = "{\"cniVersion\":\"1.0.0\",\"name\":\"lab-pods\",\"type\":\"redirect-cni\",\"agentSocket\":\"\(node.agentControlSocket)\",\"prevResult\":{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.244.1.77/24\"}]}}"
+            let env = ["CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/run/netns/\(lab.options.runID)-nope",
+                       "CNI_ARGS": "K8S_POD_NAME=ghost;K8S_POD_NAMESPACE=default;K8S_POD_UID=ghost-uid;POD_LABELS=istio.io/dataplane-mode:ambient"]
+            var (code, out) = try runPlugin(env, stdin: "{not json")
+            #expect(code != 0 && out["code"] as? Int == 6)
+            (code, out) = try runPlugin(env.filter { $0.key != "CNI_COMMAND" }, stdin: conf)
+            #expect(code != 0 && out["code"] as? Int == 4)
+            (code, out) = try runPlugin(env, stdin: conf)
+            #expect(code != 0 && out["code"] as? Int == 100 && (out["msg"] as? String ?? "").contains("does not exist"), "\(out)")
+            (code, out) = try runPlugin(env, stdin: conf.replacingOccurrences(of: ",\"prevResult\":{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.244.1.77/24\"}]}", with: ""))
+            #expect(code != 0 && out["code"] as? Int == 7)
+            let down = conf.replacingOccurrences(of: node.agentControlSocket, with: "\(node.directory)/no-agent.sock")
+            (code, out) = try runPlugin(env, stdin: down)
+            #expect(code != 0 && out["code"] as? Int == 11)
+            var del = env
+            del["CNI_COMMAND"] = "DEL"
+            (code, _) = try runPlugin(del, stdin: down)
+            #expect(code == 0, "DEL succeeds when the agent is away")
+            (code, out) = try runPlugin(["CNI_COMMAND": "VERSION"], stdin: "{}")
+            #expect(code == 0 && (out["supportedVersions"] as? [String])?.contains("1.0.0") == true)
+            // Nothing else was touched.
+            let s = try status(node)
+            #expect(s.pods.map(\.pod) == ["default/n1-pod1"] && s.pods[0].drift.isEmpty)
+            #expect(node.agent?.isRunning == true)
+            let other = try lab.addMeshedPod(on: node, name: "n1-pod2")
+            #expect(try lab.request(from: good, to: SocketAddress(other.ipv4!, Lab.httpPort)).status == 200)
+            #expect(lab.proxyRecords(node).contains { $0.listener == 15001 })
+            // CHECK through the plugin passes for an intact pod.
+            let chk = try runPlugin(["CNI_COMMAND": "CHECK", "CNI_CONTAINERID": good.identity.containerID, "CNI_IFNAME": "eth0", "CNI_NETNS": good.netns.path,
+                                     "CNI_ARGS": good.identity.cniArgs], stdin: "{\"cniVersion\":\"1.0.0\",\"name\":\"lab-pods\",\"type\":\"redirect-cni\",\"agentSocket\":\"\(node.agentControlSocket)\",\"prevResult\":\(String(decoding: try JSONSerialization.data(withJSONObject: good.cniResult), as: UTF8.self))}")
+            #expect(chk.0 == 0, "\(chk.1)")
+        }
+    }
+
+    @Test("a ZDS peer that sends garbage or disconnects mid-snapshot does not hurt the agent")
+    func zdsGarbage() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("ebpf") { lab throws in
+            let node = lab.nodes[0]
+            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            // Garbage instead of ZdsHello.
+            let g = try UnixSocket.connect(path: node.agentZDSSocket, type: Int32(5)) // SOCK_SEQPACKET
+            try g.writeAll([0xff, 0xff, 0xff, 0x01, 0x02])
+            g.close()
+            // A proper hello, then gone before acknowledging the snapshot.
+            let h = try UnixSocket.connect(path: node.agentZDSSocket, type: Int32(5))
+            try h.writeAll([0x08, 0x01]) // ZdsHello{version: V1}
+            _ = try? h.read(max: 1024)
+            h.close()
+            usleep(200_000)
+            #expect(node.agent?.isRunning == true)
+            #expect(try status(node).proxyConnected, "the real proxy stays connected")
+            let b = try lab.addMeshedPod(on: node, name: "n1-pod2")
+            #expect(try lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort)).status == 200)
+            #expect(lab.proxyRecords(node).contains { $0.listener == 15001 && $0.originalDestination.hasPrefix(b.ipv4!.description) })
+        }
+    }
+
+    @Test("switching the dataplane on a node migrates every enrolled pod, both ways")
+    func switchDataplane() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("iptables", nodes: 2) { lab throws in
+            let a = try lab.addMeshedPod(on: lab.nodes[0], name: "n1-pod1")
+            let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
+            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            for mode in ["ebpf", "iptables"] {
+                for node in lab.nodes {
+                    node.agent?.stop()
+                    try lab.startAgent(on: node, dataplane: mode)
+                }
+                let s = try status(lab.nodes[0])
+                #expect(s.dataplane == mode && s.pods.count == 1 && s.pods[0].drift.isEmpty, "\(s.pods.map(\.drift))")
+                let rules = try lab.inNamespace(a.netns, "iptables-save", [])
+                #expect(rules.contains("ISTIO") == (mode == "iptables"), "iptables rules only in iptables mode")
+                let before = lab.proxyRecords(lab.nodes[0]).count
+                #expect(try lab.request(from: a, to: dst).status == 200)
+                #expect(lab.proxyRecords(lab.nodes[0]).count == before + 1, "captured after switching to \(mode)")
+                #expect(try lab.probe(b).status == 200)
+            }
+        }
+    }
+
+    @Test("SIGTERM stops the agent and leaves capture working; uninstall then removes everything", arguments: ["ebpf", "iptables"])
+    func stopAndUninstall(_ dataplane: String) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab(dataplane) { lab throws in
+            let node = lab.nodes[0]
+            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let b = try lab.addPod(on: node, name: "n1-plain")
+            node.agent?.stop()
+            #expect(node.agent?.process.terminationStatus == 0, "graceful exit")
+            #expect(try lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort)).status == 200)
+            #expect(lab.proxyRecords(node).filter { $0.listener == 15001 }.count == 1, "capture kept working while the agent was away")
+            var args = lab.agentArguments(node, dataplane: dataplane)
+            args[0] = "uninstall"
+            args.removeLast(2) // --metrics-address
+            let out = try Command.run(try LabBinaries.path("redirect-agent"), args)
+            #expect(out.contains("1 pod"))
+            let state = try captureState(lab, a) + lab.inNamespace(node.netns, "iptables-save", [])
+            #expect(!state.contains("ISTIO") && !state.contains("lookup 100"), "\(state)")
+            #expect(!FileManager.default.fileExists(atPath: "\(node.bpfPinRoot)/maps"))
+            #expect(!FileManager.default.fileExists(atPath: "\(node.agentDirectory)/state.json"))
+            let tc = try lab.inNamespace(a.netns, "tc", ["filter", "show", "dev", "eth0", "ingress"])
+            #expect(!tc.contains("tc_pod_ingress"))
+        }
+    }
+
+    @Test("the metrics endpoint counts enrollments and BPF decisions")
+    func metrics() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("ebpf") { lab throws in
+            let node = lab.nodes[0]
+            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let b = try lab.addPod(on: node, name: "n1-plain")
+            _ = try lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort))
+            let r = try lab.get(from: node.netns, to: SocketAddress(IPAddress("127.0.0.1")!, 15029), path: "/metrics", timeout: 3)
+            #expect(r.status == 200)
+            #expect(r.body.contains("redirect_agent_enrollments_total 1") && r.body.contains("redirect_agent_pods 1"))
+            #expect(r.body.contains("decision=\"outbound_captured\"} 1"))
+            #expect(r.body.contains("redirect_agent_enrollment_seconds_count 1"))
+            #expect(try lab.get(from: node.netns, to: SocketAddress(IPAddress("127.0.0.1")!, 15029), path: "/healthz", timeout: 3).status == 200)
+        }
+    }
+}
