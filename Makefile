@@ -8,7 +8,7 @@ BPF_OBJ    := bpf/redirect.bpf.o
 BPF_HDRS   := $(wildcard bpf/*.h) Sources/CShim/include/redirect_abi.h
 BIN        := .build/debug
 
-.PHONY: deps bpf build test demo demo-iptables bench clean proto
+.PHONY: deps bpf build test demo demo-iptables demo-ebpf bench clean proto
 
 deps:
 	@bash scripts/deps.sh
@@ -30,6 +30,9 @@ demo: deps build
 
 demo-iptables: deps build
 	$(BIN)/redirect-lab demo --dataplane iptables
+
+demo-ebpf: deps build
+	$(BIN)/redirect-lab demo --dataplane ebpf
 
 bench: deps build
 	$(BIN)/redirect-lab bench

@@ -44,7 +44,7 @@ let package = Package(
             "SystemCalls", "NodeLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "LabCLI", dependencies: [
-            "NodeLab", "Dataplane", "MapSync", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "NodeLab", "Dataplane", "AgentAPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "RedirectAgent", dependencies: [
             "Dataplane", "SystemCalls", "NetworkPolicyCheck", "AgentCore", "AgentAPI",

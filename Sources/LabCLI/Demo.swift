@@ -1,6 +1,6 @@
 import ArgumentParser
 import Dataplane
-import MapSync
+import AgentAPI
 import Foundation
 import NodeLab
 import SystemCalls
@@ -8,44 +8,53 @@ import SystemCalls
 /// `redirect-lab demo`: 2 nodes x 2 meshed pods and an outsider, capture, traffic, probes, teardown.
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Bring up 2 nodes x 2 pods, capture them, run traffic and kubelet probes, print what the proxy and the kernel saw, tear down.")
-    enum Choice: String, ExpressibleByArgument, CaseIterable { case ebpf, iptables, none }
-    @Option(help: "Dataplane: ebpf, iptables, or none (no capture; traffic to the proxy is explicit).") var dataplane: Choice = .ebpf
+        abstract: "2 nodes, pods created through the CNI chain with redirect-cni, a redirect-agent per node, the proxy on ZDS: traffic, probes, what was captured, the kernel's view; then teardown.")
+    enum Choice: String, ExpressibleByArgument, CaseIterable { case auto, ebpf, iptables, none }
+    @Option(help: "The agents' dataplane: auto (eBPF where the kernel allows it), ebpf, iptables, or none (no capture; the client talks to the proxy explicitly).") var dataplane: Choice = .auto
     @Flag(help: "No IPv6 addresses.") var noIPv6 = false
 
     func run() throws {
         var options = LabOptions()
         options.ipv6 = !noIPv6
+        options.podsPerNode = 0
+        if dataplane != .none { options.agentDataplane = dataplane.rawValue }
         let lab = Lab(options: options)
-        var capture: LabCapture?
         let signals = tearDownOnSignal(lab)
-        defer { capture?.teardown(); lab.teardown(); _ = signals }
+        defer { lab.teardown(); _ = signals }
 
-        say("== lab \(options.runID): 2 nodes x 2 pods through the real CNI plugins (bridge + host-local, loopback), dataplane: \(dataplane.rawValue)")
+        say("== lab \(options.runID): 2 nodes; pods created as a runtime does: loopback, then bridge + host-local\(dataplane == .none ? "" : " + redirect-cni")")
         try lab.up()
+        var meshed: [LabPod] = []
+        for node in lab.nodes {
+            for i in 1...2 {
+                meshed.append(dataplane == .none ? try lab.addPod(on: node, name: "\(node.name)-pod\(i)") : try lab.addMeshedPod(on: node, name: "\(node.name)-pod\(i)"))
+            }
+        }
         let outsider = try lab.addPod(on: lab.nodes[1], name: "n2-outsider")
-        let meshed = lab.pods.filter { $0 !== outsider }
-        if let mode = DataplaneMode(rawValue: dataplane.rawValue) {
-            capture = try LabCapture(lab: lab, mode: mode)
-            for pod in meshed { try capture!.enroll(pod) }
-        } else {
-            for pod in meshed { try lab.enrollInProxy(pod, spoofSource: false) }
+        let optOut = try lab.addPod(on: lab.nodes[0], name: "n1-optout", labels: ["istio.io/dataplane-mode": "none"])
+        if dataplane == .none { for pod in meshed { try lab.enrollInProxy(pod, spoofSource: false) } }
+        var enrolled = Set<String>()
+        for node in lab.nodes where dataplane != .none {
+            let s = try AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket).status!
+            say("  agent on \(node.name): dataplane \(s.dataplane) (\(s.reason)); proxy \(s.proxyConnected ? "connected over ZDS" : "not connected")")
+            for p in s.pods { enrolled.insert(String(p.pod.split(separator: "/").last!)) }
         }
         for pod in lab.pods {
-            say("  \(pod.node.name)/\(pod.name)  \(pod.addresses.map(\.description).joined(separator: ", "))  \(pod === outsider ? "(not in the mesh)" : "(meshed)")")
+            let label = pod.identity.labels["istio.io/dataplane-mode"].map { "label \($0)" } ?? "no label"
+            say("  \(pod.node.name)/\(pod.name)  \(pod.addresses.map(\.description).joined(separator: ", "))  (\(label): \(enrolled.contains(pod.name) ? "in the mesh" : "not in the mesh"))")
         }
 
         say("\n== traffic: pod -> app :8080/whoami (what the app saw as its client)")
-        var flows = [(meshed[0], meshed[1]), (meshed[0], meshed[2]), (meshed[3], meshed[0]), (outsider, meshed[1])]
-        if capture == nil { flows.removeLast() }
+        var flows = [(meshed[0], meshed[1]), (meshed[0], meshed[2]), (meshed[3], meshed[0]), (outsider, meshed[1]), (optOut, outsider)]
+        if dataplane == .none { flows = Array(flows.prefix(3)) }
         for (from, to) in flows {
             let target = SocketAddress(to.ipv4!, Lab.httpPort)
-            let r = capture == nil ? try lab.requestViaProxy(from: from, to: target) : try lab.request(from: from, to: target)
+            let r = dataplane == .none ? try lab.requestViaProxy(from: from, to: target) : try lab.request(from: from, to: target)
             say("  \(from.name) -> \(to.name): HTTP \(r.status) \(r.body.trimmed)")
         }
         if let v6 = meshed[2].ipv6 {
-            let r = capture == nil ? try lab.requestViaProxy(from: meshed[0], to: SocketAddress(v6, Lab.httpPort))
-                                   : try lab.request(from: meshed[0], to: SocketAddress(v6, Lab.httpPort))
+            let t = SocketAddress(v6, Lab.httpPort)
+            let r = dataplane == .none ? try lab.requestViaProxy(from: meshed[0], to: t) : try lab.request(from: meshed[0], to: t)
             say("  \(meshed[0].name) -> \(meshed[2].name) (IPv6): HTTP \(r.status) \(r.body.trimmed)")
         }
 
@@ -64,13 +73,12 @@ struct Demo: ParsableCommand {
                 say("  \(node.name) :\(r.listener)  \(r.client) -> \(r.originalDestination)  [\(r.method)] upstream \(r.upstream)\(r.error.map { " ERROR \($0)" } ?? "")")
             }
         }
-        if let capture {
-            if let ebpf = capture.dataplane(meshed[0].node) as? EBPFDataplane {
-                try showBPFState(lab: lab, capture: capture, dataplane: ebpf, pod: meshed[0])
-            } else {
-                try showKernelState(lab: lab, pod: meshed[0])
-            }
-        }
+        guard dataplane != .none else { say("\n== tearing down"); return }
+        let node = lab.nodes[0]
+        say("\n== redirect-agent status (node \(node.name), read from the kernel)")
+        say(try Command.run(try LabBinaries.path("redirect-agent"), ["status", "--control-socket", node.agentControlSocket]).trimmed)
+        let s = try AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket).status!
+        if s.dataplane == "ebpf" { try showBPFState(lab: lab, pod: meshed[0]) } else { try showKernelState(lab: lab, pod: meshed[0]) }
         say("\n== tearing down")
     }
 
@@ -89,20 +97,15 @@ struct Demo: ParsableCommand {
 }
 
 extension Demo {
-    func showBPFState(lab: Lab, capture: LabCapture, dataplane: EBPFDataplane, pod: LabPod) throws {
+    func showBPFState(lab: Lab, pod: LabPod) throws {
         let maps = "\(pod.node.bpfPinRoot)/maps"
-        say("\n== what the kernel holds on node \(pod.node.name) (pins under \(pod.node.bpfPinRoot))")
+        say("\n== the maps on node \(pod.node.name) (pins under \(pod.node.bpfPinRoot))")
         say("$ bpftool map dump pinned \(maps)/ra_config")
         say(try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_config"]).trimmed)
         say("$ bpftool map dump pinned \(maps)/ra_pods   (one entry per pod address)")
         say(try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_pods"]).trimmed)
         say("$ tc filter show dev eth0 ingress   (inside \(pod.name))")
         say(try lab.inNamespace(pod.netns, "tc", ["filter", "show", "dev", "eth0", "ingress"]).trimmed)
-        say("\n== per-pod decisions counted by the programs (ra_counters)")
-        for p in capture.enrolledPods(on: pod.node).sorted(by: { $0.name < $1.name }) {
-            let c = try dataplane.counters(lab.podSpec(p)).sorted { $0.key.rawValue < $1.key.rawValue }
-            say("  \(p.name): " + c.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
-        }
         let rules = try lab.inNamespace(pod.netns, "iptables-save", []) + lab.inNamespace(pod.node.netns, "iptables-save", [])
         say("\n== iptables rules of ours in \(pod.name) and \(pod.node.name): \(rules.split(separator: "\n").filter { $0.contains("ISTIO") }.count)")
     }
