@@ -81,7 +81,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
                      tunnelPort: c.tunnelPort, proxyMark: c.proxyMark, markMask: c.markMask, captureMark: c.connMark)
     }
 
-    private var routing: PolicyRouting { PolicyRouting(config: config, runner: runner) }
+    private var routing: PolicyRouting { PolicyRouting(config: config) }
 
     /// The pinned map of proxy listeners the proxy fills (for the TIME_WAIT hand-off).
     public var proxyListenerMapPath: String { "\(options.pinRoot)/maps/ra_proxy_listeners" }

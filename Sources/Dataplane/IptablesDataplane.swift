@@ -180,7 +180,7 @@ public final class IptablesDataplane: Dataplane, @unchecked Sendable {
         try podCommand(pod, backend.restore(ipv6: ipv6), ["--noflush"], input: r.pod(ipv6: ipv6, present: have.jumps))
     }
 
-    private var routing: PolicyRouting { PolicyRouting(config: config, runner: runner) }
+    private var routing: PolicyRouting { PolicyRouting(config: config) }
 
     /// The UID an ipset entry is tagged with, nil when absent.
     private func ipsetEntryOwner(_ ip: IPAddress) -> String? {
