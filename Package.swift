@@ -44,7 +44,7 @@ let package = Package(
             "SystemCalls", "NodeLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "LabCLI", dependencies: [
-            "NodeLab", "Dataplane", "AgentAPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "NodeLab", "Dataplane", "AgentAPI", "BPFLoader", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "RedirectAgent", dependencies: [
             "Dataplane", "SystemCalls", "NetworkPolicyCheck", "AgentCore", "AgentAPI",
@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
         .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
-        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain", "RedirectAgent", "CNIPlugin"]),
+        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain", "RedirectAgent", "CNIPlugin", "LabCLI"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -151,10 +151,8 @@ public final class Agent: @unchecked Sendable {
 
     /// Starts ZDS for the proxy.
     public func startZDS() throws {
-        let server = try ZDSServer(path: options.zdsSocket, logger: logger) { [weak self] in
-            guard let self else { return [] }
-            return self.lock.withLock { self.state.pods.values.map { ZDSWorkload(uid: $0.spec.uid, name: $0.spec.name, namespace: $0.spec.namespace, netns: $0.spec.netns) } }
-        }
+        let initial = lock.withLock { state.pods.values.map { ZDSWorkload(uid: $0.spec.uid, name: $0.spec.name, namespace: $0.spec.namespace, netns: $0.spec.netns) } }
+        let server = try ZDSServer(path: options.zdsSocket, logger: logger, initial: initial)
         zds = server
         server.start()
     }

@@ -86,6 +86,13 @@ public struct BPFProgram: Sendable {
         return t
     }
 
+    /// Time spent and runs counted while kernel.bpf_stats_enabled was on.
+    public func stats() throws -> (runTimeNs: UInt64, runs: UInt64) {
+        var t: UInt64 = 0, n: UInt64 = 0
+        try bpfCheck("prog stats \(name)", cshim_prog_stats(fd, &t, &n))
+        return (t, n)
+    }
+
     /// The kernel's id for it.
     public func id() throws -> UInt32 {
         var id: UInt32 = 0

@@ -149,6 +149,15 @@ int cshim_prog_id(int prog_fd, uint32_t *id) {
     return err;
 }
 
+int cshim_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt) {
+    struct bpf_prog_info info;
+    uint32_t len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    int err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
+    if (!err) { *run_time_ns = info.run_time_ns; *run_cnt = info.run_cnt; }
+    return err;
+}
+
 int cshim_prog_tag(int prog_fd, uint8_t tag[8]) {
     struct bpf_prog_info info;
     uint32_t len = sizeof(info);

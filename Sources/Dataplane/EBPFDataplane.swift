@@ -291,6 +291,13 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
 }
 
 extension EBPFDataplane {
+    /// Run-time statistics of every program (for the benchmark's per-packet cost).
+    public func programStats() throws -> [String: (runTimeNs: UInt64, runs: UInt64)] {
+        var out: [String: (runTimeNs: UInt64, runs: UInt64)] = [:]
+        for name in Self.programNames { out[name] = try program(name).stats() }
+        return out
+    }
+
     /// The program to attach for `name` (the pinned one when it is current).
     func program(_ name: String) throws -> BPFProgram {
         guard let p = programs[name] else { throw BPFError("program \(name)", code: ENOENT) }

@@ -10,7 +10,7 @@ struct RedirectLab: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redirect-lab",
         abstract: "A local node lab: nodes and pods as network namespaces wired by the real CNI plugins.",
-        subcommands: [Demo.self, Cleanup.self])
+        subcommands: [Demo.self, Bench.self, Cleanup.self])
 }
 
 /// Tears the lab down on SIGINT/SIGTERM, then exits.

@@ -24,19 +24,21 @@ public struct ZDSWorkload: Sendable {
 /// that sends garbage or disconnects is dropped; the server keeps serving.
 public final class ZDSServer: @unchecked Sendable {
     private let listener: Socket
-    private let snapshot: @Sendable () -> [ZDSWorkload]
     private let logger: Logger
-    private let lock = NSLock()   // one request in flight at a time, snapshot included
+    // One request in flight at a time, snapshot included. The server keeps its own list of
+    // workloads so it never calls back into its owner while holding this lock.
+    private let lock = NSLock()
     private var channel: ZDSChannel?
+    private var workloads: [String: ZDSWorkload] = [:]
     private let ackTimeout: Double
 
-    /// Listens on `path`; `snapshot` lists the pods to send to a new proxy.
-    public init(path: String, ackTimeout: Double = 5, logger: Logger = Logger(label: "zds"), snapshot: @escaping @Sendable () -> [ZDSWorkload]) throws {
+    /// Listens on `path`; `initial` are the pods a new proxy receives in its snapshot.
+    public init(path: String, ackTimeout: Double = 5, logger: Logger = Logger(label: "zds"), initial: [ZDSWorkload]) throws {
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         self.listener = try UnixSocket.listen(path: path, type: cshim_sock_seqpacket())
-        self.snapshot = snapshot
         self.logger = logger
         self.ackTimeout = ackTimeout
+        for w in initial { workloads[w.uid] = w }
     }
 
     /// Whether a proxy is connected and has its snapshot.
@@ -59,7 +61,7 @@ public final class ZDSServer: @unchecked Sendable {
             if fd >= 0 { close(fd) }
             logger.info("proxy connected", metadata: ["version": "\(hello.version)"])
             try lock.withLock {
-                for w in snapshot() { try sendAdd(w, on: ch) }
+                for w in workloads.values.sorted(by: { $0.uid < $1.uid }) { try sendAdd(w, on: ch) }
                 var req = Istio_Workload_Zds_WorkloadRequest()
                 req.snapshotSent = Istio_Workload_Zds_SnapshotSent()
                 try request(req, on: ch)
@@ -72,18 +74,23 @@ public final class ZDSServer: @unchecked Sendable {
         }
     }
 
-    /// Hands a new pod to the proxy and waits for its ack. No proxy connected: nothing to do (the
-    /// pod goes out in the snapshot when one connects). A rejected pod throws.
+    /// Hands a new pod to the proxy and waits for its ack. No proxy connected: the pod goes out
+    /// in the snapshot when one connects. A rejected pod throws and is forgotten.
     public func add(_ w: ZDSWorkload) throws {
         try lock.withLock {
+            workloads[w.uid] = w
             guard let ch = channel else { return }
-            do { try sendAdd(w, on: ch) } catch let e as ZDSRejected { throw e } catch { drop(ch, error) }
+            do { try sendAdd(w, on: ch) } catch let e as ZDSRejected {
+                workloads[w.uid] = nil
+                throw e
+            } catch { drop(ch, error) }
         }
     }
 
     /// Tells the proxy a pod is gone.
     public func remove(uid: String) {
         lock.withLock {
+            workloads[uid] = nil
             guard let ch = channel else { return }
             var req = Istio_Workload_Zds_WorkloadRequest()
             var del = Istio_Workload_Zds_DelWorkload()

@@ -78,6 +78,8 @@ int cshim_prog_test_run_skb(int prog_fd, const void *data, uint32_t size, void *
                             uint32_t mark, uint32_t ifindex, uint32_t *retval, uint32_t *mark_out);
 /// The program id behind a file descriptor.
 int cshim_prog_id(int prog_fd, uint32_t *id);
+/// run_time_ns and run_cnt of a program (kernel.bpf_stats_enabled must be 1 while it runs).
+int cshim_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt);
 /// The program tag (8 bytes) behind a file descriptor.
 int cshim_prog_tag(int prog_fd, uint8_t tag[8]);
 /// statfs f_type == BPF_FS_MAGIC.

@@ -1,0 +1,103 @@
+import ArgumentParser
+import Dataplane
+import Foundation
+import NodeLab
+import SystemCalls
+
+/// `redirect-lab bench`: ebpf vs iptables vs no capture, side by side in one run.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure capture modes side by side (interleaved rounds), enrollment at scale, probe-IP change, BPF per-packet cost and agent memory; write JSON, a Markdown report and SVG plots.")
+    @Flag(help: "A one-minute smoke run (1 round, short runs, 1 and 10 pods).") var quick = false
+    @Option(help: "Rounds of every mode.") var rounds = 3
+    @Option(help: "Seconds per client run.") var duration = 2.0
+    @Option(help: "Pod counts for the enrollment benchmark.") var pods = "1,10,100,1000"
+    @Option(help: "Where to write results.json, README.md and the plots.") var out = "docs/bench"
+
+    func run() throws {
+        let rounds = quick ? 1 : self.rounds, duration = quick ? 0.3 : self.duration
+        let sizes = quick ? [1, 10] : pods.split(separator: ",").compactMap { Int($0) }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let started = Date()
+        func log(_ s: String) { say(String(format: "[%5.0fs] ", Date().timeIntervalSince(started)) + s) }
+
+        var options = LabOptions()
+        options.podsPerNode = 0
+        options.ipv6 = false
+        let lab = Lab(options: options)
+        let signals = tearDownOnSignal(lab)
+        defer { lab.teardown(); _ = signals }
+        try lab.up()
+        let tcx = Self.tcxSupported(lab)
+        var modes = ["direct", "explicit", "iptables", "ebpf"]
+        if tcx { modes.append("ebpf-tcx") }
+        log("modes: \(modes.joined(separator: ", ")); \(rounds) round(s) x \(duration)s per run")
+
+        let previousStats = (try? readSysctl("kernel.bpf_stats_enabled")) ?? "0"
+        try writeSysctl("kernel.bpf_stats_enabled", "1")
+        defer { try? writeSysctl("kernel.bpf_stats_enabled", previousStats) }
+        let traffic = TrafficBench(lab: lab, log: log)
+        try traffic.setUp(modeNames: modes)
+        let samples = try traffic.run(rounds: rounds, duration: duration, kinds: ["short", "long", "bulk"])
+        let cost = try traffic.bpfCost()
+
+        let enroll = EnrollBench(lab: lab, log: log)
+        log("creating \(sizes.max() ?? 0) bare pods for the enrollment benchmark")
+        try enroll.makePods(sizes.max() ?? 1)
+        defer { enroll.deletePods() }
+        let node = lab.nodes[0]
+        let enrollModes = ["iptables", "ebpf"] + (tcx ? ["ebpf-tcx"] : [])
+        let enrollSamples = try enroll.run(sizes: sizes, modes: enrollModes) { try traffic.makeDataplane($0, node: node) }
+        let rss = try enroll.agentRSS(steps: quick ? [0, 10] : [0, 100, min(1000, sizes.max() ?? 1000)].filter { $0 <= (sizes.max() ?? 0) })
+
+        let result = BenchResult(machine: MachineInfo.read(), quick: quick, rounds: rounds, durationSeconds: duration, modes: modes,
+                                 traffic: samples, bpfNsPerRun: cost, enrollment: enrollSamples, agentRSS: rss,
+                                 seconds: Date().timeIntervalSince(started))
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try enc.encode(result).write(to: URL(fileURLWithPath: "\(out)/results.json"))
+        let report = BenchReport(result: result)
+        try report.markdown().write(toFile: "\(out)/README.md", atomically: true, encoding: .utf8)
+        for (name, svg) in report.plots() { try svg.write(toFile: "\(out)/\(name)", atomically: true, encoding: .utf8) }
+        log("wrote \(out)/results.json, \(out)/README.md and plots")
+    }
+
+    /// Whether tcx links attach here (kernel 6.6+).
+    static func tcxSupported(_ lab: Lab) -> Bool {
+        let uname = (try? Command.run("uname", ["-r"])) ?? "0.0"
+        let v = uname.split(separator: ".").prefix(2).compactMap { Int($0.prefix { $0.isNumber }) }
+        return v.count == 2 && (v[0] > 6 || (v[0] == 6 && v[1] >= 6))
+    }
+}
+
+/// Everything one run measured.
+struct BenchResult: Codable {
+    var machine: MachineInfo
+    var quick: Bool
+    var rounds: Int
+    var durationSeconds: Double
+    var modes: [String]
+    var traffic: [TrafficSample]
+    var bpfNsPerRun: [String: [String: Double]]
+    var enrollment: [EnrollSample]
+    var agentRSS: [RSSSample]
+    var seconds: Double
+}
+
+/// The machine, as the report describes it.
+struct MachineInfo: Codable {
+    var kernel: String
+    var cpu: String
+    var cpus: Int
+    var memoryGiB: Double
+    var date: String
+
+    static func read() -> MachineInfo {
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }.map { String($0.split(separator: ":", maxSplits: 1).last ?? "").trimmingCharacters(in: .whitespaces) } ?? "?"
+        let mem = (try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8))?.split(separator: "\n").first?.split(separator: " ").dropFirst().first.flatMap { Double($0) } ?? 0
+        let f = ISO8601DateFormatter()
+        return MachineInfo(kernel: ((try? Command.run("uname", ["-r"])) ?? "?").trimmingCharacters(in: .whitespacesAndNewlines), cpu: model,
+                           cpus: ProcessInfo.processInfo.activeProcessorCount, memoryGiB: (mem / 1048576 * 10).rounded() / 10, date: f.string(from: Date()))
+    }
+}

@@ -1,0 +1,129 @@
+import BPFLoader
+import Dataplane
+import Foundation
+import NodeLab
+import SystemCalls
+
+/// One measured run of the load client.
+struct TrafficSample: Codable {
+    var round: Int
+    var mode: String
+    var placement: String
+    var kind: String          // short, long, bulk
+    var rate: Double          // connections/s (short), requests/s (long)
+    var gbps: Double
+    var p50us: Double
+    var p90us: Double
+    var p99us: Double
+    var ok: Int
+    var failed: Int
+}
+
+/// A traffic mode: how its pods are set up and how the client reaches the server.
+struct TrafficMode {
+    let name: String
+    let client: LabPod
+    let servers: [String: LabPod]   // placement -> server
+    let explicit: Bool
+}
+
+/// Sets up one client and two servers (same node, other node) per mode, in one lab, so every
+/// mode is measured in the same conditions and rounds can interleave them.
+final class TrafficBench {
+    let lab: Lab
+    var modes: [TrafficMode] = []
+    var dataplanes: [String: [String: Dataplane]] = [:]   // mode -> node -> dataplane
+    let log: (String) -> Void
+
+    init(lab: Lab, log: @escaping (String) -> Void) { self.lab = lab; self.log = log }
+
+    func setUp(modeNames: [String]) throws {
+        let n1 = lab.nodes[0], n2 = lab.nodes[1]
+        for name in modeNames {
+            let tag = name.replacingOccurrences(of: "-", with: "")
+            let client = try lab.addPod(on: n1, name: "c\(tag)")
+            let same = try lab.addPod(on: n1, name: "s\(tag)a")
+            let cross = try lab.addPod(on: n2, name: "s\(tag)b")
+            let pods = [client, same, cross]
+            switch name {
+            case "direct":
+                break
+            case "explicit":
+                for p in pods { try lab.enrollInProxy(p, spoofSource: false) }
+            default:
+                var planes: [String: Dataplane] = [:]
+                for node in lab.nodes { planes[node.name] = try makeDataplane(name, node: node) }
+                dataplanes[name] = planes
+                for p in pods {
+                    try planes[p.node.name]!.enroll(lab.podSpec(p))
+                    try lab.enrollInProxy(p, spoofSource: true)
+                }
+            }
+            modes.append(TrafficMode(name: name, client: client, servers: ["same-node": same, "cross-node": cross], explicit: name == "explicit"))
+        }
+    }
+
+    func makeDataplane(_ name: String, node: LabNode) throws -> Dataplane {
+        let dp = try newDataplane(name, node: node)
+        try dp.prepareNode()
+        return dp
+    }
+
+    private func newDataplane(_ name: String, node: LabNode) throws -> Dataplane {
+        let runner = ProcessRunner(defaultNetns: node.netns.path)
+        if name == "iptables" { return IptablesDataplane(config: CaptureConfig(), runner: runner, lockDirectory: "\(node.directory)/xtables") }
+        try BPFFS.ensureMounted(node.bpffsMount)
+        var o = EBPFOptions(objectPath: try LabBinaries.bpfObject())
+        o.pinRoot = node.bpfPinRoot
+        o.nodeNetns = node.netns
+        o.attach = name == "ebpf-tcx" ? .tcx : .clsact
+        return try EBPFDataplane(config: CaptureConfig(), options: o, runner: runner)
+    }
+
+    /// One client run; returns the parsed summary.
+    func measure(_ mode: TrafficMode, placement: String, kind: String, duration: Double, round: Int) throws -> TrafficSample {
+        let server = mode.servers[placement]!
+        let target = "\(server.ipv4!):\(Lab.echoPort)"
+        var args = ["client", "--netns", mode.client.netns.path, "--target", target, "--mode", kind, "--duration", "\(duration)"]
+        if mode.explicit { args += ["--via", "127.0.0.1:15001"] }
+        let out = try Command.run(try LabBinaries.path("lab-app"), args)
+        guard let j = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else { throw LabError("client printed no JSON: \(out)") }
+        func d(_ k: String) -> Double { (j[k] as? Double) ?? Double(j[k] as? Int ?? 0) }
+        return TrafficSample(round: round, mode: mode.name, placement: placement, kind: kind, rate: d("rate"), gbps: d("gbps"),
+                             p50us: d("p50_us"), p90us: d("p90_us"), p99us: d("p99_us"), ok: j["ok"] as? Int ?? 0, failed: j["failed"] as? Int ?? 0)
+    }
+
+    /// Rounds of A B C ... so drift hits every mode alike.
+    func run(rounds: Int, duration: Double, kinds: [String]) throws -> [TrafficSample] {
+        var samples: [TrafficSample] = []
+        let total = rounds * modes.count * 2 * kinds.count
+        for r in 1...rounds {
+            for kind in kinds {
+                for placement in ["same-node", "cross-node"] {
+                    for mode in modes {
+                        let s = try measure(mode, placement: placement, kind: kind, duration: duration, round: r)
+                        samples.append(s)
+                        log("[\(samples.count)/\(total)] round \(r) \(kind) \(placement) \(mode.name): " +
+                            (kind == "bulk" ? String(format: "%.2f Gbit/s", s.gbps) : String(format: "%.0f/s p99 %.0f us", s.rate, s.p99us)) +
+                            (s.failed > 0 ? " (\(s.failed) failed)" : ""))
+                    }
+                }
+            }
+        }
+        return samples
+    }
+
+    /// ns per program run, per eBPF mode, from the kernel's run-time statistics.
+    func bpfCost() throws -> [String: [String: Double]] {
+        var out: [String: [String: Double]] = [:]
+        for (mode, planes) in dataplanes {
+            guard let dp = planes["n1"] as? EBPFDataplane else { continue }
+            var m: [String: Double] = [:]
+            for (prog, st) in try dp.programStats() where st.runs > 0 { m[prog] = Double(st.runTimeNs) / Double(st.runs) }
+            out[mode] = m
+        }
+        return out
+    }
+}
+
+

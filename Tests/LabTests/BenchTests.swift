@@ -1,0 +1,30 @@
+import Foundation
+import NodeLab
+import SystemCalls
+import Testing
+
+@Suite("Benchmark smoke run", .serialized)
+struct BenchTests {
+    @Test("redirect-lab bench --quick runs every mode and writes its JSON, report and plots (timing is not checked)")
+    func quickBench() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        let out = NSTemporaryDirectory() + "ra-bench-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let r = try Command.capture(try LabBinaries.path("redirect-lab"), ["bench", "--quick", "--out", out])
+        #expect(r.status == 0, "\(r.stderr.suffix(2000))")
+        let data = try Data(contentsOf: URL(fileURLWithPath: "\(out)/results.json"))
+        let json = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let modes = try #require(json["modes"] as? [String])
+        #expect(Set(["direct", "explicit", "iptables", "ebpf"]).isSubset(of: Set(modes)))
+        let traffic = try #require(json["traffic"] as? [[String: Any]])
+        #expect(traffic.count == modes.count * 2 * 3, "every mode x placement x kind measured once")
+        #expect(traffic.allSatisfy { ($0["failed"] as? Int) == 0 && ($0["ok"] as? Int ?? 0) > 0 }, "no failed connection")
+        #expect((json["enrollment"] as? [[String: Any]])?.isEmpty == false)
+        let report = try String(contentsOfFile: "\(out)/README.md", encoding: .utf8)
+        #expect(report.contains("## Against the targets") && report.contains("ebpf / iptables"))
+        for plot in ["traffic.svg", "latency.svg", "enrollment.svg"] {
+            #expect((try? String(contentsOfFile: "\(out)/\(plot)", encoding: .utf8))?.hasPrefix("<svg") == true, "\(plot)")
+        }
+        #expect(namespaces(prefix: "ra").filter { $0.contains("-b") }.isEmpty, "bench pods removed")
+    }
+}
