@@ -55,6 +55,7 @@ let package = Package(
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
         .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
+        .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain", "RedirectAgent", "CNIPlugin", "LabCLI"]),
     ],

@@ -53,6 +53,8 @@ public final class LabNode: @unchecked Sendable {
     public let directory: String
     /// CNI configuration directory the lab's runtime reads.
     public var cniConfDir: String { "\(directory)/net.d" }
+    /// The node's own CNI plugin directory (install-cni copies redirect-cni there).
+    public var cniBinDir: String { "\(directory)/cni-bin" }
     /// A private bpffs mount for this node's pinned maps, programs and links.
     public var bpffsMount: String { "\(directory)/bpffs" }
     /// The eBPF dataplane's pin root on this node.
@@ -200,12 +202,20 @@ public final class Lab: @unchecked Sendable {
                          "routes": [["dst": "0.0.0.0/0"]] + (options.ipv6 ? [["dst": "::/0"]] : [])],
             ]],
         ]
-        var full = list
-        if options.agentDataplane != nil {
-            full["plugins"] = (list["plugins"] as! [[String: Any]]) + [["type": "redirect-cni", "agentSocket": node.agentControlSocket]]
-        }
-        let data = try JSONSerialization.data(withJSONObject: full, options: [.prettyPrinted, .sortedKeys])
+        let data = try JSONSerialization.data(withJSONObject: list, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: "\(node.cniConfDir)/10-lab-bridge.conflist"))
+        if options.agentDataplane != nil {
+            // A second candidate, lexically later: runtimes and install-cni must both pick the
+            // first. Its plugin does not exist, so a pod created from it would fail.
+            let decoy: [String: Any] = ["cniVersion": "1.0.0", "name": "decoy", "plugins": [["type": "no-such-plugin"]]]
+            try JSONSerialization.data(withJSONObject: decoy).write(to: URL(fileURLWithPath: "\(node.cniConfDir)/50-decoy.conflist"))
+            // As on a real node: install-cni edits the runtime's configuration and plugin
+            // directories; pods are then created from whatever chain that leaves.
+            try Command.run(try LabBinaries.path("redirect-agent"), [
+                "install-cni", "--cni-conf-dir", node.cniConfDir, "--cni-bin-dir", node.cniBinDir,
+                "--agent-socket", node.agentControlSocket, "--state-dir", "\(node.directory)/cni-install",
+            ])
+        }
     }
 
     private func link(_ a: LabNode, _ b: LabNode) throws {
@@ -224,7 +234,7 @@ public final class Lab: @unchecked Sendable {
 
     /// The CNI runtime for `node`.
     public func runtime(for node: LabNode) -> CNIRuntime {
-        let ours = options.agentDataplane != nil ? [LabBinaries.directory] : []
+        let ours = options.agentDataplane != nil ? [node.cniBinDir] : []
         return CNIRuntime(hostNamespace: node.netns, pluginDirectories: options.extraPluginDirectories + ours + [options.pluginDirectory])
     }
 
