@@ -52,6 +52,10 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
     private var _config: CaptureConfig
     private let object: BPFObject
     private let programs: [String: BPFProgram]
+    // Counter indexes in use, loaded from ra_pods once: allocating one is then no map scan,
+    // which would make each enrollment cost grow with the number of pods.
+    private var usedIndexes: Set<UInt32>?
+    private var lowestFree: UInt32 = 1
     private let runner: CommandRunner
     private let logger: Logger
     private let lock = NSLock()
@@ -114,7 +118,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
     public func enroll(_ pod: PodSpec) throws {
         try validate(pod)
         do {
-            let index = try pod.ips.lazy.compactMap { try self.maps.pod($0)?.pod_index }.first ?? maps.freeIndex()
+            let index = try pod.ips.lazy.compactMap { try self.maps.pod($0)?.pod_index }.first ?? allocateIndex()
             let attached = try attachInPod(pod)
             try LinkAttach.skLookup(try program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
             try routing.apply(netns: pod.netns, families: families(of: pod))
@@ -134,6 +138,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
         var failures: [String] = []
         let entry = pod.ips.lazy.compactMap { try? self.maps.pod($0) }.first
         do { try maps.remove(ips: pod.ips) } catch { failures.append("\(error)") }
+        if let entry { releaseIndex(entry.pod_index) }
         LinkAttach.unpin(linkPin(pod))
         if FileManager.default.fileExists(atPath: pod.netns) {
             do { try detachInPod(pod, destroyClsact: entry.map { $0.flags & UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) != 0 } ?? true) } catch { failures.append("\(error)") }
@@ -185,6 +190,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
 
     /// Deletes map entries and sk_lookup link pins of pods not in `keep`.
     public func removeStale(keep: [PodSpec]) throws -> [String] {
+        defer { lock.withLock { usedIndexes = nil } } // reloaded from the map on next use
         let ips = Set(keep.flatMap(\.ips)), uids = Set(keep.map(\.uid))
         var removed: [String] = []
         for (ip, info) in try maps.allPods() where !ips.contains(ip) {
@@ -202,6 +208,24 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
             }
         }
         return removed
+    }
+
+    private func allocateIndex() throws -> UInt32 {
+        try lock.withLock {
+            if usedIndexes == nil { usedIndexes = Set(try maps.allPods().map { $0.1.pod_index }); lowestFree = 1 }
+            var i = lowestFree
+            while usedIndexes!.contains(i) { i += 1 }
+            usedIndexes!.insert(i)
+            lowestFree = i + 1
+            return i
+        }
+    }
+
+    private func releaseIndex(_ i: UInt32) {
+        lock.withLock {
+            guard usedIndexes?.remove(i) != nil else { return }
+            lowestFree = min(lowestFree, i)
+        }
     }
 
     // MARK: attach

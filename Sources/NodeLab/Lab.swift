@@ -383,6 +383,7 @@ public final class Lab: @unchecked Sendable {
         }
         if let runID {
             try? FileManager.default.removeItem(atPath: "\(runRoot)/\(runID)")
+            rmdir(runRoot) // only when no other lab is running
         } else {
             try? FileManager.default.removeItem(atPath: runRoot)
         }

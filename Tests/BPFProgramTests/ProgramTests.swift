@@ -51,6 +51,17 @@ final class LoadedPrograms {
     func count(_ pod: UInt32, _ d: Decision) throws -> UInt64 { try sync.counters(podIndex: pod)[d] ?? 0 }
 }
 
+/// The probe-SNAT flow key the node program writes, as the pod sees the flow.
+func flowKey(pod: String, probe: String, podPort: UInt16 = 8080, probePort: UInt16 = 41000) -> ra_flow_key {
+    var key = ra_flow_key()
+    key.family = pod.contains(":") ? 10 : 2
+    key.pod = MapSync.addr(IPAddress(pod)!)
+    key.probe = MapSync.addr(IPAddress(probe)!)
+    key.pod_port = podPort.bigEndian
+    key.probe_port = probePort.bigEndian
+    return key
+}
+
 let TC_ACT_OK: UInt32 = 0, TC_ACT_SHOT: UInt32 = 2, TC_ACT_REDIRECT: UInt32 = 7
 
 func withPrograms(_ body: (LoadedPrograms) throws -> Void) throws {
@@ -92,12 +103,7 @@ struct ProgramTests {
             // Without the node's SNAT record a packet to the probe IP is captured like any other.
             #expect(try p.run("tc_pod_egress", probeReply).verdict == TC_ACT_REDIRECT)
             for (pod, probe) in [("10.244.1.2", "169.254.7.127"), ("fd00:10:244:1::2", "fd16:9254:7127:1337:ffff:ffff:ffff:ffff")] {
-                var key = ra_flow_key()
-                key.family = pod.contains(":") ? 10 : 2
-                key.pod = MapSync.addr(IPAddress(pod)!)
-                key.probe = MapSync.addr(IPAddress(probe)!)
-                key.pod_port = UInt16(8080).bigEndian
-                key.probe_port = UInt16(41000).bigEndian
+                let key = flowKey(pod: pod, probe: probe)
                 try p.sync.probeFlows.update(key, ra_flow_value(original_source: MapSync.addr(IPAddress(pod)!), last_seen_ns: 1))
             }
             let r = try p.run("tc_pod_egress", probeReply)
@@ -142,12 +148,7 @@ struct ProgramTests {
             #expect(try p.count(7, .spoofedProbe) == 1)
             #expect(try p.count(7, .dropNoListener) == 1)
             // With the record the node program writes, it passes uncaptured.
-            var key = ra_flow_key()
-            key.family = 2
-            key.pod = MapSync.addr(IPAddress("10.244.1.2")!)
-            key.probe = MapSync.addr(IPAddress("169.254.7.127")!)
-            key.pod_port = UInt16(8080).bigEndian
-            key.probe_port = UInt16(41000).bigEndian
+            let key = flowKey(pod: "10.244.1.2", probe: "169.254.7.127")
             try p.sync.probeFlows.update(key, ra_flow_value(original_source: MapSync.addr(IPAddress("10.244.1.1")!), last_seen_ns: 1))
             #expect(try p.run("tc_pod_ingress", probe).verdict == TC_ACT_OK)
             #expect(try p.count(7, .probePass) == 1)
@@ -202,12 +203,7 @@ struct ProgramTests {
         if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withPrograms { p throws in
             let v6 = pod.contains(":")
-            var key = ra_flow_key()
-            key.family = v6 ? 10 : 2
-            key.pod = MapSync.addr(IPAddress(pod)!)
-            key.probe = MapSync.addr(IPAddress(probe)!)
-            key.pod_port = UInt16(8080).bigEndian
-            key.probe_port = UInt16(41000).bigEndian
+            let key = flowKey(pod: pod, probe: probe)
             try p.sync.probeFlows.update(key, ra_flow_value(original_source: MapSync.addr(IPAddress(original)!), last_seen_ns: 1))
             let fmt = { (ip: String, port: Int) in v6 ? "[\(ip)]:\(port)" : "\(ip):\(port)" }
             let reply = Packet(fmt(pod, 8080), fmt(probe, 41000), flags: 0x12)
@@ -234,12 +230,7 @@ struct ProgramTests {
             let out = Parsed(bytes: r.packet)
             #expect(r.verdict == TC_ACT_OK && out.src == IPAddress(probe)! && out.dst == IPAddress(pod)!)
             #expect(out.checksumsValid)
-            var key = ra_flow_key()
-            key.family = v6 ? 10 : 2
-            key.pod = MapSync.addr(IPAddress(pod)!)
-            key.probe = MapSync.addr(IPAddress(probe)!)
-            key.pod_port = UInt16(8080).bigEndian
-            key.probe_port = UInt16(41000).bigEndian
+            let key = flowKey(pod: pod, probe: probe)
             let flow = try #require(try p.sync.probeFlows.lookup(key, as: ra_flow_value.self))
             #expect(MapSync.ip(family: key.family, flow.original_source) == IPAddress(node)!)
             #expect(try p.count(v6 ? 8 : 7, .probeSNAT) == 1)
