@@ -66,9 +66,15 @@ public final class Agent: @unchecked Sendable {
                 if o.mode == .ebpf { throw AgentError(.ebpfUnavailable, "--dataplane ebpf: \(missing)") }
                 return iptables("auto: eBPF unavailable (\(missing)); using iptables")
             }
+            var bpf = o.bpf
+            var note = ""
+            if bpf.attach == .tcx && !features.tcx {
+                bpf.attach = .clsact
+                note = "; tcx attachment needs Linux 6.6, using tc clsact"
+            }
             do {
-                let dp = try EBPFDataplane(config: o.capture, options: o.bpf, runner: ProcessRunner(), logger: logger)
-                return (dp, o.mode == .ebpf ? "--dataplane ebpf" : "auto: the kernel supports every feature the programs use", features)
+                let dp = try EBPFDataplane(config: o.capture, options: bpf, runner: ProcessRunner(), logger: logger)
+                return (dp, (o.mode == .ebpf ? "--dataplane ebpf" : "auto: the kernel supports every feature the programs use") + note, features)
             } catch {
                 if o.mode == .ebpf { throw AgentError(.ebpfUnavailable, "--dataplane ebpf: loading the programs failed: \(error)") }
                 return iptables("auto: loading the BPF programs failed (\(error)); using iptables")
@@ -243,7 +249,8 @@ public final class Agent: @unchecked Sendable {
             let f = features
             return AgentStatus(dataplane: dataplane.mode.rawValue, reason: reason,
                                features: ["bpf_syscall": f.bpfSyscall, "tc_programs": f.tcPrograms, "sk_lookup_programs": f.skLookupPrograms,
-                                          "sk_assign_helper": f.skAssignHelper, "skc_lookup_tcp_helper": f.skcLookupHelper, "bpffs": f.bpffs],
+                                          "sk_assign_helper": f.skAssignHelper, "skc_lookup_tcp_helper": f.skcLookupHelper, "bpffs": f.bpffs,
+                                          "tcx": f.tcx],
                                ebpfMissing: f.missing, probeIPv4: dataplane.config.probeIPv4.description,
                                probeIPv6: dataplane.config.probeIPv6.description, proxyConnected: zds?.connected ?? false, pods: pods)
         }

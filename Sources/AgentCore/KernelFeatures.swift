@@ -18,6 +18,8 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
     public var skcLookupHelper: Bool
     /// A bpffs is (or can be) mounted at the pin root's parent.
     public var bpffs: Bool
+    /// tcx attachment (BPF_TCX_INGRESS/EGRESS links) exists: Linux 6.6 or later.
+    public var tcx: Bool = false
     /// Why ebpf cannot be used; nil when it can.
     public var missing: String?
 
@@ -39,6 +41,7 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
         if !fs { fs = (try? BPFFS.ensureMounted(bpffsPath)) != nil && BPFFS.isMounted(bpffsPath) }
         var f = KernelFeatures(bpfSyscall: sysOK, tcPrograms: tc == 1, skLookupPrograms: skl == 1,
                                skAssignHelper: assign == 1, skcLookupHelper: skc == 1, bpffs: fs, missing: nil)
+        f.tcx = sysOK && kernelAtLeast(6, 6)
         f.missing = f.reason(tcResult: tc)
         return f
     }
@@ -52,4 +55,13 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
         if !bpffs { return "no bpffs can be mounted at the pin directory" }
         return nil
     }
+}
+
+/// Whether the running kernel's version is at least major.minor.
+func kernelAtLeast(_ major: Int, _ minor: Int) -> Bool {
+    var u = utsname()
+    uname(&u)
+    let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    let v = release.split(separator: ".").prefix(2).map { Int($0.prefix { $0.isNumber }) ?? 0 }
+    return v.count == 2 && (v[0] > major || (v[0] == major && v[1] >= minor))
 }

@@ -157,13 +157,20 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
         var drift: [String] = []
         let entries = try pod.ips.map { ($0, try maps.pod($0)) }
         for (ip, e) in entries where e == nil { drift.append("maps: \(ip) is not in ra_pods") }
-        let ingressID = try program("tc_pod_ingress").id(), egressID = try program("tc_pod_egress").id()
-        let (ing, eg) = try NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
-            let idx = try TCAttach.ifindex(self.options.podInterface)
-            return (TCAttach.attachedProgramID(ifindex: idx, ingress: true), TCAttach.attachedProgramID(ifindex: idx, ingress: false))
+        switch options.attach {
+        case .clsact:
+            let ingressID = try program("tc_pod_ingress").id(), egressID = try program("tc_pod_egress").id()
+            let (ing, eg) = try NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
+                let idx = try TCAttach.ifindex(self.options.podInterface)
+                return (TCAttach.attachedProgramID(ifindex: idx, ingress: true), TCAttach.attachedProgramID(ifindex: idx, ingress: false))
+            }
+            if ing != ingressID { drift.append("pod \(options.podInterface) ingress: program \(ing.map(String.init) ?? "none"), expected \(ingressID)") }
+            if eg != egressID { drift.append("pod \(options.podInterface) egress: program \(eg.map(String.init) ?? "none"), expected \(egressID)") }
+        case .tcx:
+            for dir in ["ingress", "egress"] where !FileManager.default.fileExists(atPath: tcxPin(pod, dir)) {
+                drift.append("pod \(options.podInterface) \(dir): tcx link pin \(tcxPin(pod, dir)) missing")
+            }
         }
-        if ing != ingressID { drift.append("pod \(options.podInterface) ingress: program \(ing.map(String.init) ?? "none"), expected \(ingressID)") }
-        if eg != egressID { drift.append("pod \(options.podInterface) egress: program \(eg.map(String.init) ?? "none"), expected \(egressID)") }
         if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
         if let e = entries.first?.1 {
             let host = try onNode { (TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: true), TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: false)) }
@@ -178,6 +185,10 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: pod.netns),
               let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return "not in ra_pods" }
         let name = options.podInterface
+        if options.attach == .tcx {
+            let pinned = ["ingress", "egress"].filter { FileManager.default.fileExists(atPath: tcxPin(pod, $0)) }
+            return "tcx \(name) ifindex \(e.pod_ifindex): links pinned for \(pinned.joined(separator: " and ")); host veth ifindex \(e.host_ifindex) (clsact); pod index \(e.pod_index)"
+        }
         let ids = (try? NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
             let idx = try TCAttach.ifindex(name)
             return (TCAttach.attachedProgramID(ifindex: idx, ingress: true), TCAttach.attachedProgramID(ifindex: idx, ingress: false))
@@ -294,6 +305,8 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
     // MARK: helpers
 
     private func linkPin(_ pod: PodSpec) -> String { "\(options.pinRoot)/links/\(pod.uid)-sklookup" }
+
+    private func tcxPin(_ pod: PodSpec, _ dir: String) -> String { "\(options.pinRoot)/links/\(pod.uid)-tcx-\(dir)" }
 
     private func families(of pod: PodSpec) -> [Bool] { (pod.hasIPv4 ? [false] : []) + (pod.hasIPv6 ? [true] : []) }
 

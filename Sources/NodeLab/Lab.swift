@@ -25,8 +25,10 @@ public struct LabOptions: Sendable {
     /// Run a redirect-agent on each node with this dataplane, append redirect-cni to the node's
     /// CNI chain, and feed the proxy over ZDS: pods are enrolled as a runtime creates them.
     public var agentDataplane: String?
-    /// Extra environment for the agents (the seccomp test wraps them instead).
+    /// A program the agents run under (the seccomp test's filter), with its arguments.
     public var agentWrapper: [String] = []
+    /// Extra `redirect-agent run` arguments.
+    public var agentExtraArguments: [String] = []
     /// Creates the defaults.
     public init() {}
 }
@@ -322,7 +324,7 @@ public final class Lab: @unchecked Sendable {
     /// The arguments the lab runs `redirect-agent run` with on `node`.
     public func agentArguments(_ node: LabNode, dataplane: String) -> [String] {
         ["run", "--netns", node.netns.path, "--dataplane", dataplane, "--state-dir", node.agentDirectory,
-         "--pin-root", node.bpfPinRoot, "--metrics-address", "127.0.0.1:15029"]
+         "--pin-root", node.bpfPinRoot] + options.agentExtraArguments + ["--metrics-address", "127.0.0.1:15029"]
     }
 
     /// Starts (or restarts) the node's agent, in the node's namespace with the node's private bpffs.

@@ -9,12 +9,13 @@ import Testing
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
 /// A lab with one agent per node and no pods yet.
-func withAgentLab(_ dataplane: String, wrapper: [String] = [], nodes: Int = 1, _ body: (Lab) throws -> Void) throws {
+func withAgentLab(_ dataplane: String, wrapper: [String] = [], extra: [String] = [], nodes: Int = 1, _ body: (Lab) throws -> Void) throws {
     try withLab({ o in
         o.podsPerNode = 0
         o.nodes = nodes
         o.agentDataplane = dataplane
         o.agentWrapper = wrapper
+        o.agentExtraArguments = extra
     }, body)
 }
 
@@ -252,6 +253,26 @@ struct AgentTests {
             #expect(r.body.contains("decision=\"outbound_captured\"} 1"))
             #expect(r.body.contains("redirect_agent_enrollment_seconds_count 1"))
             #expect(try lab.get(from: node.netns, to: SocketAddress(IPAddress("127.0.0.1")!, 15029), path: "/healthz", timeout: 3).status == 200)
+        }
+    }
+
+    @Test("tcx attachment through the agent: captured, verified, and its pinned links removed with the pod")
+    func tcxThroughAgent() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("ebpf", extra: ["--attach", "tcx"], nodes: 2) { lab throws in
+            let node = lab.nodes[0]
+            guard try status(node).features["tcx"] == true else { Issue.record("cannot run: this kernel has no tcx (Linux 6.6+)"); return }
+            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
+            let s = try status(node)
+            #expect(s.pods.first?.attachment.hasPrefix("tcx eth0") == true && s.pods.first?.drift.isEmpty == true, "\(s.pods)")
+            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            #expect(try lab.request(from: a, to: dst).status == 200)
+            #expect(lab.proxyRecords(node).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count == 1)
+            #expect(try lab.inNamespace(a.netns, "tc", ["filter", "show", "dev", "eth0", "ingress"]).isEmpty, "no tc filter: tcx links only")
+            try lab.removePod(a)
+            let links = (try? FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links")) ?? []
+            #expect(links.isEmpty, "\(links)")
         }
     }
 }
