@@ -13,8 +13,14 @@ struct Bench: ParsableCommand {
     @Option(help: "Seconds per client run.") var duration = 2.0
     @Option(help: "Pod counts for the enrollment benchmark.") var pods = "1,10,100,1000"
     @Option(help: "Where to write results.json, README.md and the plots.") var out = "docs/bench"
+    @Option(help: "Re-render the report and plots from an earlier results.json instead of measuring.") var from: String?
 
     func run() throws {
+        if let from {
+            let result = try JSONDecoder().decode(BenchResult.self, from: Data(contentsOf: URL(fileURLWithPath: from)))
+            try write(result, reportOnly: true)
+            return
+        }
         let rounds = quick ? 1 : self.rounds, duration = quick ? 0.3 : self.duration
         let sizes = quick ? [1, 10] : pods.split(separator: ",").compactMap { Int($0) }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
@@ -53,13 +59,20 @@ struct Bench: ParsableCommand {
         let result = BenchResult(machine: MachineInfo.read(), quick: quick, rounds: rounds, durationSeconds: duration, modes: modes,
                                  traffic: samples, bpfNsPerRun: cost, enrollment: enrollSamples, agentRSS: rss,
                                  seconds: Date().timeIntervalSince(started))
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try enc.encode(result).write(to: URL(fileURLWithPath: "\(out)/results.json"))
+        try write(result, reportOnly: false)
+        log("wrote \(out)/results.json, \(out)/README.md and plots")
+    }
+
+    func write(_ result: BenchResult, reportOnly: Bool) throws {
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        if !reportOnly {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try enc.encode(result).write(to: URL(fileURLWithPath: "\(out)/results.json"))
+        }
         let report = BenchReport(result: result)
         try report.markdown().write(toFile: "\(out)/README.md", atomically: true, encoding: .utf8)
         for (name, svg) in report.plots() { try svg.write(toFile: "\(out)/\(name)", atomically: true, encoding: .utf8) }
-        log("wrote \(out)/results.json, \(out)/README.md and plots")
     }
 
     /// Whether tcx links attach here (kernel 6.6+).

@@ -61,7 +61,7 @@ struct BenchReport {
         }
         s += "\n![throughput per mode](traffic.svg)\n\n![latency per mode](latency.svg)\n"
 
-        s += "\n## Per-packet cost of the capture decision\n\nBPF run time from the kernel's statistics (kernel.bpf_stats_enabled during the run), ns per program run:\n\n| mode | " + EBPFPrograms.all.joined(separator: " | ") + " |\n|---|" + EBPFPrograms.all.map { _ in "---" }.joined(separator: "|") + "|\n"
+        s += "\n## Per-packet cost of the capture decision\n\nBPF run time from the kernel's statistics (kernel.bpf_stats_enabled during the run), ns per program run. The clsact and tcx modes attach the same loaded programs (reused from their pins), so they report one set of statistics.\n\n| mode | " + EBPFPrograms.all.joined(separator: " | ") + " |\n|---|" + EBPFPrograms.all.map { _ in "---" }.joined(separator: "|") + "|\n"
         for (mode, progs) in result.bpfNsPerRun.sorted(by: { $0.key < $1.key }) {
             s += "| \(mode) | " + EBPFPrograms.all.map { progs[$0].map { String(format: "%.0f", $0) } ?? "-" }.joined(separator: " | ") + " |\n"
         }
