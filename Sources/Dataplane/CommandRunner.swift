@@ -1,3 +1,4 @@
+import Foundation
 import SystemCalls
 
 /// The seam between dataplane logic and the programs it runs (iptables-restore, ip, ipset):
@@ -29,7 +30,7 @@ public struct ProcessRunner: CommandRunner {
 
     /// Runs one program.
     public func run(_ program: String, _ arguments: [String], netns: String?, input: String?, environment: [String: String]) throws -> CommandResult {
-        var env = ProcessEnvironment.current
+        var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
         if let ns = netns ?? defaultNetns {
             return try Command.capture("nsenter", ["--net=\(ns)", "--", try Command.resolve(program)] + arguments, environment: env, input: input)

@@ -88,13 +88,6 @@ public struct CNIRuntime: Sendable {
         return prev ?? [:]
     }
 
-    /// Runs CHECK for every plugin with the cached ADD result.
-    public func check(list: [String: Any], result: [String: Any], pod: PodIdentity, netns: NetworkNamespace, ifname: String = "eth0") throws {
-        for plugin in plugins(list) {
-            _ = try invoke("CHECK", plugin: plugin, list: list, prevResult: result, pod: pod, netns: netns, ifname: ifname)
-        }
-    }
-
     /// Runs DEL for every plugin in reverse order. Every plugin is called even if one fails;
     /// the first error is thrown at the end.
     public func del(list: [String: Any], result: [String: Any]?, pod: PodIdentity, netns: NetworkNamespace?, ifname: String = "eth0") throws {

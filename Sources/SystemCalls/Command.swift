@@ -81,8 +81,3 @@ private final class DataBox: @unchecked Sendable {
     let done = DispatchSemaphore(value: 0)
 }
 
-/// This process's environment.
-public enum ProcessEnvironment {
-    /// The current environment variables.
-    public static var current: [String: String] { ProcessInfo.processInfo.environment }
-}
