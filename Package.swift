@@ -2,18 +2,81 @@
 import PackageDescription
 
 /// redirect-agent: an eBPF (with iptables fallback) traffic-capture dataplane for Istio ambient.
-/// Folder names say the architecture: CShim (thin C over libc/libbpf), SystemCalls (typed errno,
-/// sockets, namespaces, subprocesses), Dataplane (capture rules per mode), NodeLab (real CNI pods),
-/// MeshProxy (the stand-in ztunnel), LabApp (app server, client, kubelet probe), RedirectAgent (the daemon).
+///
+/// The tree says what ships and what does not:
+/// - `Sources/`: what runs on a customer's node (the agent, the CNI plugin, their libraries).
+/// - `Lab/Sources/`: the local node lab only (pods as namespaces, the stand-in ztunnel, lab apps, `redirect-lab`).
+/// - `Tests/`: unit and kernel tests of the shipped modules; `Lab/Tests/`: end-to-end suites through the lab.
+/// Shipped targets never depend on lab targets (checked by `ArchitectureTests`).
+let shipped: [Target] = [
+    // Thin C over libc and libbpf (prefixed `cshim_`, no logic).
+    .target(name: "CShim", linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
+    // The syscall boundary: errno to typed errors, sockets, netlink, namespaces on dedicated threads.
+    .target(name: "SystemCalls", dependencies: ["CShim"]),
+    // libbpf: open, load, pin, attach, test-run.
+    .target(name: "BPFLoader", dependencies: ["CShim", "SystemCalls", .product(name: "Logging", package: "swift-log")]),
+    // Desired state to kernel maps.
+    .target(name: "MapSync", dependencies: ["BPFLoader", "CShim", "SystemCalls"]),
+    // The capture modes behind one protocol: ebpf and iptables.
+    .target(name: "Dataplane", dependencies: ["SystemCalls", "BPFLoader", "MapSync", .product(name: "Logging", package: "swift-log")]),
+    // ztunnel's ZDS protocol.
+    .target(name: "ZDS", dependencies: ["SystemCalls", "CShim", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                                        .product(name: "Logging", package: "swift-log")], exclude: ["zds.proto.note"]),
+    // The control socket's requests and answers, shared by the agent and the CNI plugin.
+    .target(name: "AgentAPI", dependencies: ["SystemCalls"]),
+    // The node agent's logic.
+    .target(name: "AgentCore", dependencies: ["AgentAPI", "Dataplane", "BPFLoader", "MapSync", "ZDS", "SystemCalls",
+                                              .product(name: "Logging", package: "swift-log")]),
+    // NetworkPolicy preflight.
+    .target(name: "NetworkPolicyCheck", dependencies: ["SystemCalls", .product(name: "Yams", package: "Yams")]),
+    // `redirect-cni`, the chained CNI plugin.
+    .executableTarget(name: "CNIPlugin", dependencies: ["AgentAPI", "SystemCalls"]),
+    // `redirect-agent`, the daemon and its CLI.
+    .executableTarget(name: "RedirectAgent", dependencies: [
+        "Dataplane", "SystemCalls", "NetworkPolicyCheck", "AgentCore", "AgentAPI",
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+    ]),
+]
+
+let lab: [Target] = [
+    // The stand-in ztunnel: library and `mesh-proxy`.
+    .target(name: "MeshProxy", dependencies: ["SystemCalls", "BPFLoader", "MapSync", "CShim", "ZDS"], path: "Lab/Sources/MeshProxy"),
+    .executableTarget(name: "MeshProxyMain", dependencies: [
+        "MeshProxy", "SystemCalls", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    ], path: "Lab/Sources/MeshProxyMain"),
+    // Nodes and pods as network namespaces wired by the real CNI plugins.
+    .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader", "AgentAPI"], path: "Lab/Sources/NodeLab"),
+    // `lab-app`: the workload in each lab pod.
+    .executableTarget(name: "LabApp", dependencies: [
+        "SystemCalls", "NodeLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    ], path: "Lab/Sources/LabApp"),
+    // `redirect-lab`: demo, bench, cleanup.
+    .executableTarget(name: "LabCLI", dependencies: [
+        "NodeLab", "Dataplane", "AgentAPI", "BPFLoader", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    ], path: "Lab/Sources/LabCLI"),
+]
+
+let tests: [Target] = [
+    .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
+    .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
+    .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
+    .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "AgentAPI", .product(name: "Yams", package: "Yams")]),
+    .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
+    .testTarget(name: "EndToEndTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain",
+                                                      "RedirectAgent", "CNIPlugin", "LabCLI"], path: "Lab/Tests/EndToEndTests"),
+]
+
 let package = Package(
     name: "redirect-agent",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "redirect-agent", targets: ["RedirectAgent"]),
+        .executable(name: "redirect-cni", targets: ["CNIPlugin"]),
         .executable(name: "redirect-lab", targets: ["LabCLI"]),
         .executable(name: "mesh-proxy", targets: ["MeshProxyMain"]),
         .executable(name: "lab-app", targets: ["LabApp"]),
-        .executable(name: "redirect-cni", targets: ["CNIPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -22,42 +85,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
-    targets: [
-        .target(name: "CShim", linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
-        .target(name: "SystemCalls", dependencies: ["CShim"]),
-        .target(name: "BPFLoader", dependencies: ["CShim", "SystemCalls", .product(name: "Logging", package: "swift-log")]),
-        .target(name: "MapSync", dependencies: ["BPFLoader", "CShim", "SystemCalls"]),
-        .target(name: "Dataplane", dependencies: ["SystemCalls", "BPFLoader", "MapSync", .product(name: "Logging", package: "swift-log")]),
-        .target(name: "NetworkPolicyCheck", dependencies: ["SystemCalls", .product(name: "Yams", package: "Yams")]),
-        .target(name: "ZDS", dependencies: ["SystemCalls", "CShim", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                                            .product(name: "Logging", package: "swift-log")], exclude: ["zds.proto.note"]),
-        .target(name: "MeshProxy", dependencies: ["SystemCalls", "BPFLoader", "MapSync", "CShim", "ZDS"]),
-        .target(name: "AgentAPI", dependencies: ["SystemCalls"]),
-        .target(name: "AgentCore", dependencies: ["AgentAPI", "Dataplane", "BPFLoader", "MapSync", "ZDS", "SystemCalls",
-                                                  .product(name: "Logging", package: "swift-log")]),
-        .executableTarget(name: "CNIPlugin", dependencies: ["AgentAPI", "SystemCalls"]),
-        .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader", "AgentAPI"]),
-        .executableTarget(name: "MeshProxyMain", dependencies: [
-            "MeshProxy", "SystemCalls", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
-        .executableTarget(name: "LabApp", dependencies: [
-            "SystemCalls", "NodeLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
-        .executableTarget(name: "LabCLI", dependencies: [
-            "NodeLab", "Dataplane", "AgentAPI", "BPFLoader", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
-        .executableTarget(name: "RedirectAgent", dependencies: [
-            "Dataplane", "SystemCalls", "NetworkPolicyCheck", "AgentCore", "AgentAPI",
-            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
-        .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
-        .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
-        .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
-        .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", .product(name: "Yams", package: "Yams")]),
-        .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
-        .testTarget(name: "LabTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain", "RedirectAgent", "CNIPlugin", "LabCLI"]),
-    ],
-    swiftLanguageModes: [.v5]
+    targets: shipped + lab + tests,
+    swiftLanguageModes: [.v6]
 )

@@ -4,6 +4,7 @@ import Dataplane
 import Foundation
 import Logging
 import MapSync
+import Synchronization
 import SystemCalls
 import ZDS
 
@@ -33,7 +34,7 @@ public struct AgentOptions: Sendable {
 
 /// The node agent: picks the dataplane, enrolls pods the CNI plugin reports, hands them to the
 /// proxy over ZDS, and keeps the kernel in line with its state file across restarts.
-public final class Agent: @unchecked Sendable {
+public final class Agent: Sendable {
     /// The dataplane in use.
     public let dataplane: Dataplane
     /// Why it was chosen.
@@ -46,9 +47,11 @@ public final class Agent: @unchecked Sendable {
     let store: StateStore
     let selection: PodSelection
     let logger: Logger
-    var state: AgentState
-    var zds: ZDSServer?
-    let lock = NSLock()
+    // The state file's contents. Holding this lock also serializes every kernel change, so two
+    // requests never interleave their steps.
+    let guarded: Mutex<AgentState>
+    private let zdsServer = Mutex<ZDSServer?>(nil)
+    var zds: ZDSServer? { zdsServer.withLock { $0 } }
 
     /// Chooses the dataplane: `ebpf` fails with the kernel's reason, `auto` falls back to
     /// iptables with it, `iptables` is iptables.
@@ -89,7 +92,7 @@ public final class Agent: @unchecked Sendable {
         self.store = StateStore(path: options.statePath)
         self.selection = FileAndArgsSelection(path: options.selectionFile)
         (dataplane, reason, features) = try Agent.chooseDataplane(options, logger: logger)
-        state = try store.load()
+        guarded = Mutex(try store.load())
         logger.info("dataplane chosen", metadata: ["dataplane": "\(dataplane.mode.rawValue)", "reason": "\(reason)"])
     }
 
@@ -113,10 +116,10 @@ public final class Agent: @unchecked Sendable {
     /// repairs drift, removes what belongs to pods that are gone.
     @discardableResult
     public func reconcile() throws -> ReconcileReport {
-        try lock.withLock {
+        try guarded.withLock { state in
             var report = ReconcileReport()
             try dataplane.prepareNode()
-            if let previous = state.dataplane, previous != dataplane.mode { report.migrated = migrate(from: previous) }
+            if let previous = state.dataplane, previous != dataplane.mode { report.migrated = migrate(from: previous, pods: Array(state.pods.values)) }
             for (uid, pod) in state.pods.sorted(by: { $0.key < $1.key }) {
                 if !FileManager.default.fileExists(atPath: pod.spec.netns) {
                     try? dataplane.remove(pod.spec)
@@ -141,13 +144,13 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
-    private func migrate(from previous: DataplaneMode) -> [String] {
+    private func migrate(from previous: DataplaneMode, pods: [EnrolledPod]) -> [String] {
         logger.info("switching dataplane", metadata: ["from": "\(previous.rawValue)", "to": "\(dataplane.mode.rawValue)"])
         var opts = options
         opts.mode = previous
         let old = try? Agent.chooseDataplane(opts, logger: logger).0
         var moved: [String] = []
-        for pod in state.pods.values where FileManager.default.fileExists(atPath: pod.spec.netns) {
+        for pod in pods where FileManager.default.fileExists(atPath: pod.spec.netns) {
             try? old?.remove(pod.spec)
             moved.append(pod.spec.name)
         }
@@ -157,9 +160,9 @@ public final class Agent: @unchecked Sendable {
 
     /// Starts ZDS for the proxy.
     public func startZDS() throws {
-        let initial = lock.withLock { state.pods.values.map { ZDSWorkload(uid: $0.spec.uid, name: $0.spec.name, namespace: $0.spec.namespace, netns: $0.spec.netns) } }
+        let initial = guarded.withLock { $0.pods.values.map { ZDSWorkload(uid: $0.spec.uid, name: $0.spec.name, namespace: $0.spec.namespace, netns: $0.spec.netns) } }
         let server = try ZDSServer(path: options.zdsSocket, logger: logger, initial: initial)
-        zds = server
+        zdsServer.withLock { $0 = server }
         server.start()
     }
 
@@ -175,7 +178,7 @@ public final class Agent: @unchecked Sendable {
         }
         let start = DispatchTime.now()
         do {
-            try lock.withLock {
+            try guarded.withLock { state in
                 try dataplane.enroll(spec)
                 do {
                     try zds?.add(ZDSWorkload(uid: spec.uid, name: spec.name, namespace: spec.namespace, netns: spec.netns))
@@ -200,7 +203,7 @@ public final class Agent: @unchecked Sendable {
 
     /// Removes a pod; a pod that is not enrolled is a success.
     public func remove(_ req: PodRequest) throws {
-        try lock.withLock {
+        try guarded.withLock { state in
             let known = state.pods[req.uid]?.spec
             guard let spec = known ?? (try? Agent.spec(from: req)) else { return }
             zds?.remove(uid: spec.uid)
@@ -213,7 +216,7 @@ public final class Agent: @unchecked Sendable {
 
     /// Verifies a pod's capture (CNI CHECK).
     public func check(_ req: PodRequest) throws {
-        try lock.withLock {
+        try guarded.withLock { state in
             guard let pod = state.pods[req.uid] else {
                 if selection.isInMesh(namespace: req.namespace, pod: req.name, podLabels: req.podLabels, namespaceLabels: req.namespaceLabels) {
                     throw AgentError(.notEnrolled, "pod \(req.namespace)/\(req.name) is selected for the mesh but not enrolled")
@@ -227,7 +230,7 @@ public final class Agent: @unchecked Sendable {
 
     /// Changes the probe IPs on the running node.
     public func setProbeIPs(v4: String?, v6: String?) throws {
-        try lock.withLock {
+        try guarded.withLock { state in
             var c = dataplane.config
             do { try c.setProbeIPs(v4: v4, v6: v6) } catch { throw AgentError(.invalidRequest, "\(error)") }
             try dataplane.setProbeIPs(v4: c.probeIPv4, v6: c.probeIPv6, pods: state.pods.values.map(\.spec))
@@ -239,7 +242,7 @@ public final class Agent: @unchecked Sendable {
 
     /// The status, read from the kernel.
     public func status() -> AgentStatus {
-        lock.withLock {
+        guarded.withLock { state in
             let pods = state.pods.values.sorted { $0.spec.name < $1.spec.name }.map { p -> AgentStatus.PodStatus in
                 let counters = ((try? (dataplane as? EBPFDataplane)?.counters(p.spec)) ?? [:]).reduce(into: [String: UInt64]()) { $0["\($1.key)"] = $1.value }
                 return AgentStatus.PodStatus(uid: p.spec.uid, pod: "\(p.spec.namespace)/\(p.spec.name)", ips: p.spec.ips.map(\.description),
@@ -257,7 +260,7 @@ public final class Agent: @unchecked Sendable {
     }
 
     /// Enrolled pod count.
-    public var podCount: Int { lock.withLock { state.pods.count } }
+    public var podCount: Int { guarded.withLock { $0.pods.count } }
 
     static func spec(from r: PodRequest) throws -> PodSpec {
         guard !r.uid.isEmpty, !r.name.isEmpty, !r.netns.isEmpty else { throw AgentError(.invalidRequest, "uid, name and netns are required") }
@@ -271,7 +274,7 @@ public final class Agent: @unchecked Sendable {
 
     /// Removes every pod's capture and the node-wide parts, and the state file.
     public func uninstall() throws {
-        try lock.withLock {
+        try guarded.withLock { state in
             for pod in state.pods.values {
                 zds?.remove(uid: pod.spec.uid)
                 try? dataplane.remove(pod.spec)

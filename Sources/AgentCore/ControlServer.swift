@@ -6,7 +6,7 @@ import SystemCalls
 
 /// Serves the control socket: one JSON request per connection, each on its own thread. A bad
 /// request gets an error answer; it never stops the server or touches other pods.
-public final class AgentControlServer: @unchecked Sendable {
+public final class AgentControlServer: Sendable {
     private let agent: Agent
     private let listener: Socket
     private let logger: Logger

@@ -27,3 +27,13 @@ func bpfCheck(_ operation: @autoclosure () -> String, _ result: Int32) throws ->
     }
     return result
 }
+
+/// Like ``bpfCheck(_:_:)`` for calls where ENOENT means "not there": false then, true on success.
+func bpfFound(_ operation: @autoclosure () -> String, _ result: Int32) throws -> Bool {
+    if result < 0 {
+        let code = result == -1 ? cshim_errno() : -result
+        if code == ENOENT { return false }
+        throw BPFError(operation(), code: code)
+    }
+    return true
+}

@@ -2,9 +2,12 @@ import CShim
 import Foundation
 import Glibc
 import Logging
+import Synchronization
 
 /// A loaded BPF object: its programs and maps, with maps pinned by name under a directory so a
 /// restarted agent reuses them (same contents, same attachments).
+// @unchecked: a C handle. After load it is only read (program and map lookups, no libbpf state
+// changes), and it is closed once, in deinit.
 public final class BPFObject: @unchecked Sendable {
     private let object: OpaquePointer
     /// The file it came from.
@@ -30,7 +33,7 @@ public final class BPFObject: @unchecked Sendable {
     }
 
     deinit {
-        for fd in retained { close(fd) }
+        for fd in retained.withLock({ $0 }) { close(fd) }
         bpf_object__close(object)
     }
 
@@ -58,7 +61,7 @@ public final class BPFObject: @unchecked Sendable {
             let old = FileManager.default.fileExists(atPath: pin) ? bpf_obj_get(pin) : -1
             if old >= 0, let a = try? BPFProgram(name: name, fd: old).tag(), a == (try fresh.tag()) {
                 out[name] = BPFProgram(name: name, fd: old)
-                retained.append(old) // kept open for the object's lifetime
+                retained.withLock { $0.append(old) } // kept open for the object's lifetime
                 continue
             }
             if old >= 0 { close(old) }
@@ -69,7 +72,7 @@ public final class BPFObject: @unchecked Sendable {
         return out
     }
 
-    private var retained: [Int32] = []
+    private let retained = Mutex<[Int32]>([])
 }
 
 /// A loaded program.

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import Logging
 import MapSync
+import Synchronization
 import SystemCalls
 
 /// Where the eBPF dataplane keeps its kernel objects and how it attaches.
@@ -40,32 +41,31 @@ public struct EBPFOptions: Sendable {
 /// packets to the proxy's sockets with bpf_sk_assign; an sk_lookup program covers SYNs that meet a
 /// TIME_WAIT socket; on the host side of the pod's veth, programs SNAT node-originated connections
 /// to the probe IP. State lives in pinned maps (``MapSync``). No iptables rule anywhere.
-public final class EBPFDataplane: Dataplane, @unchecked Sendable {
+public final class EBPFDataplane: Dataplane, Sendable {
     /// Always `.ebpf`.
     public let mode = DataplaneMode.ebpf
     /// The configuration in force.
-    public var config: CaptureConfig { lock.withLock { _config } }
+    public var config: CaptureConfig { current.withLock { $0 } }
     /// The options.
     public let options: EBPFOptions
     /// The maps.
     public let maps: MapSync
-    private var _config: CaptureConfig
+    private let current: Mutex<CaptureConfig>
     private let object: BPFObject
     private let programs: [String: BPFProgram]
     // Counter indexes in use, loaded from ra_pods once: allocating one is then no map scan,
     // which would make each enrollment cost grow with the number of pods.
-    private var usedIndexes: Set<UInt32>?
-    private var lowestFree: UInt32 = 1
+    private struct IndexPool { var used: Set<UInt32>?; var lowestFree: UInt32 = 1 }
+    private let indexes = Mutex(IndexPool())
     private let runner: CommandRunner
     private let logger: Logger
-    private let lock = NSLock()
 
     /// The programs, by attach point.
     public static let programNames = ["tc_pod_ingress", "tc_pod_egress", "sk_lookup_pod", "tc_node_ingress", "tc_node_egress"]
 
     /// Loads the programs (reusing pinned maps), pins them, and writes the config.
     public init(config: CaptureConfig, options: EBPFOptions, runner: CommandRunner, logger: Logger = Logger(label: "dataplane.ebpf")) throws {
-        self._config = config
+        self.current = Mutex(config)
         self.options = options
         self.runner = runner
         self.logger = logger
@@ -103,10 +103,10 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
 
     /// One map write: every pod sees the new probe IPs on its next packet.
     public func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws {
-        let c = lock.withLock { () -> CaptureConfig in
-            _config.probeIPv4 = v4
-            _config.probeIPv6 = v6
-            return _config
+        let c = current.withLock { c -> CaptureConfig in
+            c.probeIPv4 = v4
+            c.probeIPv6 = v6
+            return c
         }
         try maps.write(Self.kernelConfig(c))
     }
@@ -201,7 +201,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
 
     /// Deletes map entries and sk_lookup link pins of pods not in `keep`.
     public func removeStale(keep: [PodSpec]) throws -> [String] {
-        defer { lock.withLock { usedIndexes = nil } } // reloaded from the map on next use
+        defer { indexes.withLock { $0.used = nil } } // reloaded from the map on next use
         let ips = Set(keep.flatMap(\.ips)), uids = Set(keep.map(\.uid))
         var removed: [String] = []
         for (ip, info) in try maps.allPods() where !ips.contains(ip) {
@@ -222,20 +222,22 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
     }
 
     private func allocateIndex() throws -> UInt32 {
-        try lock.withLock {
-            if usedIndexes == nil { usedIndexes = Set(try maps.allPods().map { $0.1.pod_index }); lowestFree = 1 }
-            var i = lowestFree
-            while usedIndexes!.contains(i) { i += 1 }
-            usedIndexes!.insert(i)
-            lowestFree = i + 1
+        try indexes.withLock { pool in
+            var used = try pool.used ?? Set(maps.allPods().map { $0.1.pod_index })
+            if pool.used == nil { pool.lowestFree = 1 }
+            var i = pool.lowestFree
+            while used.contains(i) { i += 1 }
+            used.insert(i)
+            pool.used = used
+            pool.lowestFree = i + 1
             return i
         }
     }
 
     private func releaseIndex(_ i: UInt32) {
-        lock.withLock {
-            guard usedIndexes?.remove(i) != nil else { return }
-            lowestFree = min(lowestFree, i)
+        indexes.withLock { pool in
+            guard pool.used?.remove(i) != nil else { return }
+            pool.lowestFree = min(pool.lowestFree, i)
         }
     }
 
@@ -297,7 +299,7 @@ public final class EBPFDataplane: Dataplane, @unchecked Sendable {
         }
     }
 
-    private func onNode<T>(_ body: @escaping () throws -> T) throws -> T {
+    private func onNode<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
         if let ns = options.nodeNetns { return try ns.run(body) }
         return try body()
     }

@@ -1,30 +1,30 @@
 import Foundation
 import Logging
+import Synchronization
 import SystemCalls
 
 /// Istio's in-pod capture with iptables: rules inside each pod's namespace applied with
 /// iptables-restore --noflush, policy routing for the proxy's transparent sockets, and the node's
 /// probe SNAT matched through an ipset of in-mesh pod IPs.
-public final class IptablesDataplane: Dataplane, @unchecked Sendable {
+public final class IptablesDataplane: Dataplane, Sendable {
     /// Always `.iptables`.
     public let mode = DataplaneMode.iptables
     /// The configuration in force (the probe IPs change at run time).
-    public var config: CaptureConfig { lock.withLock { _config } }
+    public var config: CaptureConfig { current.withLock { $0 } }
     /// The backend in use and why it was chosen.
     public let backend: IptablesBackend
     /// Why ``backend`` was chosen.
     public let backendReason: String
-    private var _config: CaptureConfig
+    private let current: Mutex<CaptureConfig>
     private let runner: CommandRunner
     private let lockDirectory: String
     private let logger: Logger
-    private let lock = NSLock()
 
     /// Creates the dataplane. `runner` runs node commands in its default namespace; `lockDirectory`
     /// holds one xtables lock file per pod, so legacy iptables in a pod never waits on the node's lock.
     public init(config: CaptureConfig, runner: CommandRunner, backend: IptablesBackend? = nil,
                 lockDirectory: String = "/run/redirect-agent/xtables", logger: Logger = Logger(label: "dataplane.iptables")) {
-        self._config = config
+        self.current = Mutex(config)
         self.runner = runner
         (self.backend, self.backendReason) = IptablesBackend.detect(runner: runner, override: backend)
         self.lockDirectory = lockDirectory
@@ -122,7 +122,7 @@ public final class IptablesDataplane: Dataplane, @unchecked Sendable {
 
     /// Re-renders node and pod rules for new probe IPs, without touching anything else.
     public func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws {
-        lock.withLock { _config.probeIPv4 = v4; _config.probeIPv6 = v6 }
+        current.withLock { $0.probeIPv4 = v4; $0.probeIPv6 = v6 }
         for fam in [false, true] { try applyNodeRules(ipv6: fam) }
         for pod in pods where FileManager.default.fileExists(atPath: pod.netns) {
             for fam in families(of: pod) { try applyPodRules(pod, ipv6: fam) }

@@ -50,7 +50,7 @@ public struct PodEntry: Sendable, Equatable {
 
 /// Owns the mapping from desired state (pods, config) to the kernel maps. Every write is
 /// idempotent; ``reconcile(_:)`` brings the maps to exactly the desired pods.
-public final class MapSync: @unchecked Sendable {
+public final class MapSync: Sendable {
     /// ra_pods.
     public let pods: BPFMap
     /// ra_config.

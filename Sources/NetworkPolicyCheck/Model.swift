@@ -130,7 +130,7 @@ public struct Rule: Sendable, Equatable {
 }
 
 /// A NetworkPolicy as the check needs it, with the original object kept for `--fix`.
-public struct NetworkPolicy: @unchecked Sendable {
+public struct NetworkPolicy {
     /// metadata.name.
     public var name: String
     /// metadata.namespace (`default` when absent).

@@ -14,21 +14,29 @@ func env(_ name: String) -> String? {
 /// The flags `run` and `uninstall` share.
 struct AgentFlags: ParsableArguments {
     @Option(help: "ebpf, iptables or auto (env REDIRECT_DATAPLANE).") var dataplane: String = env("REDIRECT_DATAPLANE") ?? "auto"
-    @Option(help: "IPv4 source of kubelet probes (env HOST_PROBE_SNAT_IP, as Istio).") var probeIP: String? = env("HOST_PROBE_SNAT_IP")
-    @Option(name: .customLong("probe-ipv6"), help: "IPv6 source of kubelet probes (env HOST_PROBE_SNAT_IPV6, as Istio).") var probeIPv6: String? = env("HOST_PROBE_SNAT_IPV6")
+    @Option(help: "IPv4 source of kubelet probes (env HOST_PROBE_SNAT_IP, as Istio).") var probeIP: String?
+    @Option(name: .customLong("probe-ipv6"), help: "IPv6 source of kubelet probes (env HOST_PROBE_SNAT_IPV6, as Istio).") var probeIPv6: String?
     @Option(help: "State file and sockets (env REDIRECT_STATE_DIR).") var stateDir: String = env("REDIRECT_STATE_DIR") ?? "/run/redirect-agent"
-    @Option(help: "Control socket for the CNI plugin and status (env REDIRECT_CONTROL_SOCKET).") var controlSocket: String? = env("REDIRECT_CONTROL_SOCKET")
-    @Option(help: "ZDS socket the proxy connects to (env REDIRECT_ZDS_SOCKET).") var zdsSocket: String? = env("REDIRECT_ZDS_SOCKET")
+    @Option(help: "Control socket for the CNI plugin and status (env REDIRECT_CONTROL_SOCKET).") var controlSocket: String?
+    @Option(help: "ZDS socket the proxy connects to (env REDIRECT_ZDS_SOCKET).") var zdsSocket: String?
     @Option(help: "bpffs directory for pins (env REDIRECT_PIN_ROOT).") var pinRoot: String = env("REDIRECT_PIN_ROOT") ?? "/sys/fs/bpf/redirect-agent"
-    @Option(help: "The compiled BPF programs (env REDIRECT_BPF_OBJECT).") var bpfObject: String? = env("REDIRECT_BPF_OBJECT")
+    @Option(help: "The compiled BPF programs (env REDIRECT_BPF_OBJECT).") var bpfObject: String?
     @Option(help: "clsact or tcx (env REDIRECT_ATTACH).") var attach: String = env("REDIRECT_ATTACH") ?? "clsact"
-    @Option(help: "legacy or nft; detected when absent (env REDIRECT_IPTABLES_BACKEND).") var iptablesBackend: String? = env("REDIRECT_IPTABLES_BACKEND")
-    @Option(help: "Node-local pod selection file (env REDIRECT_SELECTION_FILE).") var selectionFile: String? = env("REDIRECT_SELECTION_FILE")
+    @Option(help: "legacy or nft; detected when absent (env REDIRECT_IPTABLES_BACKEND).") var iptablesBackend: String?
+    @Option(help: "Node-local pod selection file (env REDIRECT_SELECTION_FILE).") var selectionFile: String?
     @Flag(help: "Capture DNS to the proxy's 15053 (iptables mode).") var dnsCapture = false
     @Option(help: "Enter this network namespace first (the lab runs one agent per node namespace).") var netns: String?
 
     /// The agent options these flags describe.
     func options() throws -> AgentOptions {
+        // Flags win over the environment (flags with optional values take no defaults).
+        let probeIP = probeIP ?? env("HOST_PROBE_SNAT_IP")
+        let probeIPv6 = probeIPv6 ?? env("HOST_PROBE_SNAT_IPV6")
+        let controlSocket = controlSocket ?? env("REDIRECT_CONTROL_SOCKET")
+        let zdsSocket = zdsSocket ?? env("REDIRECT_ZDS_SOCKET")
+        let bpfObject = bpfObject ?? env("REDIRECT_BPF_OBJECT")
+        let iptablesBackend = iptablesBackend ?? env("REDIRECT_IPTABLES_BACKEND")
+        let selectionFile = selectionFile ?? env("REDIRECT_SELECTION_FILE")
         guard let mode = DataplaneMode(rawValue: dataplane) else { throw ValidationError("--dataplane: expected ebpf, iptables or auto, got '\(dataplane)'") }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var o = AgentOptions(bpfObject: bpfObject ?? EBPFOptions.defaultObjectPath(besides: (exe as NSString).deletingLastPathComponent))

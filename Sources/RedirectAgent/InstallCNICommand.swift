@@ -1,3 +1,4 @@
+import SystemCalls
 import AgentCore
 import ArgumentParser
 import Foundation
@@ -26,8 +27,8 @@ struct InstallCNI: ParsableCommand {
         }
         let changed = try installer.install()
         print("\(changed ? "installed" : "already installed"): redirect-cni in \((try? installer.primaryFile()) ?? "?")")
-        fflush(stdout)
+        flushOutput()
         guard watch else { return }
-        installer.watch { print("re-inserted redirect-cni into \($0)"); fflush(stdout) }
+        installer.watch(onChange: { print("re-inserted redirect-cni into \($0)"); flushOutput() })
     }
 }

@@ -32,7 +32,7 @@ struct Run: ParsableCommand {
         guard let metricsAddr = SocketAddress(parsing: metricsAddress) else { throw ValidationError("--metrics-address: expected ip:port") }
         try MetricsServer(agent: agent, address: metricsAddr).start()
         print("READY dataplane=\(agent.dataplane.mode.rawValue) reason=\"\(agent.reason)\" pods=\(agent.podCount)")
-        fflush(stdout)
+        flushOutput()
         runUntilSignal(logger: logger) {
             control.stop()
             logger.info("stopped; capture stays in place")

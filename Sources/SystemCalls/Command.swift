@@ -42,17 +42,14 @@ public enum Command {
         if let input { inPipe.fileHandleForWriting.write(Data(input.utf8)) }
         try? inPipe.fileHandleForWriting.close()
         // stderr is drained on its own thread so a chatty child cannot block on a full pipe.
-        let errBox = DataBox()
-        Thread {
-            errBox.data = errPipe.fileHandleForReading.readDataToEndOfFile()
-            errBox.done.signal()
-        }.start()
+        let errData = ResultSlot<Data>()
+        let errReader = errPipe.fileHandleForReading
+        DedicatedThread.detach { errData.fill(errReader.readDataToEndOfFile()) }
         let outData = outPipe.fileHandleForReading.readDataToEndOfFile()
-        errBox.done.wait()
-        let errData = errBox.data
+        let errBytes = errData.wait()
         p.waitUntilExit()
         let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
-        return CommandResult(status: status, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+        return CommandResult(status: status, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errBytes, as: UTF8.self))
     }
 
     /// Runs and throws ``CommandError`` on a non-zero exit; returns stdout.
@@ -75,9 +72,3 @@ public enum Command {
         throw CommandError(command: name, result: CommandResult(status: 127, stdout: "", stderr: "\(name): not found on PATH"))
     }
 }
-
-private final class DataBox: @unchecked Sendable {
-    var data = Data()
-    let done = DispatchSemaphore(value: 0)
-}
-

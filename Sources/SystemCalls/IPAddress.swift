@@ -38,7 +38,7 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Codable {
             withUnsafeMutableBytes(of: &a) { $0.copyBytes(from: bytes) }
             inet_ntop(AF_INET6, &a, &buf, socklen_t(buf.count))
         }
-        return String(cString: buf)
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// The address as bytes in network order.

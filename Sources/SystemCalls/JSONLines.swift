@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Reads JSON-lines records.
 public func readRecords<T: Decodable>(_ type: T.Type, from path: String) -> [T] {
@@ -8,27 +9,26 @@ public func readRecords<T: Decodable>(_ type: T.Type, from path: String) -> [T] 
 }
 
 /// Appends JSON-lines records to a file, thread-safe.
-public final class RecordWriter: @unchecked Sendable {
-    private let handle: FileHandle?
-    private let lock = NSLock()
-    private let encoder = JSONEncoder()
+public final class RecordWriter: Sendable {
+    private let handle: Mutex<FileHandle?>
 
     /// Opens (creates) `path` for appending; nil path writes nothing.
     public init(path: String?) {
+        var h: FileHandle?
         if let path {
             _ = FileManager.default.createFile(atPath: path, contents: nil)
-            handle = FileHandle(forWritingAtPath: path)
-            handle?.seekToEndOfFile()
-        } else {
-            handle = nil
+            h = FileHandle(forWritingAtPath: path)
+            h?.seekToEndOfFile()
         }
-        encoder.outputFormatting = [.sortedKeys]
+        handle = Mutex(h)
     }
 
     /// Appends one record.
     public func write<T: Encodable>(_ record: T) {
-        guard let handle, var data = try? encoder.encode(record) else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        guard var data = try? encoder.encode(record) else { return }
         data.append(0x0a)
-        lock.withLock { handle.write(data) }
+        handle.withLock { $0?.write(data) }
     }
 }

@@ -24,39 +24,23 @@ public struct NetworkNamespace: Sendable, Hashable, CustomStringConvertible {
     public var exists: Bool { FileManager.default.fileExists(atPath: path) }
 
     /// Runs `body` on a dedicated thread inside this namespace and returns its result.
-    public func run<T>(_ body: @escaping () throws -> T) throws -> T {
+    public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
         let fd = try check("open \(path)", open(path, O_RDONLY | O_CLOEXEC))
         defer { Glibc.close(fd) }
-        let box = ResultBox<T>()
-        let thread = Thread {
-            if cshim_setns(fd, cshim_clone_newnet()) != 0 {
-                box.result = .failure(SystemError("setns \(path)", code: cshim_errno()))
-            } else {
-                box.result = Result { try body() }
-            }
-            box.done.signal()
+        let path = self.path
+        return try DedicatedThread.run {
+            if cshim_setns(fd, cshim_clone_newnet()) != 0 { throw SystemError("setns \(path)", code: cshim_errno()) }
+            return try body()
         }
-        thread.stackSize = 1 << 20
-        thread.start()
-        box.done.wait()
-        return try box.result!.get()
     }
 
     /// Runs `body` on a dedicated thread inside a new, empty network namespace (only `lo`, down),
     /// which disappears with the thread: for tests that need sockets nobody else can see.
-    public static func runInFreshNamespace<T>(_ body: @escaping () throws -> T) throws -> T {
-        let box = ResultBox<T>()
-        let thread = Thread {
-            if cshim_unshare_net() != 0 {
-                box.result = .failure(SystemError("unshare(CLONE_NEWNET)", code: cshim_errno()))
-            } else {
-                box.result = Result { try body() }
-            }
-            box.done.signal()
+    public static func runInFreshNamespace<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
+        try DedicatedThread.run {
+            if cshim_unshare_net() != 0 { throw SystemError("unshare(CLONE_NEWNET)", code: cshim_errno()) }
+            return try body()
         }
-        thread.start()
-        box.done.wait()
-        return try box.result!.get()
     }
 
     /// Enters this namespace on the calling thread. Only for a process's main thread before it
@@ -66,9 +50,4 @@ public struct NetworkNamespace: Sendable, Hashable, CustomStringConvertible {
         defer { Glibc.close(fd) }
         try check("setns \(path)", cshim_setns(fd, cshim_clone_newnet()))
     }
-}
-
-private final class ResultBox<T>: @unchecked Sendable {
-    var result: Result<T, Error>?
-    let done = DispatchSemaphore(value: 0)
 }

@@ -1,13 +1,17 @@
 import CShim
 import Glibc
+import Synchronization
 
-/// A TCP socket that owns its descriptor and closes it on deinit.
-public final class Socket: @unchecked Sendable {
+/// A TCP socket that owns its descriptor and closes it on deinit. Another thread may close it
+/// (to stop a blocked accept or read): the descriptor is swapped out atomically, closed once.
+public final class Socket: Sendable {
+    private let descriptor: Atomic<Int32>
+
     /// The file descriptor; -1 once closed.
-    public private(set) var fd: Int32
+    public var fd: Int32 { descriptor.load(ordering: .acquiring) }
 
     /// Wraps an existing descriptor, taking ownership.
-    public init(fd: Int32) { self.fd = fd }
+    public init(fd: Int32) { descriptor = Atomic(fd) }
 
     /// Opens a TCP stream socket for `family`, close-on-exec.
     public convenience init(tcp family: Int32) throws {
@@ -19,7 +23,8 @@ public final class Socket: @unchecked Sendable {
 
     /// Closes the descriptor (idempotent).
     public func close() {
-        if fd >= 0 { _ = Glibc.close(fd); fd = -1 }
+        let old = descriptor.exchange(-1, ordering: .acquiringAndReleasing)
+        if old >= 0 { _ = Glibc.close(old) }
     }
 
     /// shutdown(2) of the write side, so the peer reads EOF.

@@ -6,7 +6,7 @@ import SystemCalls
 
 /// One SOCK_SEQPACKET connection carrying ZDS messages: one protobuf message per datagram, a
 /// namespace fd as SCM_RIGHTS beside AddWorkload.
-public final class ZDSChannel: @unchecked Sendable {
+public final class ZDSChannel: Sendable {
     /// The socket.
     public let socket: Socket
 

@@ -2,6 +2,7 @@ import CShim
 import Foundation
 import Glibc
 import Logging
+import Synchronization
 import SystemCalls
 
 /// A pod as the agent hands it to the proxy.
@@ -22,14 +23,16 @@ public struct ZDSWorkload: Sendable {
 /// snapshot of every enrolled pod (each acknowledged), SnapshotSent, then live adds and deletes.
 /// One proxy at a time: a new connection replaces the old one and gets a fresh snapshot. A peer
 /// that sends garbage or disconnects is dropped; the server keeps serving.
-public final class ZDSServer: @unchecked Sendable {
+public final class ZDSServer: Sendable {
     private let listener: Socket
     private let logger: Logger
+    private struct Peer {
+        var channel: ZDSChannel?
+        var workloads: [String: ZDSWorkload] = [:]
+    }
     // One request in flight at a time, snapshot included. The server keeps its own list of
     // workloads so it never calls back into its owner while holding this lock.
-    private let lock = NSLock()
-    private var channel: ZDSChannel?
-    private var workloads: [String: ZDSWorkload] = [:]
+    private let peer = Mutex(Peer())
     private let ackTimeout: Double
 
     /// Listens on `path`; `initial` are the pods a new proxy receives in its snapshot.
@@ -38,20 +41,20 @@ public final class ZDSServer: @unchecked Sendable {
         self.listener = try UnixSocket.listen(path: path, type: cshim_sock_seqpacket())
         self.logger = logger
         self.ackTimeout = ackTimeout
-        for w in initial { workloads[w.uid] = w }
+        peer.withLock { p in for w in initial { p.workloads[w.uid] = w } }
     }
 
     /// Whether a proxy is connected and has its snapshot.
-    public var connected: Bool { lock.withLock { channel != nil } }
+    public var connected: Bool { peer.withLock { $0.channel != nil } }
 
     /// Accepts proxies on a background thread.
     public func start() {
-        Thread { [self] in
+        DedicatedThread.detach(name: "zds-accept") { [self] in
             while true {
                 guard let s = try? listener.accept() else { usleep(10_000); continue }
-                Thread { self.serve(ZDSChannel(socket: s)) }.start()
+                DedicatedThread.detach(name: "zds-peer") { self.serve(ZDSChannel(socket: s)) }
             }
-        }.start()
+        }
     }
 
     private func serve(_ ch: ZDSChannel) {
@@ -60,12 +63,12 @@ public final class ZDSServer: @unchecked Sendable {
             guard let (hello, fd) = try ch.receive(Istio_Workload_Zds_ZdsHello.self) else { return }
             if fd >= 0 { close(fd) }
             logger.info("proxy connected", metadata: ["version": "\(hello.version)"])
-            try lock.withLock {
-                for w in workloads.values.sorted(by: { $0.uid < $1.uid }) { try sendAdd(w, on: ch) }
+            try peer.withLock { p in
+                for w in p.workloads.values.sorted(by: { $0.uid < $1.uid }) { try sendAdd(w, on: ch) }
                 var req = Istio_Workload_Zds_WorkloadRequest()
                 req.snapshotSent = Istio_Workload_Zds_SnapshotSent()
                 try request(req, on: ch)
-                channel = ch
+                p.channel = ch
             }
             logger.info("snapshot sent to proxy")
         } catch {
@@ -77,26 +80,26 @@ public final class ZDSServer: @unchecked Sendable {
     /// Hands a new pod to the proxy and waits for its ack. No proxy connected: the pod goes out
     /// in the snapshot when one connects. A rejected pod throws and is forgotten.
     public func add(_ w: ZDSWorkload) throws {
-        try lock.withLock {
-            workloads[w.uid] = w
-            guard let ch = channel else { return }
+        try peer.withLock { p in
+            p.workloads[w.uid] = w
+            guard let ch = p.channel else { return }
             do { try sendAdd(w, on: ch) } catch let e as ZDSRejected {
-                workloads[w.uid] = nil
+                p.workloads[w.uid] = nil
                 throw e
-            } catch { drop(ch, error) }
+            } catch { drop(ch, error, &p) }
         }
     }
 
     /// Tells the proxy a pod is gone.
     public func remove(uid: String) {
-        lock.withLock {
-            workloads[uid] = nil
-            guard let ch = channel else { return }
+        peer.withLock { p in
+            p.workloads[uid] = nil
+            guard let ch = p.channel else { return }
             var req = Istio_Workload_Zds_WorkloadRequest()
             var del = Istio_Workload_Zds_DelWorkload()
             del.uid = uid
             req.del = del
-            do { try request(req, on: ch) } catch { drop(ch, error) }
+            do { try request(req, on: ch) } catch { drop(ch, error, &p) }
         }
     }
 
@@ -124,10 +127,10 @@ public final class ZDSServer: @unchecked Sendable {
         if !ack.error.isEmpty { throw ZDSRejected(message: ack.error) }
     }
 
-    private func drop(_ ch: ZDSChannel, _ error: Error) {
+    private func drop(_ ch: ZDSChannel, _ error: any Error, _ p: inout Peer) {
         logger.warning("proxy connection lost", metadata: ["error": "\(error)"])
         ch.socket.close()
-        if channel === ch { channel = nil }
+        if p.channel === ch { p.channel = nil }
     }
 }
 

@@ -20,7 +20,7 @@ func bpfUnavailableReason() -> String? {
 }
 
 /// A loaded copy of the programs with its maps in a private bpffs that is unmounted afterwards.
-final class LoadedPrograms {
+final class LoadedPrograms: Sendable {
     let dir: String
     let object: BPFObject
     let sync: MapSync

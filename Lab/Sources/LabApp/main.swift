@@ -39,14 +39,14 @@ struct Serve: ParsableCommand {
             }
         }
         print("READY pod=\(pod) http=\(httpPort) echo=\(echoPort)")
-        fflush(stdout)
+        flushOutput()
         while true { sleep(3600) }
     }
 }
 
 /// The app server's connection handling.
-final class AppServer: @unchecked Sendable {
-    enum Kind { case http, echo }
+final class AppServer: Sendable {
+    enum Kind: Sendable { case http, echo }
     let pod: String
     let records: RecordWriter
     init(pod: String, records: RecordWriter) { self.pod = pod; self.records = records }

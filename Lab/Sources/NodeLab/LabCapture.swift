@@ -2,6 +2,7 @@ import AgentAPI
 import BPFLoader
 import Dataplane
 import Foundation
+import Synchronization
 import SystemCalls
 
 extension Lab {
@@ -13,15 +14,17 @@ extension Lab {
 
 /// Capture in the lab: one dataplane per node, run for that node's namespace, and the enrolment
 /// steps an agent performs (dataplane first, then the proxy learns the pod).
-public final class LabCapture: @unchecked Sendable {
+public final class LabCapture: Sendable {
     /// The lab.
     public let lab: Lab
     /// The mode.
     public let mode: DataplaneMode
-    private var dataplanes: [String: Dataplane] = [:]
-    private var configs: [String: CaptureConfig] = [:]
-    private var enrolled: [String: LabPod] = [:]
-    private let lock = NSLock()
+    private struct Nodes {
+        var dataplanes: [String: any Dataplane] = [:]
+        var configs: [String: CaptureConfig] = [:]
+        var enrolled: [String: LabPod] = [:]
+    }
+    private let nodes = Mutex(Nodes())
 
     /// Whether pods are enrolled by the node agents (through the CNI plugin and ZDS) rather than
     /// by this object calling the dataplane itself.
@@ -38,8 +41,7 @@ public final class LabCapture: @unchecked Sendable {
             let c = config(node)
             let dp = try LabCapture.make(mode: mode, node: node, config: c)
             try dp.prepareNode()
-            dataplanes[node.name] = dp
-            configs[node.name] = c
+            nodes.withLock { $0.dataplanes[node.name] = dp; $0.configs[node.name] = c }
         }
     }
 
@@ -60,26 +62,32 @@ public final class LabCapture: @unchecked Sendable {
     /// Drops `node`'s dataplane and builds a new one from the same pins and config, as an agent
     /// restart does; the old instance's kernel objects stay attached while it goes.
     public func restartDataplane(_ node: LabNode) throws {
-        lock.withLock { dataplanes[node.name] = nil }
-        let dp = try LabCapture.make(mode: mode, node: node, config: configs[node.name]!)
+        let config = nodes.withLock { n in
+            n.dataplanes[node.name] = nil
+            return n.configs[node.name] ?? CaptureConfig()
+        }
+        let dp = try LabCapture.make(mode: mode, node: node, config: config)
         try dp.prepareNode()
-        lock.withLock { dataplanes[node.name] = dp }
+        nodes.withLock { $0.dataplanes[node.name] = dp }
     }
 
     /// The dataplane of `node`.
-    public func dataplane(_ node: LabNode) -> Dataplane { lock.withLock { dataplanes[node.name]! } }
+    public func dataplane(_ node: LabNode) -> any Dataplane {
+        guard let dp = nodes.withLock({ $0.dataplanes[node.name] }) else { preconditionFailure("no dataplane for \(node.name): the lab was not set up") }
+        return dp
+    }
 
     /// Captures `pod` and hands it to its node's proxy.
     public func enroll(_ pod: LabPod) throws {
         if viaAgent {
             let r = try AgentClient.call(ControlRequest(op: "add", pod: lab.podRequest(pod, meshed: true)), socket: pod.node.agentControlSocket)
             guard r.ok else { throw LabError("agent refused \(pod.name): \(r.error ?? "?")") }
-            lock.withLock { enrolled[pod.identity.uid] = pod }
+            nodes.withLock { $0.enrolled[pod.identity.uid] = pod }
             return
         }
         try dataplane(pod.node).enroll(lab.podSpec(pod))
         try lab.enrollInProxy(pod, spoofSource: true)
-        lock.withLock { enrolled[pod.identity.uid] = pod }
+        nodes.withLock { $0.enrolled[pod.identity.uid] = pod }
     }
 
     /// Takes `pod` out of the mesh.
@@ -87,16 +95,16 @@ public final class LabCapture: @unchecked Sendable {
         if viaAgent {
             let r = try AgentClient.call(ControlRequest(op: "del", pod: lab.podRequest(pod, meshed: true)), socket: pod.node.agentControlSocket)
             guard r.ok else { throw LabError("agent refused to remove \(pod.name): \(r.error ?? "?")") }
-            lock.withLock { _ = enrolled.removeValue(forKey: pod.identity.uid) }
+            nodes.withLock { _ = $0.enrolled.removeValue(forKey: pod.identity.uid) }
             return
         }
         try? lab.removeFromProxy(pod)
         try dataplane(pod.node).remove(lab.podSpec(pod))
-        lock.withLock { _ = enrolled.removeValue(forKey: pod.identity.uid) }
+        nodes.withLock { _ = $0.enrolled.removeValue(forKey: pod.identity.uid) }
     }
 
     /// Enrolled pods on `node`.
-    public func enrolledPods(on node: LabNode) -> [LabPod] { lock.withLock { enrolled.values.filter { $0.node === node } } }
+    public func enrolledPods(on node: LabNode) -> [LabPod] { nodes.withLock { $0.enrolled.values.filter { $0.node === node } } }
 
     /// Changes the probe IPs on `node` while it runs.
     public func setProbeIPs(on node: LabNode, v4: IPAddress, v6: IPAddress) throws {
@@ -109,13 +117,13 @@ public final class LabCapture: @unchecked Sendable {
     }
 
     /// Records a pod the agent enrolled on its own (through the CNI plugin).
-    public func adopt(_ pod: LabPod) { lock.withLock { enrolled[pod.identity.uid] = pod } }
+    public func adopt(_ pod: LabPod) { nodes.withLock { $0.enrolled[pod.identity.uid] = pod } }
 
     /// Removes every pod's capture and the node-wide parts (the agents' own when they run).
     public func teardown() {
         if viaAgent { return } // pods leave through CNI DEL; the agents are stopped with the lab
-        for pod in lock.withLock({ Array(enrolled.values) }) { try? remove(pod) }
-        for dp in dataplanes.values { try? dp.uninstallNode() }
+        for pod in nodes.withLock({ Array($0.enrolled.values) }) { try? remove(pod) }
+        for dp in nodes.withLock({ Array($0.dataplanes.values) }) { try? dp.uninstallNode() }
     }
 }
 

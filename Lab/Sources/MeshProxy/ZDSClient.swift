@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import SystemCalls
 import ZDS
 
@@ -7,10 +8,10 @@ import ZDS
 /// every pod the agent hands over (its namespace arrives as a descriptor) until the agent goes
 /// away; reconnect and reconcile with the next snapshot. Pods that survive an agent restart keep
 /// their listeners untouched, so no connection notices the restart.
-public final class ZDSClient: @unchecked Sendable {
+public final class ZDSClient: Sendable {
     private let path: String
     private let proxy: MeshProxy
-    private var namespaces: [String: Int32] = [:]   // uid -> netns fd we keep open
+    private let namespaces = Mutex<[String: Int32]>([:])   // uid -> netns fd we keep open
 
     /// Creates a client for the agent socket at `path`.
     public init(path: String, proxy: MeshProxy) { self.path = path; self.proxy = proxy }
@@ -63,13 +64,13 @@ public final class ZDSClient: @unchecked Sendable {
         guard !addrs.isEmpty else { close(fd); throw ProxyError("pod \(uid) has no address") }
         do {
             try proxy.add(ProxyWorkload(uid: uid, netns: netns, addresses: addrs, spoofSource: true))
-            namespaces[uid] = fd
+            namespaces.withLock { $0[uid] = fd }
         } catch { close(fd); throw error }
     }
 
     private func remove(_ uid: String) {
         proxy.remove(uid: uid)
-        if let fd = namespaces.removeValue(forKey: uid) { close(fd) }
+        if let fd = namespaces.withLock({ $0.removeValue(forKey: uid) }) { close(fd) }
     }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import Glibc
 import NodeLab
 import SystemCalls
@@ -46,26 +47,30 @@ struct Client: ParsableCommand {
 }
 
 /// Latencies and counts, shared by the workers.
-final class LoadStats: @unchecked Sendable {
-    private let lock = NSLock()
-    var latencies: [Double] = []
-    var ok = 0
-    var failed = 0
-    var bytes = 0
-    var firstError: String?
+final class LoadStats: Sendable {
+    private struct Totals {
+        var latencies: [Double] = []
+        var ok = 0
+        var failed = 0
+        var bytes = 0
+        var firstError: String?
+    }
+    private let totals = Mutex(Totals())
 
-    func record(_ latency: Double?, bytes: Int = 0, error: Error? = nil) {
-        lock.withLock {
-            if let latency { latencies.append(latency); ok += 1 } else {
-                failed += 1
-                if firstError == nil { firstError = error.map { "\($0)" } }
+    func record(_ latency: Double?, bytes: Int = 0, error: (any Error)? = nil) {
+        totals.withLock { t in
+            if let latency { t.latencies.append(latency); t.ok += 1 } else {
+                t.failed += 1
+                if t.firstError == nil { t.firstError = error.map { "\($0)" } }
             }
-            self.bytes += bytes
+            t.bytes += bytes
         }
     }
 
     func summary(mode: String, seconds: Double) -> String {
-        let sorted = latencies.sorted()
+        let t = totals.withLock { $0 }
+        let (ok, failed, bytes, firstError) = (t.ok, t.failed, t.bytes, t.firstError)
+        let sorted = t.latencies.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1e6 }
         var d: [String: Any] = [
             "mode": mode, "ok": ok, "failed": failed, "seconds": seconds,

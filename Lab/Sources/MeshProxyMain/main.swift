@@ -25,7 +25,7 @@ struct MeshProxyCommand: ParsableCommand {
         if let zds { Thread { ZDSClient(path: zds, proxy: proxy).run() }.start() }
         let server = try control.map { try ControlServer(proxy: proxy, path: $0) }
         print("READY control=\(control ?? "-") zds=\(zds ?? "-")")
-        fflush(stdout)
+        flushOutput()
         if let server { server.serve() } else { while true { sleep(3600) } }
     }
 }

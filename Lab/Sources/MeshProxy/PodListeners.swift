@@ -3,32 +3,33 @@ import Glibc
 import SystemCalls
 
 /// The proxy's listening sockets inside one pod, with their accept loops.
-final class PodListeners: @unchecked Sendable {
-    private var sockets: [Socket] = []
+final class PodListeners: Sendable {
+    private let sockets: [Socket]
+
+    private init(sockets: [Socket]) { self.sockets = sockets }
 
     /// Opens 15001/15006/15008 for each address family the pod has. Runs in the pod's namespace
     /// on a dedicated thread; the accept threads are started from there, so they and the handler
     /// threads they start live in the pod's namespace too (new threads inherit it).
     static func open(_ workload: ProxyWorkload, proxy: MeshProxy) throws -> PodListeners {
-        let result = PodListeners()
         try NetworkNamespace(path: workload.netns).run {
+            var sockets: [Socket] = []
             let families = Set(workload.addresses.map(\.isIPv6))
             for v6 in families.sorted(by: { !$0 && $1 }) {
                 let any = IPAddress(v6 ? "::" : "0.0.0.0")!
                 for port in [proxy.ports.outbound, proxy.ports.inbound, proxy.ports.tunnel] {
-                    let s = try Socket.listening(on: SocketAddress(any, port), transparent: true, mark: proxy.ports.mark)
-                    result.sockets.append(s)
+                    sockets.append(try Socket.listening(on: SocketAddress(any, port), transparent: true, mark: proxy.ports.mark))
                 }
             }
-            try proxy.registerListeners(result.sockets, workload: workload)
-            for s in result.sockets {
+            try proxy.registerListeners(sockets, workload: workload)
+            for s in sockets {
                 let port = (try? s.localAddress().port) ?? 0
                 let t = Thread { PodListeners.acceptLoop(s, port: port, workload: workload, proxy: proxy) }
                 t.stackSize = 256 * 1024
                 t.start()
             }
+            return PodListeners(sockets: sockets)
         }
-        return result
     }
 
     private static func acceptLoop(_ listener: Socket, port: UInt16, workload: ProxyWorkload, proxy: MeshProxy) {
@@ -51,6 +52,5 @@ final class PodListeners: @unchecked Sendable {
         // Give the accept loops a moment to see the shutdown before the descriptors are reused.
         usleep(1000)
         for s in sockets { s.close() }
-        sockets.removeAll()
     }
 }

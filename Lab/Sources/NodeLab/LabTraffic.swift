@@ -81,6 +81,7 @@ extension Lab {
 
 extension Lab {
     /// Runs `program` inside `netns` and returns its stdout (for checks: iptables-save, ip rule, ipset).
+    @discardableResult
     public func inNamespace(_ netns: NetworkNamespace, _ program: String, _ args: [String]) throws -> String {
         try Command.run("nsenter", ["--net=\(netns.path)", "--", try Command.resolve(program)] + args)
     }

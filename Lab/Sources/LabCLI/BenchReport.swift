@@ -158,7 +158,7 @@ enum SVG {
         func py(_ y: Double) -> Double { h - bottom - (h - top - bottom) * y / maxY }
         var s = header(w, h, title) + axis(left, top, w, h, bottom, maxY)
         for x in Set(xs).sorted() { s += String(format: "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" text-anchor=\"middle\">%.0f</text>", px(x), h - bottom + 16, x) }
-        for (i, (name, pts)) in series.sorted(by: { $0.key < $1.key }).enumerated() {
+        for (i, (_, pts)) in series.sorted(by: { $0.key < $1.key }).enumerated() {
             let path = pts.sorted { $0.0 < $1.0 }.map { String(format: "%.1f,%.1f", px($0.0), py($0.1)) }.joined(separator: " ")
             s += "<polyline fill=\"none\" stroke=\"\(colors[i % colors.count])\" stroke-width=\"2\" points=\"\(path)\"/>"
             for p in pts { s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\"/>", px(p.0), py(p.1), colors[i % colors.count]) }

@@ -7,7 +7,7 @@ import SystemCalls
 ///     ADD <uid> <netns-path> <ip[,ip]> spoof|nospoof   -> OK | ERR <why>
 ///     DEL <uid>                                        -> OK
 ///     LIST                                             -> OK <uid,uid,...>
-public final class ControlServer: @unchecked Sendable {
+public final class ControlServer: Sendable {
     private let proxy: MeshProxy
     private let listener: Socket
 

@@ -4,7 +4,7 @@ import SystemCalls
 import Dataplane
 
 /// A long-running helper process (app server, mesh proxy) with its output in a log file.
-public final class ManagedProcess: @unchecked Sendable {
+public final class ManagedProcess: Sendable {
     /// The process.
     public let process: Process
     /// Where stdout and stderr go.

@@ -6,7 +6,7 @@ import SystemCalls
 import Testing
 
 /// The repository root (for scripts/).
-let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
 /// A lab with one agent per node and no pods yet.
 func withAgentLab(_ dataplane: String, wrapper: [String] = [], extra: [String] = [], nodes: Int = 1, _ body: (Lab) throws -> Void) throws {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Glibc
 import SystemCalls
 import BPFLoader
@@ -34,7 +35,7 @@ public struct LabOptions: Sendable {
 }
 
 /// A lab node: its own network namespace, a CNI bridge for its pods, a link to the other node.
-public final class LabNode: @unchecked Sendable {
+public final class LabNode: Sendable {
     /// `n1`, `n2`.
     public let name: String
     /// 1-based.
@@ -61,10 +62,17 @@ public final class LabNode: @unchecked Sendable {
     public var bpffsMount: String { "\(directory)/bpffs" }
     /// The eBPF dataplane's pin root on this node.
     public var bpfPinRoot: String { "\(bpffsMount)/redirect-agent" }
+    private let processes = Mutex<(proxy: ManagedProcess?, agent: ManagedProcess?)>((nil, nil))
     /// The mesh proxy, if started.
-    public internal(set) var proxy: ManagedProcess?
+    public internal(set) var proxy: ManagedProcess? {
+        get { processes.withLock { $0.proxy } }
+        set { processes.withLock { $0.proxy = newValue } }
+    }
     /// The node's agent, if started.
-    public internal(set) var agent: ManagedProcess?
+    public internal(set) var agent: ManagedProcess? {
+        get { processes.withLock { $0.agent } }
+        set { processes.withLock { $0.agent = newValue } }
+    }
     /// The agent's state directory.
     public var agentDirectory: String { "\(directory)/agent" }
     /// The agent's control socket.
@@ -90,7 +98,7 @@ public final class LabNode: @unchecked Sendable {
 }
 
 /// A lab pod: a network namespace attached to its node by the CNI chain.
-public final class LabPod: @unchecked Sendable {
+public final class LabPod: Sendable {
     /// Who it is.
     public let identity: PodIdentity
     /// Its node.
@@ -99,14 +107,33 @@ public final class LabPod: @unchecked Sendable {
     public let netns: NetworkNamespace
     /// Its namespace name.
     public let netnsName: String
-    /// The CNI ADD result.
-    public internal(set) var cniResult: [String: Any] = [:]
+    private struct Attached {
+        var cniResult = Data("{}".utf8)
+        var ipv4: IPAddress?
+        var ipv6: IPAddress?
+        var app: ManagedProcess?
+    }
+    private let attached = Mutex(Attached())
+    /// The CNI ADD result (kept as its JSON text).
+    public internal(set) var cniResult: [String: Any] {
+        get { ((try? JSONSerialization.jsonObject(with: attached.withLock { $0.cniResult })) as? [String: Any]) ?? [:] }
+        set { let data = (try? JSONSerialization.data(withJSONObject: newValue)) ?? Data("{}".utf8); attached.withLock { $0.cniResult = data } }
+    }
     /// Its IPv4 address.
-    public internal(set) var ipv4: IPAddress?
+    public internal(set) var ipv4: IPAddress? {
+        get { attached.withLock { $0.ipv4 } }
+        set { attached.withLock { $0.ipv4 = newValue } }
+    }
     /// Its IPv6 address.
-    public internal(set) var ipv6: IPAddress?
+    public internal(set) var ipv6: IPAddress? {
+        get { attached.withLock { $0.ipv6 } }
+        set { attached.withLock { $0.ipv6 = newValue } }
+    }
     /// The app server.
-    public internal(set) var app: ManagedProcess?
+    public internal(set) var app: ManagedProcess? {
+        get { attached.withLock { $0.app } }
+        set { attached.withLock { $0.app = newValue } }
+    }
     /// The app's accepted-connection records (JSON lines).
     public var appRecordsPath: String { "\(node.directory)/\(identity.name)-app.jsonl" }
 
@@ -127,16 +154,16 @@ public final class LabPod: @unchecked Sendable {
 ///
 /// Nothing is changed in the machine's root namespace. Every name carries ``LabOptions/runID``;
 /// ``teardown()`` removes all of it and is safe to call twice or after a partial ``up()``.
-public final class Lab: @unchecked Sendable {
+public final class Lab: Sendable {
     /// The options.
     public let options: LabOptions
+    private let members = Mutex<(nodes: [LabNode], pods: [LabPod])>(([], []))
     /// The nodes.
-    public private(set) var nodes: [LabNode] = []
+    public var nodes: [LabNode] { members.withLock { $0.nodes } }
     /// The pods, in creation order.
-    public private(set) var pods: [LabPod] = []
+    public var pods: [LabPod] { members.withLock { $0.pods } }
     /// The run's folder under /run/redirect-lab.
     public let directory: String
-    private let lock = NSLock()
 
     /// The app's ports.
     public static let httpPort: UInt16 = 8080
@@ -161,7 +188,7 @@ public final class Lab: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         for i in 1...options.nodes {
             let node = LabNode(index: i, runID: options.runID, runDirectory: directory)
-            nodes.append(node)
+            members.withLock { $0.nodes.append(node) }
             try makeNode(node)
         }
         if nodes.count == 2 { try link(nodes[0], nodes[1]) }
@@ -248,7 +275,7 @@ public final class Lab: @unchecked Sendable {
         let identity = PodIdentity(name: name, namespace: namespace, uid: uid, containerID: "\(options.runID)-\(name)", labels: labels)
         let pod = LabPod(identity: identity, node: node, netnsName: "\(options.runID)-\(name)")
         try ip(["netns", "add", pod.netnsName])
-        lock.withLock { pods.append(pod) }
+        members.withLock { $0.pods.append(pod) }
         // Addresses must be usable at once: a bridge gateway or pod address still in duplicate
         // address detection drops the first packets, which shows up as slow connects under load.
         if options.ipv6 { try pod.netns.run { try Lab.disableDAD() } }
@@ -281,7 +308,7 @@ public final class Lab: @unchecked Sendable {
         } catch { firstError = error }
         do { try rt.del(list: Lab.loopbackList, result: nil, pod: pod.identity, netns: pod.netns, ifname: "lo") } catch { firstError = firstError ?? error }
         _ = try? Command.capture("ip", ["netns", "del", pod.netnsName])
-        lock.withLock { pods.removeAll { $0 === pod } }
+        members.withLock { $0.pods.removeAll { $0 === pod } }
         if let firstError { throw firstError }
     }
 
@@ -290,13 +317,13 @@ public final class Lab: @unchecked Sendable {
         try writeSysctl("net.ipv6.conf.all.accept_dad", "0")
     }
 
-    static let loopbackList: [String: Any] = ["cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [["type": "loopback"]]]
+    static var loopbackList: [String: Any] { ["cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [["type": "loopback"]]] }
 
     /// The pods of one node.
-    public func pods(on node: LabNode) -> [LabPod] { lock.withLock { pods.filter { $0.node === node } } }
+    public func pods(on node: LabNode) -> [LabPod] { pods.filter { $0.node === node } }
 
     /// Looks a pod up by name.
-    public func pod(_ name: String) -> LabPod? { lock.withLock { pods.first { $0.name == name } } }
+    public func pod(_ name: String) -> LabPod? { pods.first { $0.name == name } }
 
     // MARK: processes
 
@@ -362,14 +389,14 @@ public final class Lab: @unchecked Sendable {
 
     /// Removes every process, pod, node and file of this lab. Safe after a failed or partial up.
     public func teardown() {
-        for pod in lock.withLock({ pods }).reversed() { try? removePod(pod) }
+        for pod in pods.reversed() { try? removePod(pod) }
         for node in nodes {
             node.agent?.stop()
             node.proxy?.stop()
             _ = try? Command.capture("ip", ["netns", "del", node.netnsName])
             if BPFFS.isMounted(node.bpffsMount) { BPFFS.unmount(node.bpffsMount) }
         }
-        nodes.removeAll()
+        members.withLock { $0.nodes.removeAll() }
         Lab.sweep(runID: options.runID)
     }
 

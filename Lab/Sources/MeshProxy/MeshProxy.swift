@@ -1,6 +1,7 @@
 import BPFLoader
 import CShim
 import Foundation
+import Synchronization
 import MapSync
 import Glibc
 import SystemCalls
@@ -39,12 +40,11 @@ public struct ProxyWorkload: Sendable {
 /// 15001/15006/15008 (IP_TRANSPARENT, SO_MARK 0x539); outbound connections are tunnelled to the
 /// destination pod's 15008 with a one-line `CONNECT <dst> <client>` header; inbound ones are
 /// delivered to the local app. Each handled connection is recorded.
-public final class MeshProxy: @unchecked Sendable {
+public final class MeshProxy: Sendable {
     /// Ports and mark.
     public let ports: ProxyPorts
     private let records: RecordWriter
-    private let lock = NSLock()
-    private var workloads: [String: PodListeners] = [:]
+    private let workloads = Mutex<[String: PodListeners]>([:])
 
     /// The eBPF dataplane's pinned sockhash of proxy listeners, filled when it exists.
     public let listenerMapPath: String?
@@ -73,19 +73,19 @@ public final class MeshProxy: @unchecked Sendable {
     }
 
     /// Enrolled pod UIDs.
-    public var enrolled: [String] { lock.withLock { Array(workloads.keys).sorted() } }
+    public var enrolled: [String] { workloads.withLock { Array($0.keys).sorted() } }
 
     /// Opens the pod's listeners. A pod already served keeps its listeners (an agent that
     /// restarts hands every pod over again; closing listeners then would drop connections).
     public func add(_ workload: ProxyWorkload) throws {
-        if lock.withLock({ workloads[workload.uid] != nil }) { return }
+        if workloads.withLock({ $0[workload.uid] != nil }) { return }
         let listeners = try PodListeners.open(workload, proxy: self)
-        lock.withLock { workloads[workload.uid] = listeners }
+        workloads.withLock { $0[workload.uid] = listeners }
     }
 
     /// Closes the pod's listeners (connections in flight finish). No-op for an unknown pod.
     public func remove(uid: String) {
-        let old = lock.withLock { workloads.removeValue(forKey: uid) }
+        let old = workloads.withLock { $0.removeValue(forKey: uid) }
         old?.close()
     }
 

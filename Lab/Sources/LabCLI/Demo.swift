@@ -111,7 +111,7 @@ extension Demo {
     }
 }
 
-func say(_ s: String) { print(s); fflush(stdout) }
+func say(_ s: String) { print(s); flushOutput() }
 
 extension String {
     var trimmed: String { trimmingCharacters(in: .whitespacesAndNewlines) }
