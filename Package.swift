@@ -59,6 +59,7 @@ let lab: [Target] = [
 ]
 
 let tests: [Target] = [
+    .testTarget(name: "ArchitectureTests"),
     .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
     .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
     .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
