@@ -32,21 +32,19 @@ public final class AgentMetrics: Sendable {
     /// The exposition text; `extra` adds lines (pod counts, BPF counters).
     public func render(extra: [String]) -> String {
         let c = counts.withLock { $0 }
-        do {
-            var out = [
-                "# HELP redirect_agent_enrollments_total Pods enrolled.", "# TYPE redirect_agent_enrollments_total counter",
-                "redirect_agent_enrollments_total \(c.enrollments)",
-                "# HELP redirect_agent_enrollment_failures_total Enrollments that failed.", "# TYPE redirect_agent_enrollment_failures_total counter",
-                "redirect_agent_enrollment_failures_total \(c.failures)",
-                "# HELP redirect_agent_removals_total Pods removed.", "# TYPE redirect_agent_removals_total counter",
-                "redirect_agent_removals_total \(c.removals)",
-                "# HELP redirect_agent_enrollment_seconds Time to enroll a pod.", "# TYPE redirect_agent_enrollment_seconds histogram",
-            ]
-            for (i, b) in Self.buckets.enumerated() { out.append("redirect_agent_enrollment_seconds_bucket{le=\"\(b)\"} \(c.bucketCounts[i])") }
-            out += ["redirect_agent_enrollment_seconds_bucket{le=\"+Inf\"} \(c.enrollments)",
-                    "redirect_agent_enrollment_seconds_sum \(c.latencySum)", "redirect_agent_enrollment_seconds_count \(c.enrollments)"]
-            return (out + extra).joined(separator: "\n") + "\n"
-        }
+        var out = [
+            "# HELP redirect_agent_enrollments_total Pods enrolled.", "# TYPE redirect_agent_enrollments_total counter",
+            "redirect_agent_enrollments_total \(c.enrollments)",
+            "# HELP redirect_agent_enrollment_failures_total Enrollments that failed.", "# TYPE redirect_agent_enrollment_failures_total counter",
+            "redirect_agent_enrollment_failures_total \(c.failures)",
+            "# HELP redirect_agent_removals_total Pods removed.", "# TYPE redirect_agent_removals_total counter",
+            "redirect_agent_removals_total \(c.removals)",
+            "# HELP redirect_agent_enrollment_seconds Time to enroll a pod.", "# TYPE redirect_agent_enrollment_seconds histogram",
+        ]
+        for (i, b) in Self.buckets.enumerated() { out.append("redirect_agent_enrollment_seconds_bucket{le=\"\(b)\"} \(c.bucketCounts[i])") }
+        out += ["redirect_agent_enrollment_seconds_bucket{le=\"+Inf\"} \(c.enrollments)",
+                "redirect_agent_enrollment_seconds_sum \(c.latencySum)", "redirect_agent_enrollment_seconds_count \(c.enrollments)"]
+        return (out + extra).joined(separator: "\n") + "\n"
     }
 }
 
