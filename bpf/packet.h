@@ -1,4 +1,9 @@
-/* Packet parsing: Ethernet, IPv4/IPv6, TCP, into one flow description. */
+/* Packet parsing: Ethernet, IPv4/IPv6, TCP, into one flow description.
+ *
+ * Fail closed: a packet whose transport header cannot be located with certainty is RA_MALFORMED
+ * and the pod programs drop it. The kernel walks IPv6 extension chains of any length, so a chain
+ * longer than our bound, or one that runs past the bytes we can see, must never be mistaken for
+ * "not TCP" and passed: the stack would find the TCP header behind it and deliver it uncaptured. */
 #pragma once
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -9,6 +14,13 @@
 
 #define RA_TCP_FLAG_SYN 0x02
 #define RA_TCP_FLAG_ACK 0x10
+#define RA_ETH_P_8021Q 0x8100
+#define RA_ETH_P_8021AD 0x88A8
+#define RA_IPPROTO_MH 135
+#define RA_IPPROTO_HIP 139
+#define RA_IPPROTO_SHIM6 140
+/* Headers are pulled into the linear area up to this many bytes before parsing. */
+#define RA_PULL_LEN 256
 
 struct ra_flow {
     __u32 family;
@@ -22,72 +34,110 @@ struct ra_flow {
     __u32 l4_off;
 };
 
-enum ra_parse { RA_NOT_TCP = 0, RA_TCP = 1 };
+enum ra_parse {
+    RA_PASS = 0,       /* not IP, or UDP/ICMP: not captured (as Istio's TCP-only rules) */
+    RA_TCP = 1,        /* TCP with ports and flags in `f` (or a TCP fragment: f->fragment) */
+    RA_MALFORMED = 2,  /* IP whose transport header cannot be located: drop */
+    RA_UNKNOWN = 3,    /* IP carrying a transport we do not handle: drop */
+};
 
+static __always_inline int ra_is_ipv6_ext(__u8 next)
+{
+    return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_FRAGMENT || next == IPPROTO_DSTOPTS ||
+           next == IPPROTO_AH || next == RA_IPPROTO_MH || next == RA_IPPROTO_HIP || next == RA_IPPROTO_SHIM6;
+}
+
+/* Walks up to RA_MAX_EXT_HEADERS extension headers. Returns 0 with *next the transport, or -1
+ * when the chain is longer, runs out of bytes, or is a non-first fragment (no transport header). */
 static __always_inline int ra_parse_ipv6_ext(void *data, void *end, __u32 *off, __u8 *next, __u8 *fragment)
 {
-    /* Walk a bounded number of extension headers so one cannot hide the TCP header. */
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        if (*next != IPPROTO_HOPOPTS && *next != IPPROTO_ROUTING && *next != IPPROTO_DSTOPTS && *next != IPPROTO_FRAGMENT)
+    for (int i = 0; i < RA_MAX_EXT_HEADERS; i++) {
+        if (!ra_is_ipv6_ext(*next))
             return 0;
         __u8 *hdr = data + *off;
         if ((void *)(hdr + 8) > end)
             return -1;
         if (*next == IPPROTO_FRAGMENT) {
             *fragment = 1;
-            *next = hdr[0];
+            if ((hdr[2] << 8 | (hdr[3] & 0xf8)) != 0)
+                return -1; /* offset != 0: a later fragment carries no transport header */
             *off += 8;
+        } else if (*next == IPPROTO_AH) {
+            *off += (hdr[1] + 2) * 4;
         } else {
-            *next = hdr[0];
             *off += (hdr[1] + 1) * 8;
         }
+        *next = hdr[0];
     }
-    return 0;
+    return ra_is_ipv6_ext(*next) ? -1 : 0;
 }
 
-/* Fills `f` for a TCP packet; RA_NOT_TCP for anything else (passed untouched). */
+static __always_inline int ra_transport_verdict(__u8 proto, __u32 family)
+{
+    if (proto == IPPROTO_TCP)
+        return RA_TCP;
+    if (proto == IPPROTO_UDP || (family == RA_FAMILY_INET && proto == IPPROTO_ICMP) ||
+        (family == RA_FAMILY_INET6 && proto == IPPROTO_ICMPV6))
+        return RA_PASS;
+    return RA_UNKNOWN;
+}
+
+/* Fills `f` and classifies the packet (enum ra_parse). Addresses are filled as soon as the IP
+ * header is readable, so drops can be counted against the pod. */
 static __always_inline int ra_parse(struct __sk_buff *skb, struct ra_flow *f)
 {
+    __builtin_memset(f, 0, sizeof(*f));
+    if (skb->data_end - skb->data < RA_PULL_LEN && skb->len > skb->data_end - skb->data)
+        bpf_skb_pull_data(skb, skb->len < RA_PULL_LEN ? skb->len : RA_PULL_LEN);
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end)
-        return RA_NOT_TCP;
-    __builtin_memset(f, 0, sizeof(*f));
+        return RA_MALFORMED;
     f->l3_off = sizeof(*eth);
     __u8 proto;
     if (eth->h_proto == bpf_htons(ETH_P_IP)) {
         struct iphdr *ip = data + sizeof(*eth);
         if ((void *)(ip + 1) > end)
-            return RA_NOT_TCP;
-        proto = ip->protocol;
+            return RA_MALFORMED;
         f->family = RA_FAMILY_INET;
         f->src.words[0] = ip->saddr;
         f->dst.words[0] = ip->daddr;
+        if (ip->version != 4 || ip->ihl < 5)
+            return RA_MALFORMED;
+        proto = ip->protocol;
         f->fragment = (ip->frag_off & bpf_htons(0x3fff)) != 0;
         f->l4_off = f->l3_off + ip->ihl * 4;
     } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = data + sizeof(*eth);
         if ((void *)(ip6 + 1) > end)
-            return RA_NOT_TCP;
-        proto = ip6->nexthdr;
+            return RA_MALFORMED;
         f->family = RA_FAMILY_INET6;
         __builtin_memcpy(f->src.words, ip6->saddr.in6_u.u6_addr32, 16);
         __builtin_memcpy(f->dst.words, ip6->daddr.in6_u.u6_addr32, 16);
+        if (ip6->version != 6)
+            return RA_MALFORMED;
+        proto = ip6->nexthdr;
         f->l4_off = f->l3_off + sizeof(*ip6);
         if (ra_parse_ipv6_ext(data, end, &f->l4_off, &proto, &f->fragment) < 0)
-            return RA_NOT_TCP;
+            return RA_MALFORMED;
+    } else if (eth->h_proto == bpf_htons(RA_ETH_P_8021Q) || eth->h_proto == bpf_htons(RA_ETH_P_8021AD)) {
+        return RA_MALFORMED; /* a pod has no VLANs: a tag could only hide what follows */
     } else {
-        return RA_NOT_TCP;
+        return RA_PASS; /* ARP and other non-IP frames never reach TCP */
     }
-    if (proto != IPPROTO_TCP)
-        return RA_NOT_TCP;
-    if (f->fragment)
-        return RA_TCP; /* ports unknown; callers drop it */
+    int verdict = ra_transport_verdict(proto, f->family);
+    if (verdict != RA_TCP)
+        return verdict;
+    if (f->fragment) {
+        if (f->family == RA_FAMILY_INET && (((struct iphdr *)(data + sizeof(*eth)))->frag_off & bpf_htons(0x1fff)))
+            return RA_MALFORMED; /* a later IPv4 fragment: no TCP header in it */
+        return RA_TCP; /* a first fragment: ports readable but the flow cannot be trusted; callers drop it */
+    }
     struct tcphdr *tcp = data + f->l4_off;
-    if ((void *)(tcp + 1) > end)
-        return RA_NOT_TCP;
+    if ((void *)(tcp + 1) > end || tcp->doff < 5)
+        return RA_MALFORMED;
     f->sport = tcp->source;
     f->dport = tcp->dest;
     f->flags = ((__u8 *)tcp)[13];

@@ -43,6 +43,17 @@ static __always_inline int ra_is_probe_flow(const struct ra_config *cfg, const s
     return bpf_map_lookup_elem(&ra_probe_flows, &k) != NULL;
 }
 
+/* The pod programs' answer to what the parser could not accept: drop and count, never pass. */
+static __always_inline int ra_parse_pod(struct __sk_buff *skb, struct ra_flow *f, int inbound)
+{
+    int verdict = ra_parse(skb, f);
+    if (verdict == RA_MALFORMED || verdict == RA_UNKNOWN) {
+        __u32 pod = ra_pod_index(f->family, inbound ? &f->dst : &f->src);
+        ra_count(pod, verdict == RA_MALFORMED ? RA_DROP_MALFORMED : RA_DROP_PROTOCOL);
+    }
+    return verdict;
+}
+
 /* Outbound: every app TCP packet leaving the pod (not the proxy's, not to the probe IP) is turned
  * back into the interface's ingress with the capture mark, where tc_pod_ingress gives it to the
  * proxy's socket. The destination MAC becomes our own so the stack accepts it as for us. */
@@ -50,9 +61,14 @@ SEC("tc")
 int tc_pod_egress(struct __sk_buff *skb)
 {
     struct ra_config *cfg = ra_get_config();
+    if (!cfg)
+        return TC_ACT_SHOT; /* no config: the agent has not set the node up; nothing leaves uncaptured */
     struct ra_flow f;
-    if (!cfg || ra_parse(skb, &f) != RA_TCP)
+    int verdict = ra_parse_pod(skb, &f, 0);
+    if (verdict == RA_PASS)
         return TC_ACT_OK;
+    if (verdict != RA_TCP)
+        return TC_ACT_SHOT;
     __u32 pod = ra_pod_index(f.family, &f.src);
     if (ra_is_proxy(skb, cfg)) {
         if (ra_is_new_connection(&f))
@@ -157,9 +173,14 @@ SEC("tc")
 int tc_pod_ingress(struct __sk_buff *skb)
 {
     struct ra_config *cfg = ra_get_config();
+    if (!cfg)
+        return TC_ACT_SHOT;
     struct ra_flow f;
-    if (!cfg || ra_parse(skb, &f) != RA_TCP)
+    int verdict = ra_parse_pod(skb, &f, 1);
+    if (verdict == RA_PASS)
         return TC_ACT_OK;
+    if (verdict != RA_TCP)
+        return TC_ACT_SHOT;
     if (f.fragment) {
         ra_count(ra_pod_index(f.family, &f.dst), RA_DROP_FRAGMENT);
         return TC_ACT_SHOT;

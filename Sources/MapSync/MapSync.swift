@@ -204,10 +204,11 @@ public final class MapSync: Sendable {
 /// The decisions counted by the programs (ra_decision).
 public enum Decision: UInt32, CaseIterable, Sendable, Codable, CustomStringConvertible {
     case outboundCaptured = 0, inboundCaptured, hbonePass, probePass, proxyPass, established, spoofedProbe,
-         timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, dropNoSocket, dropFragment
+         timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, dropNoSocket, dropFragment, dropMalformed, dropProtocol
     /// The name used in status output and metrics.
     public var description: String {
         ["outbound_captured", "inbound_captured", "hbone_pass", "probe_pass", "proxy_pass", "established", "spoofed_probe",
-         "time_wait_handoff", "probe_snat", "drop_no_listener", "drop_assign_failed", "drop_no_socket", "drop_fragment"][Int(rawValue)]
+         "time_wait_handoff", "probe_snat", "drop_no_listener", "drop_assign_failed", "drop_no_socket", "drop_fragment",
+         "drop_malformed", "drop_protocol"][Int(rawValue)]
     }
 }

@@ -11,6 +11,8 @@
 #define RA_MAX_TW_HANDOFFS 4096
 #define RA_FAMILY_INET 2
 #define RA_FAMILY_INET6 10
+/* IPv6 extension headers the parser walks before it gives up and drops the packet. */
+#define RA_MAX_EXT_HEADERS 8
 
 /* An IPv4 (in word 0) or IPv6 address. */
 struct ra_addr {
@@ -64,7 +66,10 @@ enum ra_decision {
     RA_DROP_ASSIGN_FAILED = 10,   /* bpf_sk_assign refused */
     RA_DROP_NO_SOCKET = 11,       /* a captured non-SYN packet whose socket is gone */
     RA_DROP_FRAGMENT = 12,        /* fragmented TCP cannot be classified safely */
-    RA_DECISION_COUNT = 13,
+    RA_DROP_MALFORMED = 13,       /* the transport header cannot be located: truncated, bad lengths, an IPv6
+                                     extension chain past the bound, a non-first fragment, a VLAN tag */
+    RA_DROP_PROTOCOL = 14,        /* a transport the programs do not know (not TCP, UDP or ICMP) */
+    RA_DECISION_COUNT = 15,
 };
 
 struct ra_counter_key {
