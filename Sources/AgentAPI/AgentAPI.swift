@@ -112,15 +112,16 @@ public enum AgentClient {
     /// The default control socket.
     public static let defaultSocket = "/run/redirect-agent/control.sock"
 
-    /// Sends `request` and returns the answer.
+    /// Sends `request` and returns the answer; the whole exchange (connect, send, answer) takes at
+    /// most `timeout` seconds, then it fails with ETIMEDOUT.
     public static func call(_ request: ControlRequest, socket path: String = defaultSocket, timeout: Double = 30) throws -> ControlResponse {
-        let s = try UnixSocket.connect(path: path)
-        try s.setTimeout(seconds: timeout)
+        let deadline = Monotonic.now() + timeout
+        let s = try UnixSocket.connect(path: path, timeout: timeout)
         var data = try JSONEncoder().encode(request)
         data.append(0x0a)
         try s.writeAll([UInt8](data))
         s.shutdownWrite()
-        let reply = try s.readToEnd(limit: 16 << 20)
+        let reply = try s.readToEnd(limit: 16 << 20, deadline: deadline)
         return try JSONDecoder().decode(ControlResponse.self, from: Data(reply))
     }
 }

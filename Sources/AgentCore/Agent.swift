@@ -26,6 +26,8 @@ public struct AgentOptions: Sendable {
     public var iptablesBackend: IptablesBackend?
     /// The node-local selection file.
     public var selectionFile: String?
+    /// What one request may carry, and how many pods the node takes.
+    public var limits = RequestLimits()
     /// Creates options.
     public init(bpfObject: String) { bpf = EBPFOptions(objectPath: bpfObject) }
     /// The state file.
@@ -171,14 +173,17 @@ public final class Agent: Sendable {
     /// Enrolls a pod the CNI plugin reports: selection, dataplane, proxy, state file. Returns
     /// false when the pod is not selected for the mesh (nothing is done).
     public func add(_ req: PodRequest) throws -> Bool {
-        let spec = try Agent.spec(from: req)
+        let spec = try spec(from: req)
         guard selection.isInMesh(namespace: req.namespace, pod: req.name, podLabels: req.podLabels, namespaceLabels: req.namespaceLabels) else {
             logger.info("pod not selected for the mesh", metadata: ["pod": "\(req.namespace)/\(req.name)"])
             return false
         }
+        let netnsID = try podNamespace(spec)
+        try checkInterface(spec)
         let start = DispatchTime.now()
         do {
             try guarded.withLock { state in
+                try claim(spec, netnsID: netnsID, state: &state)
                 try dataplane.enroll(spec)
                 do {
                     try zds?.add(ZDSWorkload(uid: spec.uid, name: spec.name, namespace: spec.namespace, netns: spec.netns))
@@ -186,7 +191,7 @@ public final class Agent: Sendable {
                     try? dataplane.remove(spec)
                     throw AgentError(.proxyRejected, "\(error)")
                 }
-                state.pods[spec.uid] = EnrolledPod(spec: spec, enrolledAt: Date())
+                state.pods[spec.uid] = EnrolledPod(spec: spec, enrolledAt: Date(), netnsID: netnsID)
                 try store.save(state)
             }
         } catch let e as AgentError {
@@ -205,7 +210,8 @@ public final class Agent: Sendable {
     public func remove(_ req: PodRequest) throws {
         try guarded.withLock { state in
             let known = state.pods[req.uid]?.spec
-            guard let spec = known ?? (try? Agent.spec(from: req)) else { return }
+            guard let spec = known ?? (try? self.spec(from: req)) else { return }
+            if known == nil && !mayCleanUnknown(spec, state: state) { return }
             zds?.remove(uid: spec.uid)
             do { try dataplane.remove(spec) } catch { throw AgentError(.removeFailed, "\(error)") }
             state.pods[spec.uid] = nil
@@ -262,14 +268,71 @@ public final class Agent: Sendable {
     /// Enrolled pod count.
     public var podCount: Int { guarded.withLock { $0.pods.count } }
 
-    static func spec(from r: PodRequest) throws -> PodSpec {
-        guard !r.uid.isEmpty, !r.name.isEmpty, !r.netns.isEmpty else { throw AgentError(.invalidRequest, "uid, name and netns are required") }
-        let ips = try r.ips.map { text -> IPAddress in
-            guard let ip = IPPrefix(text)?.ip else { throw AgentError(.invalidRequest, "'\(text)' is not an IP address") }
-            return ip
+    func spec(from r: PodRequest) throws -> PodSpec { try RequestValidation.spec(from: r, limits: options.limits) }
+
+    // MARK: isolation: a request may touch only its own pod
+
+    /// The identity of the pod's namespace; never the node's or the agent's own.
+    private func podNamespace(_ spec: PodSpec) throws -> String {
+        let ns = NetworkNamespace(path: spec.netns)
+        guard ns.exists, let id = try? ns.identity() else {
+            throw AgentError(.invalidRequest, "network namespace \(RequestValidation.quoted(spec.netns)) does not exist")
         }
-        guard !ips.isEmpty else { throw AgentError(.invalidRequest, "the pod has no IP address (prevResult has no ips)") }
-        return PodSpec(uid: r.uid, name: r.name, namespace: r.namespace, netns: r.netns, ips: ips, interface: r.interface)
+        for own in ["/proc/self/ns/net", "/proc/1/ns/net"] where (try? NetworkNamespace(path: own).identity()) == id {
+            throw AgentError(.conflict, "\(RequestValidation.quoted(spec.netns)) is the node's or the agent's own network namespace, not a pod's")
+        }
+        return id
+    }
+
+    /// The interface must exist in the pod: capture goes on the one the runtime named.
+    private func checkInterface(_ spec: PodSpec) throws {
+        let name = spec.interface
+        let index = try NetworkNamespace(path: spec.netns).run { if_nametoindex(name) }
+        guard index != 0 else { throw AgentError(.invalidRequest, "interface \(RequestValidation.quoted(name)) does not exist in the pod") }
+    }
+
+    /// Refuses what another live pod owns (its addresses, its namespace) and the node's capacity;
+    /// a pod whose namespace is gone loses its claim, and its leftovers are removed first.
+    private func claim(_ spec: PodSpec, netnsID: String, state: inout AgentState) throws {
+        for (uid, other) in state.pods where uid != spec.uid {
+            let sharesIP = !Set(other.spec.ips).isDisjoint(with: spec.ips)
+            let sharesNetns = namespaceID(of: other) == netnsID
+            guard sharesIP || sharesNetns else { continue }
+            if isLive(other) {
+                throw AgentError(.conflict, sharesNetns ? "the network namespace is already enrolled for pod \(other.spec.namespace)/\(other.spec.name)"
+                                                         : "an address is owned by pod \(other.spec.namespace)/\(other.spec.name)")
+            }
+            logger.info("removing a gone pod whose address or namespace is reused", metadata: ["pod": "\(other.spec.namespace)/\(other.spec.name)"])
+            zds?.remove(uid: uid)
+            try? dataplane.remove(other.spec)
+            state.pods[uid] = nil
+        }
+        if state.pods[spec.uid] == nil {
+            let ips = state.pods.values.reduce(0) { $0 + $1.spec.ips.count }
+            guard state.pods.count < options.limits.pods, ips + spec.ips.count <= options.limits.pods * 2 else {
+                throw AgentError(.capacityExceeded, "the node has \(state.pods.count) pods with \(ips) addresses enrolled; the limit is \(options.limits.pods) pods")
+            }
+        }
+    }
+
+    /// A pod is live while its namespace file still names the namespace it was enrolled in.
+    private func isLive(_ pod: EnrolledPod) -> Bool {
+        guard let id = try? NetworkNamespace(path: pod.spec.netns).identity() else { return false }
+        return pod.netnsID == nil || pod.netnsID == id
+    }
+
+    /// A DEL for a UID the agent does not know cleans up only what no enrolled pod owns, and
+    /// never the node's own namespace.
+    private func mayCleanUnknown(_ spec: PodSpec, state: AgentState) -> Bool {
+        if state.pods.values.contains(where: { !Set($0.spec.ips).isDisjoint(with: spec.ips) }) { return false }
+        guard NetworkNamespace(path: spec.netns).exists else { return true }
+        guard let id = try? podNamespace(spec) else { return false }
+        return !state.pods.values.contains { namespaceID(of: $0) == id }
+    }
+
+    /// The recorded namespace identity, or (state files from before it was recorded) the live one.
+    private func namespaceID(of pod: EnrolledPod) -> String? {
+        pod.netnsID ?? (try? NetworkNamespace(path: pod.spec.netns).identity())
     }
 
     /// Removes every pod's capture and the node-wide parts, and the state file.

@@ -1,6 +1,7 @@
 import Dataplane
 import Foundation
 import Glibc
+import SystemCalls
 
 /// One enrolled pod as the agent remembers it.
 public struct EnrolledPod: Codable, Sendable, Equatable {
@@ -8,6 +9,8 @@ public struct EnrolledPod: Codable, Sendable, Equatable {
     public var spec: PodSpec
     /// When it was enrolled.
     public var enrolledAt: Date
+    /// The identity of its network namespace when it was enrolled (``NetworkNamespace/identity()``).
+    public var netnsID: String?
 }
 
 /// What survives an agent restart: the dataplane in use and the enrolled pods. The kernel holds
@@ -43,19 +46,28 @@ public struct StateStore: Sendable {
         return try dec.decode(AgentState.self, from: data)
     }
 
-    /// Saves `state`.
+    /// Saves `state`: mode 0600 in a 0700 directory whatever the umask, durable before it returns
+    /// (file and directory synced).
     public func save(_ state: AgentState) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         enc.dateEncodingStrategy = .iso8601
         let data = try enc.encode(state)
         let dir = (path as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        do { try PrivateDirectory.prepare(dir) } catch { throw AgentError(.io, "\(error)") }
         let tmp = "\(path).tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: tmp, contents: data) else { throw AgentError(.io, "cannot write \(tmp)") }
-        let fd = open(tmp, O_RDONLY)
-        if fd >= 0 { fsync(fd); close(fd) }
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AgentError(.io, "cannot create \(tmp): \(String(cString: strerror(errno)))") }
+        let written = data.withUnsafeBytes { raw in (fchmod(fd, 0o600), write(fd, raw.baseAddress, raw.count)) }
+        let synced = fsync(fd)
+        close(fd)
+        guard written.1 == data.count, synced == 0 else {
+            unlink(tmp)
+            throw AgentError(.io, "cannot write \(tmp): \(String(cString: strerror(errno)))")
+        }
         guard rename(tmp, path) == 0 else { throw AgentError(.io, "cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
+        let dirFD = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dirFD >= 0 { fsync(dirFD); close(dirFD) }
     }
 }
 
@@ -63,7 +75,17 @@ public struct StateStore: Sendable {
 public struct AgentError: Error, CustomStringConvertible, Sendable {
     /// Stable codes.
     public enum Code: String, Sendable, Codable {
-        case invalidRequest, ebpfUnavailable, enrollFailed, removeFailed, notEnrolled, drift, io, proxyRejected
+        /// A field is malformed (not an address, a bad name, a relative path...).
+        case invalidRequest
+        /// A field is longer than its limit.
+        case fieldTooLong
+        /// More addresses (per family) or labels than a pod may have.
+        case tooManyValues
+        /// The node is at its pod or map capacity.
+        case capacityExceeded
+        /// The request names something another pod owns (an address, a network namespace), or the node's own namespace.
+        case conflict
+        case ebpfUnavailable, enrollFailed, removeFailed, notEnrolled, drift, io, proxyRejected
     }
     /// The code.
     public var code: Code

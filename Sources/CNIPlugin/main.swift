@@ -55,9 +55,14 @@ func run() throws -> Int32 {
     guard let conf = (try? JSONSerialization.jsonObject(with: stdin)) as? [String: Any] else {
         throw CNIFailure(code: 6, msg: "failed to decode the network configuration on stdin")
     }
-    let version = conf["cniVersion"] as? String ?? "1.0.0"
-    guard supportedVersions.contains(version) else { throw CNIFailure(code: 1, msg: "unsupported cniVersion \(version)", details: "supported: \(supportedVersions)") }
+    // The spec makes cniVersion a required string: a number, or a version we do not speak, is refused.
+    guard let version = conf["cniVersion"] as? String, supportedVersions.contains(version) else {
+        throw CNIFailure(code: 1, msg: "unsupported or missing cniVersion \(conf["cniVersion"].map { "\($0)" } ?? "(absent)")",
+                         details: "cniVersion must be one of the strings \(supportedVersions)")
+    }
     let socket = conf["agentSocket"] as? String ?? AgentClient.defaultSocket
+    let timeout = (conf["agentTimeoutSeconds"] as? Double).map { min(max($0, 0.1), 60) } ?? defaultAgentTimeout
+    func call(_ req: ControlRequest) throws -> ControlResponse { try callAgent(req, socket: socket, timeout: timeout) }
     let args = cniArgs(env["CNI_ARGS"] ?? "")
     for k in ["CNI_CONTAINERID", "CNI_IFNAME"] where (env[k] ?? "").isEmpty { throw CNIFailure(code: 4, msg: "\(k) is not set") }
     let prev = conf["prevResult"] as? [String: Any]
@@ -70,26 +75,30 @@ func run() throws -> Int32 {
         guard var result = prev else { throw CNIFailure(code: 7, msg: "redirect-cni must be chained after a primary plugin (no prevResult)") }
         guard !pod.netns.isEmpty else { throw CNIFailure(code: 4, msg: "CNI_NETNS is not set") }
         guard !pod.name.isEmpty else { throw CNIFailure(code: 4, msg: "CNI_ARGS has no K8S_POD_NAME") }
-        let r = try call(ControlRequest(op: "add", pod: pod), socket: socket)
+        let r = try call(ControlRequest(op: "add", pod: pod))
         log("ADD \(pod.namespace)/\(pod.name): \(r.enrolled == true ? "enrolled" : "not in the mesh")")
         result["cniVersion"] = version
         emit(result)
     case "DEL":
-        do { _ = try call(ControlRequest(op: "del", pod: pod), socket: socket) } catch let f as CNIFailure where f.code == 11 {
+        do { _ = try call(ControlRequest(op: "del", pod: pod)) } catch let f as CNIFailure where f.code == 11 {
             // The agent removes what belongs to gone pods when it starts again.
             log("DEL \(pod.namespace)/\(pod.name): agent unreachable, left for its start-up reconciliation")
         }
     case "CHECK":
-        _ = try call(ControlRequest(op: "check", pod: pod), socket: socket)
+        _ = try call(ControlRequest(op: "check", pod: pod))
     default:
         throw CNIFailure(code: 4, msg: "unknown CNI_COMMAND \(command)")
     }
     return 0
 }
 
-func call(_ req: ControlRequest, socket: String) throws -> ControlResponse {
+/// The whole exchange with the agent, well under the runtime's own CNI timeout: a stuck agent
+/// fails the ADD (the runtime retries) instead of hanging it.
+let defaultAgentTimeout = 10.0
+
+func callAgent(_ req: ControlRequest, socket: String, timeout: Double) throws -> ControlResponse {
     let r: ControlResponse
-    do { r = try AgentClient.call(req, socket: socket) } catch {
+    do { r = try AgentClient.call(req, socket: socket, timeout: timeout) } catch {
         throw CNIFailure(code: 11, msg: "the redirect-agent is not reachable at \(socket)", details: "\(error)")
     }
     guard r.ok else { throw CNIFailure(code: 100, msg: "redirect-agent refused \(req.op): \(r.error ?? "unknown error")", details: r.code ?? "") }

@@ -18,8 +18,6 @@ public struct EBPFOptions: Sendable {
     public var attach: AttachMode = .clsact
     /// The node's namespace, when the dataplane runs outside it (the lab drives nodes in-process).
     public var nodeNetns: NetworkNamespace?
-    /// The pod interface name.
-    public var podInterface = "eth0"
     /// Creates options.
     public init(objectPath: String) { self.objectPath = objectPath }
 
@@ -117,18 +115,25 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// SNAT, and finally its map entry. On failure everything is rolled back.
     public func enroll(_ pod: PodSpec) throws {
         try validate(pod)
+        // A repeated enrolment keeps what the first one recorded: which qdiscs and sysctls were ours.
+        let earlier = pod.ips.lazy.compactMap { try? self.maps.pod($0) }.first
+        let index = try earlier?.pod_index ?? allocateIndex()
         do {
-            let index = try pod.ips.lazy.compactMap { try self.maps.pod($0)?.pod_index }.first ?? allocateIndex()
             let attached = try attachInPod(pod)
+            var flags = earlier?.flags ?? 0
+            if attached.createdClsact { flags |= UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) }
+            if attached.setAcceptLocal { flags |= UInt32(RA_POD_SET_ACCEPT_LOCAL.rawValue) }
+            // Recorded at once, so a failure below (or a removal later) undoes exactly what was ours.
+            var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: 0, flags: flags)
+            try maps.upsert(entry)
             try LinkAttach.skLookup(try program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
             try routing.apply(netns: pod.netns, families: families(of: pod))
-            let hostCreated = try attachOnNode(hostIfindex: attached.hostIfindex)
-            var flags = attached.createdClsact ? UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) : 0
-            if hostCreated { flags |= UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) }
-            try maps.upsert(PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex),
-                                     hostIfindex: UInt32(attached.hostIfindex), flags: flags))
+            if try attachOnNode(hostIfindex: attached.hostIfindex) { entry.flags |= UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) }
+            entry.hostIfindex = UInt32(attached.hostIfindex)
+            try maps.upsert(entry)
         } catch {
             try? remove(pod)
+            if earlier == nil { releaseIndex(index) }
             throw DataplaneError(.applyFailed, pod: pod.name, "\(error)")
         }
     }
@@ -141,7 +146,10 @@ public final class EBPFDataplane: Dataplane, Sendable {
         if let entry { releaseIndex(entry.pod_index) }
         LinkAttach.unpin(linkPin(pod))
         if FileManager.default.fileExists(atPath: pod.netns) {
-            do { try detachInPod(pod, destroyClsact: entry.map { $0.flags & UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) != 0 } ?? true) } catch { failures.append("\(error)") }
+            let flags = entry?.flags ?? 0
+            let ours = PodCleanup(destroyClsact: flags & UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) != 0,
+                                  resetAcceptLocal: flags & UInt32(RA_POD_SET_ACCEPT_LOCAL.rawValue) != 0)
+            do { try detachInPod(pod, ours) } catch { failures.append("\(error)") }
             do { try routing.remove(netns: pod.netns) } catch { failures.append("\(error)") }
         }
         if let entry, entry.host_ifindex != 0 {
@@ -161,14 +169,14 @@ public final class EBPFDataplane: Dataplane, Sendable {
         case .clsact:
             let ingressID = try program("tc_pod_ingress").id(), egressID = try program("tc_pod_egress").id()
             let (ing, eg) = try NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
-                let idx = try TCAttach.ifindex(self.options.podInterface)
+                let idx = try TCAttach.ifindex(pod.interface)
                 return (TCAttach.attachedProgramID(ifindex: idx, ingress: true), TCAttach.attachedProgramID(ifindex: idx, ingress: false))
             }
-            if ing != ingressID { drift.append("pod \(options.podInterface) ingress: program \(ing.map(String.init) ?? "none"), expected \(ingressID)") }
-            if eg != egressID { drift.append("pod \(options.podInterface) egress: program \(eg.map(String.init) ?? "none"), expected \(egressID)") }
+            if ing != ingressID { drift.append("pod \(pod.interface) ingress: program \(ing.map(String.init) ?? "none"), expected \(ingressID)") }
+            if eg != egressID { drift.append("pod \(pod.interface) egress: program \(eg.map(String.init) ?? "none"), expected \(egressID)") }
         case .tcx:
             for dir in ["ingress", "egress"] where !FileManager.default.fileExists(atPath: tcxPin(pod, dir)) {
-                drift.append("pod \(options.podInterface) \(dir): tcx link pin \(tcxPin(pod, dir)) missing")
+                drift.append("pod \(pod.interface) \(dir): tcx link pin \(tcxPin(pod, dir)) missing")
             }
         }
         if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
@@ -184,7 +192,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
     public func describe(_ pod: PodSpec) -> String {
         guard FileManager.default.fileExists(atPath: pod.netns),
               let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return "not in ra_pods" }
-        let name = options.podInterface
+        let name = pod.interface
         if options.attach == .tcx {
             let pinned = ["ingress", "egress"].filter { FileManager.default.fileExists(atPath: tcxPin(pod, $0)) }
             return "tcx \(name) ifindex \(e.pod_ifindex): links pinned for \(pinned.joined(separator: " and ")); host veth ifindex \(e.host_ifindex) (clsact); pod index \(e.pod_index)"
@@ -243,16 +251,24 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     // MARK: attach
 
-    private struct PodAttachment { var podIfindex: Int32; var hostIfindex: Int32; var createdClsact: Bool }
+    private struct PodAttachment { var podIfindex: Int32; var hostIfindex: Int32; var createdClsact: Bool; var setAcceptLocal: Bool }
+
+    /// What removal may undo: only what enrolment created or changed.
+    private struct PodCleanup { var destroyClsact: Bool; var resetAcceptLocal: Bool }
 
     /// In the pod's namespace: allow our re-injected packets (their source is the pod's own
     /// address), then attach ingress and egress.
     private func attachInPod(_ pod: PodSpec) throws -> PodAttachment {
         let ingress = try program("tc_pod_ingress"), egress = try program("tc_pod_egress")
-        let name = options.podInterface, mode = options.attach, pin = options.pinRoot, uid = pod.uid
+        let name = pod.interface, mode = options.attach, pin = options.pinRoot, uid = pod.uid
         return try NetworkNamespace(path: pod.netns).run {
             let link = try Netlink.link(named: name)
-            if pod.hasIPv4 { try writeSysctl("net.ipv4.conf.\(name).accept_local", "1") }
+            var setAcceptLocal = false
+            if pod.hasIPv4 {
+                let key = "net.ipv4.conf.\(name).accept_local"
+                setAcceptLocal = (try? readSysctl(key)) != "1"
+                if setAcceptLocal { try writeSysctl(key, "1") }
+            }
             var created = false
             switch mode {
             case .clsact:
@@ -263,18 +279,19 @@ public final class EBPFDataplane: Dataplane, Sendable {
                 try LinkAttach.tcx(ingress, ifindex: link.index, ingress: true, pinPath: "\(pin)/links/\(uid)-tcx-ingress")
                 try LinkAttach.tcx(egress, ifindex: link.index, ingress: false, pinPath: "\(pin)/links/\(uid)-tcx-egress")
             }
-            return PodAttachment(podIfindex: link.index, hostIfindex: link.linkIndex, createdClsact: created)
+            return PodAttachment(podIfindex: link.index, hostIfindex: link.linkIndex, createdClsact: created, setAcceptLocal: setAcceptLocal)
         }
     }
 
-    private func detachInPod(_ pod: PodSpec, destroyClsact: Bool) throws {
+    private func detachInPod(_ pod: PodSpec, _ ours: PodCleanup) throws {
         for dir in ["ingress", "egress"] { LinkAttach.unpin("\(options.pinRoot)/links/\(pod.uid)-tcx-\(dir)") }
-        let name = options.podInterface
+        let name = pod.interface
         try NetworkNamespace(path: pod.netns).run {
             guard let idx = try? TCAttach.ifindex(name) else { return }
             try TCAttach.detach(ifindex: idx, ingress: true)
             try TCAttach.detach(ifindex: idx, ingress: false)
-            if destroyClsact { try TCAttach.destroyClsact(ifindex: idx) }
+            if ours.destroyClsact { try TCAttach.destroyClsact(ifindex: idx) }
+            if ours.resetAcceptLocal { try writeSysctl("net.ipv4.conf.\(name).accept_local", "0") }
         }
     }
 

@@ -13,8 +13,11 @@ struct Run: ParsableCommand {
         discussion: "SIGTERM stops it gracefully and leaves capture in place; `redirect-agent uninstall` removes it.")
     @OptionGroup var flags: AgentFlags
     @Option(help: "Address for /metrics and /healthz (env REDIRECT_METRICS_ADDRESS).") var metricsAddress: String = env("REDIRECT_METRICS_ADDRESS") ?? "127.0.0.1:15029"
+    @Option(help: "Log format: text or json (env REDIRECT_LOG_FORMAT).") var logFormat: String = env("REDIRECT_LOG_FORMAT") ?? "text"
 
     func run() throws {
+        guard let format = LogFormat(rawValue: logFormat) else { throw ValidationError("--log-format: expected text or json, got '\(logFormat)'") }
+        format.bootstrap()
         try flags.enterNamespace()
         let logger = Logger(label: "redirect-agent")
         let agent: Agent

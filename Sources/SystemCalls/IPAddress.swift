@@ -7,6 +7,8 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Codable {
 
     /// Parses dotted-quad or IPv6 text; nil when it is neither.
     public init?(_ text: String) {
+        // inet_pton stops at a NUL: "10.0.0.1\0junk" must not read as 10.0.0.1.
+        guard text.utf8.count <= 64, !text.utf8.contains(0) else { return nil }
         var a4 = in_addr()
         if inet_pton(AF_INET, text, &a4) == 1 { self = .v4(a4.s_addr); return }
         var a6 = in6_addr()
@@ -22,6 +24,14 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Codable {
 
     /// The address family constant.
     public var family: Int32 { isIPv6 ? AF_INET6 : AF_INET }
+
+    /// True for addresses no pod can own: unspecified, loopback, multicast, IPv4 broadcast.
+    public var isReserved: Bool {
+        let b = bytes
+        if b.allSatisfy({ $0 == 0 }) { return true }
+        if isIPv6 { return b == [UInt8](repeating: 0, count: 15) + [1] || b[0] == 0xff }
+        return b[0] == 127 || b[0] >= 224
+    }
 
     /// Bit length of the address: 32 or 128.
     public var bitLength: Int { isIPv6 ? 128 : 32 }
@@ -142,8 +152,8 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
     public var length: Int
     /// Parses `a.b.c.d/n` or `x::/n`; a bare address gets the full length.
     public init?(_ text: String) {
-        let parts = text.split(separator: "/", maxSplits: 1).map(String.init)
-        guard let ip = IPAddress(parts[0]) else { return nil }
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        guard let first = parts.first, let ip = IPAddress(first) else { return nil }
         let len = parts.count == 2 ? Int(parts[1]) : ip.bitLength
         guard let len, len >= 0, len <= ip.bitLength else { return nil }
         self.ip = ip

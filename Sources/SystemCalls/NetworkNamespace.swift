@@ -20,6 +20,14 @@ public struct NetworkNamespace: Sendable, Hashable, CustomStringConvertible {
     /// The path.
     public var description: String { path }
 
+    /// The kernel's identity of the namespace (device and inode of its nsfs file): two paths name
+    /// the same namespace exactly when their identities are equal.
+    public func identity() throws -> String {
+        var st = stat()
+        try check("stat \(path)", stat(path, &st))
+        return "\(st.st_dev):\(st.st_ino)"
+    }
+
     /// True when the namespace file exists.
     public var exists: Bool { FileManager.default.fileExists(atPath: path) }
 

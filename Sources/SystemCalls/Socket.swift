@@ -205,3 +205,63 @@ public final class Socket: Sendable {
         return s
     }
 }
+
+extension Socket {
+    /// O_NONBLOCK on: reads and accepts answer EAGAIN instead of waiting.
+    public func setNonBlocking() throws {
+        let flags = try check("fcntl F_GETFL", fcntl(fd, F_GETFL))
+        _ = try check("fcntl F_SETFL", fcntl(fd, F_SETFL, flags | O_NONBLOCK))
+    }
+
+    /// Reads what is there without waiting: nil when nothing is (EAGAIN), empty at EOF.
+    public func readAvailable(max: Int = 65536) throws -> [UInt8]? {
+        do { return try read(max: max) } catch let e as SystemError where e.code == EAGAIN || e.code == EWOULDBLOCK { return nil }
+    }
+
+    /// Accepts without waiting: nil when no connection is pending.
+    public func acceptAvailable() throws -> Socket? {
+        do { return try accept() } catch let e as SystemError where e.code == EAGAIN || e.code == EWOULDBLOCK { return nil }
+    }
+
+    /// Waits until the socket is readable or `deadline` (monotonic seconds) passes; false on timeout.
+    public func waitReadable(until deadline: Double) throws -> Bool {
+        let remaining = deadline - Monotonic.now()
+        guard remaining > 0 else { return false }
+        return try Poll.wait([fd], timeout: remaining).first.map { $0 != 0 } ?? false
+    }
+
+    /// Reads until EOF or `limit` bytes, failing with ETIMEDOUT once `deadline` (monotonic
+    /// seconds) passes: the whole exchange is bounded, not each read.
+    public func readToEnd(limit: Int, deadline: Double) throws -> [UInt8] {
+        var out: [UInt8] = []
+        while out.count < limit {
+            guard try waitReadable(until: deadline) else { throw SystemError("read: deadline passed", code: ETIMEDOUT) }
+            let chunk = try read()
+            if chunk.isEmpty { break }
+            out += chunk
+        }
+        return out
+    }
+}
+
+/// poll(2) over a set of descriptors.
+public enum Poll {
+    /// Waits up to `timeout` seconds for any of `fds` to be readable (or hung up); returns each
+    /// one's revents (0 when nothing happened). EINTR is retried with the same timeout.
+    public static func wait(_ fds: [Int32], timeout: Double) throws -> [Int16] {
+        var set = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        let ms = Int32(max(0, min(timeout, 3600)) * 1000)
+        _ = try retryingEINTR("poll") { set.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), ms) } }
+        return set.map(\.revents)
+    }
+}
+
+/// A monotonic clock in seconds, for deadlines that wall-clock changes cannot move.
+public enum Monotonic {
+    /// Seconds since an arbitrary start.
+    public static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

@@ -20,22 +20,37 @@ public enum UnixSocket {
         }
     }
 
-    /// A listening socket of `type` (SOCK_STREAM or SOCK_SEQPACKET) at `path`; a stale file is replaced.
-    public static func listen(path: String, type: Int32 = cshim_sock_stream()) throws -> Socket {
+    /// A listening socket of `type` (SOCK_STREAM or SOCK_SEQPACKET) at `path`; a stale file is
+    /// replaced. With `mode`, the file gets exactly that mode whatever the umask; put the socket in
+    /// a directory only its owner can enter (``PrivateDirectory``) so the moment between bind and
+    /// chmod exposes nothing.
+    public static func listen(path: String, type: Int32 = cshim_sock_stream(), mode: mode_t? = nil) throws -> Socket {
         let fd = try check("socket AF_UNIX", Glibc.socket(AF_UNIX, type | cshim_sock_cloexec(), 0))
         let s = Socket(fd: fd)
         unlink(path)
         try withAddress(path) { sa, len in _ = try check("bind \(path)", Glibc.bind(fd, sa, len)) }
+        if let mode { _ = try check("chmod \(path)", chmod(path, mode)) }
         try s.listen(backlog: 128)
         return s
     }
 
-    /// A socket of `type` connected to `path`.
-    public static func connect(path: String, type: Int32 = cshim_sock_stream()) throws -> Socket {
+    /// A socket of `type` connected to `path`. With `timeout`, connecting, reading and writing
+    /// each give up after that many seconds (a full listen queue blocks connect on Unix sockets).
+    public static func connect(path: String, type: Int32 = cshim_sock_stream(), timeout: Double? = nil) throws -> Socket {
         let fd = try check("socket AF_UNIX", Glibc.socket(AF_UNIX, type | cshim_sock_cloexec(), 0))
         let s = Socket(fd: fd)
+        if let timeout { try s.setTimeout(seconds: timeout) }
         _ = try withAddress(path) { sa, len in try retryingEINTR("connect \(path)") { Glibc.connect(fd, sa, len) } }
         return s
+    }
+}
+
+/// A directory with an exact mode, whatever the umask: the agent's state directory (0700).
+public enum PrivateDirectory {
+    /// Creates `path` (and parents) if needed and sets its mode to `mode`.
+    public static func prepare(_ path: String, mode: mode_t = 0o700) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        _ = try check("chmod \(path)", chmod(path, mode))
     }
 }
 

@@ -37,8 +37,9 @@ public final class ZDSServer: Sendable {
 
     /// Listens on `path`; `initial` are the pods a new proxy receives in its snapshot.
     public init(path: String, ackTimeout: Double = 5, logger: Logger = Logger(label: "zds"), initial: [ZDSWorkload]) throws {
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        self.listener = try UnixSocket.listen(path: path, type: cshim_sock_seqpacket())
+        // Whoever connects here receives pod network namespaces: root only (0600 in a 0700 directory).
+        try PrivateDirectory.prepare((path as NSString).deletingLastPathComponent)
+        self.listener = try UnixSocket.listen(path: path, type: cshim_sock_seqpacket(), mode: 0o600)
         self.logger = logger
         self.ackTimeout = ackTimeout
         peer.withLock { p in for w in initial { p.workloads[w.uid] = w } }

@@ -10,8 +10,17 @@ struct AddressTests {
         #expect(ip.isIPv6 == text.contains(":"))
     }
 
-    @Test("bad addresses are rejected", arguments: ["", "1.2.3", "300.1.1.1", "fd16::zz", "169.254.7.127/32"])
+    @Test("bad addresses are rejected", arguments: ["", "1.2.3", "300.1.1.1", "fd16::zz", "169.254.7.127/32", "10.0.0.1\0junk", "10.0.0.1\0"])
     func rejects(_ text: String) { #expect(IPAddress(text) == nil) }
+
+    @Test("prefixes: empty and slash-only text is rejected, not a crash", arguments: ["", "/", "//", "/24", "10.0.0.1/", "10.0.0.1/33", "::/129", "x/1"])
+    func badPrefixes(_ text: String) { #expect(IPPrefix(text) == nil) }
+
+    @Test("prefixes parse with and without a length")
+    func prefixParsing() {
+        #expect(IPPrefix("10.244.1.2/24")?.ip == IPAddress("10.244.1.2"))
+        #expect(IPPrefix("fd00::2")?.length == 128)
+    }
 
     @Test("socket addresses parse both forms")
     func socketAddress() throws {

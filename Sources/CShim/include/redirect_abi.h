@@ -29,6 +29,7 @@ struct ra_pod_key {
 enum ra_pod_flags {
     RA_POD_CREATED_CLSACT_POD = 1,  /* we created the clsact qdisc on the pod's interface */
     RA_POD_CREATED_CLSACT_HOST = 2, /* we created the clsact qdisc on the host-side veth */
+    RA_POD_SET_ACCEPT_LOCAL = 4,    /* we changed the pod interface's accept_local from 0 to 1 */
 };
 
 struct ra_pod_info {
