@@ -59,14 +59,19 @@ let lab: [Target] = [
 ]
 
 let tests: [Target] = [
+    // Generators of hostile input for the property-based tests.
+    .target(name: "HostileInput", dependencies: [.product(name: "PropertyBased", package: "swift-property-based")], path: "Tests/HostileInput"),
     .testTarget(name: "ArchitectureTests"),
     .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
     .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
     .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
-    .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "AgentAPI", .product(name: "Yams", package: "Yams")]),
+    .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "AgentAPI", .product(name: "Yams", package: "Yams"),
+                                                      "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")]),
     .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
     .testTarget(name: "EndToEndTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain",
-                                                      "RedirectAgent", "CNIPlugin", "LabCLI"], path: "Lab/Tests/EndToEndTests"),
+                                                      "RedirectAgent", "CNIPlugin", "LabCLI",
+                                                      "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")],
+                  path: "Lab/Tests/EndToEndTests"),
 ]
 
 let package = Package(
@@ -85,6 +90,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: shipped + lab + tests,
     swiftLanguageModes: [.v6]

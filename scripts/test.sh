@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Runs the whole test suite, then checks that the tests left the machine as they found it.
+# Runs the whole test suite, then checks that the tests left the machine as they found it
+# (namespaces, lab processes, bpffs mounts); whatever is left is reported, swept, and fails the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export REDIRECT_BPF_OBJECT="$PWD/bpf/redirect.bpf.o"
 swift test 2>&1 | tee /tmp/redirect-agent-test.log
 status=${PIPESTATUS[0]}
 leftover=$(ip netns list 2>/dev/null | grep -E '^ra[0-9a-f]{6}-' || true)
-if [ -n "$leftover" ]; then
-  echo "tests left network namespaces behind:"; echo "$leftover"
+procs=$(pgrep -af /run/redirect-lab/ra || true)
+mounts=$(grep ' /run/redirect-lab/' /proc/self/mounts || true)
+if [ -n "$leftover$procs$mounts" ]; then
+  echo "tests left state behind:"
+  [ -n "$leftover" ] && echo "namespaces: $leftover"
+  [ -n "$procs" ] && echo "processes: $procs"
+  [ -n "$mounts" ] && echo "mounts: $mounts"
+  .build/debug/redirect-lab cleanup || true
   status=1
 fi
 exit "$status"

@@ -403,6 +403,15 @@ public final class Lab: Sendable {
     /// Removes whatever a lab with `runID` (or every lab, when nil) left: namespaces and folders.
     /// For recovery after a crash; processes die with their parent (see ``ParentWatch``).
     public static func sweep(runID: String? = nil) {
+        // Agents, proxies and apps of a crashed run outlive their runner; their command lines name
+        // the run's folder. Then the run's bpffs mounts, before the folder goes.
+        let root = runID.map { "\(runRoot)/\($0)" } ?? runRoot
+        _ = try? Command.capture("pkill", ["-KILL", "-f", root])
+        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        for line in mounts.split(separator: "\n") {
+            let point = String(line.split(separator: " ").dropFirst().first ?? "")
+            if point.hasPrefix(root + "/") { BPFFS.unmount(point) }
+        }
         let prefix = runID.map { "\($0)-" } ?? "ra"
         let list = (try? Command.run("ip", ["netns", "list"])) ?? ""
         for line in list.split(separator: "\n") {

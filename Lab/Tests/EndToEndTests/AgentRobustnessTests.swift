@@ -1,0 +1,207 @@
+import AgentAPI
+import AgentCore
+import Foundation
+import HostileInput
+import NodeLab
+import PropertyBased
+import SystemCalls
+import Testing
+
+/// Everything of a pod's capture the kernel holds inside the pod's namespace: tc qdiscs and filters
+/// on its interface, policy routing, accept_local, and the rules of both iptables backends.
+func podKernelState(_ lab: Lab, _ pod: LabPod) throws -> String {
+    var out: [String] = []
+    for (tool, args) in [("tc", ["qdisc", "show", "dev", "eth0"]), ("tc", ["filter", "show", "dev", "eth0", "ingress"]),
+                         ("tc", ["filter", "show", "dev", "eth0", "egress"]), ("ip", ["-4", "rule"]), ("ip", ["-6", "rule"]),
+                         ("ip", ["-4", "route", "show", "table", "100"]), ("ip", ["-6", "route", "show", "table", "100"]),
+                         ("iptables-nft-save", []), ("ip6tables-nft-save", []), ("iptables-legacy-save", []), ("ip6tables-legacy-save", [])] {
+        // A failure is state too (no table 100 yet): recorded, never swallowed into an empty string.
+        let r = try Command.capture("nsenter", ["--net=\(pod.netns.path)", "--", try Command.resolve(tool)] + args)
+        // The kernel keeps a FIB table once created, empty after its last route goes: "no table" and
+        // "empty table" are the same state.
+        let noTable = r.status != 0 && r.stderr.contains("FIB table does not exist")
+        let text = r.status == 0 || noTable ? r.stdout : "exit \(r.status): \(r.stderr)"
+        // Save tools stamp the time; everything else is state.
+        out.append("## \(tool) \(args.joined(separator: " "))\n" + text.split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n"))
+    }
+    out.append("## accept_local " + (try pod.netns.run { try readSysctl("net.ipv4.conf.eth0.accept_local") }))
+    return out.joined(separator: "\n")
+}
+
+/// A control request straight to the agent's socket (what a hostile runtime can send).
+func control(_ node: LabNode, _ op: String, _ pod: PodRequest) throws -> ControlResponse {
+    try AgentClient.call(ControlRequest(op: op, pod: pod), socket: node.agentControlSocket, timeout: 10)
+}
+
+@Suite("Agent robustness: hostile requests, isolation, bounded control plane", .serialized)
+struct AgentRobustnessTests {
+    @Test("hostile add/del/check requests get their error codes; the agent lives and the enrolled pod's kernel state is untouched",
+          arguments: ["ebpf", "iptables"])
+    func hostileRequests(_ dataplane: String) async throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab(dataplane) { lab throws in
+            let node = lab.nodes[0]
+            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let b = try lab.addPod(on: node, name: "n1-plain")
+            let before = try podKernelState(lab, a)
+            // Presence first: the snapshot sees the capture it must later find unchanged.
+            #expect(before.contains(dataplane == "ebpf" ? "tc_pod_ingress" : "ISTIO_PRERT"), "\(before)")
+            #expect(before.contains("fwmark 0x111/0xfff lookup 100"))
+            let aReq = lab.podRequest(a, meshed: true), bReq = lab.podRequest(b, meshed: true)
+            func expectCode(_ op: String, _ r: PodRequest, _ code: AgentError.Code, _ why: String) throws {
+                let resp = try control(node, op, r)
+                #expect(!resp.ok && resp.code == code.rawValue, "\(why): \(resp.code ?? "ok") \(resp.error ?? "")")
+            }
+            var r = bReq; r.ips = [""]
+            try expectCode("add", r, .invalidRequest, "empty address")
+            r.ips = ["/"]
+            try expectCode("add", r, .invalidRequest, "slash address")
+            r = bReq; r.ips = aReq.ips
+            try expectCode("add", r, .conflict, "another pod's address")
+            r = bReq; r.netns = a.netns.path; r.ips = ["10.244.1.250"]
+            try expectCode("add", r, .conflict, "another pod's namespace")
+            for own in ["/proc/\(node.agent?.pid ?? 1)/ns/net", node.netns.path] {
+                r = bReq; r.netns = own
+                try expectCode("add", r, .conflict, "the node's own namespace \(own)")
+            }
+            // The host's init namespace: refused as the node's, or as unreadable where pid 1 is hidden.
+            r = bReq; r.netns = "/proc/1/ns/net"
+            let host = try control(node, "add", r)
+            #expect(!host.ok && [AgentError.Code.conflict.rawValue, AgentError.Code.invalidRequest.rawValue].contains(host.code ?? ""), "\(host)")
+            r = bReq; r.ips = (1...32766).map { "10.\($0 / 65536 + 100).\($0 / 256 % 256).\($0 % 256)" }
+            try expectCode("add", r, .tooManyValues, "32766 addresses")
+            r = bReq; r.interface = "nope0"
+            try expectCode("add", r, .invalidRequest, "an interface the pod does not have")
+            r = bReq; r.uid = "x\0y"
+            try expectCode("add", r, .invalidRequest, "a NUL in the UID")
+            r = bReq; r.name = "p\nlevel=info msg=forged"
+            try expectCode("add", r, .invalidRequest, "a newline in the name")
+            // A DEL for a UID nobody enrolled that names A's namespace and addresses changes nothing.
+            r = aReq; r.uid = "someone-else"
+            #expect(try control(node, "del", r).ok)
+            #expect(try podKernelState(lab, a) == before, "a stranger's DEL stripped the pod")
+            let log = node.agent?.log() ?? ""
+            #expect(!log.contains("\nlevel=info msg=forged"), "a pod name forged a log line")
+            #expect(node.agent?.isRunning == true)
+            #expect(try podKernelState(lab, a) == before)
+            let s = try status(node)
+            #expect(s.pods.map(\.uid) == [aReq.uid] && s.pods[0].drift.isEmpty, "\(s.pods)")
+            // B still enrolls normally afterwards: nothing was left half-claimed.
+            #expect(try control(node, "add", bReq).enrolled == true)
+            #expect(try control(node, "del", bReq).ok)
+        }
+    }
+
+    @Test("random hostile requests (property-based) never crash the agent or touch the enrolled pod")
+    func randomHostileRequests() async throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try await withAgentLabAsync("ebpf") { lab in
+            let node = lab.nodes[0]
+            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let before = try podKernelState(lab, a)
+            let real = lab.podRequest(a, meshed: true)
+            // Hostile fields mixed with the victim's real namespace and addresses, never its UID.
+            let netns = Gen<String>.oneOf(Hostile.text.eraseToAnySequence(), Gen.always(real.netns).eraseToAnySequence(),
+                                          Gen.always("/proc/1/ns/net").eraseToAnySequence())
+            let ips = Gen<[String]>.oneOf(Hostile.ips.eraseToAnySequence(), Gen.always(real.ips).eraseToAnySequence())
+            let ops = Gen<String?>.element(of: ["add", "del", "check", "status", "set-probe-ips", "", "ADD\n"]).map { $0 ?? "" }
+            await propertyCheck(count: 120, input: ops, Hostile.text, Hostile.text, netns, ips, Hostile.text) { op, uid, name, ns, addrs, iface in
+                let req = PodRequest(uid: uid == real.uid ? uid + "x" : uid, name: name, namespace: "default", netns: ns, ips: addrs,
+                                     interface: iface, podLabels: ["istio.io/dataplane-mode": "ambient"])
+                let resp = try? AgentClient.call(ControlRequest(op: op, pod: req, probeIPv4: name, probeIPv6: iface), socket: node.agentControlSocket, timeout: 10)
+                #expect(resp != nil, "the agent answers every request")
+            }
+            #expect(node.agent?.isRunning == true)
+            #expect(try podKernelState(lab, a) == before)
+            #expect(try status(node).pods.map(\.uid) == [real.uid])
+        }
+    }
+
+    @Test("enrolling twice, then removing, leaves the pod's namespace as it was: pre-existing qdiscs stay, ours go, accept_local restored")
+    func repeatedEnrolment() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("ebpf") { lab throws in
+            let node = lab.nodes[0]
+            let owned = try lab.addPod(on: node, name: "n1-owned"), fresh = try lab.addPod(on: node, name: "n1-fresh")
+            // Another component already owns a clsact qdisc on one pod's interface.
+            try lab.inNamespace(owned.netns, "tc", ["qdisc", "add", "dev", "eth0", "clsact"])
+            for pod in [owned, fresh] {
+                let clean = try podKernelState(lab, pod)
+                let req = lab.podRequest(pod, meshed: true)
+                #expect(try control(node, "add", req).enrolled == true)
+                let enrolled = try podKernelState(lab, pod)
+                #expect(enrolled.contains("tc_pod_ingress") && enrolled.contains("accept_local 1"), "presence: \(enrolled)")
+                #expect(try control(node, "add", req).enrolled == true, "a repeated ADD succeeds")
+                #expect(try control(node, "check", req).ok)
+                #expect(try control(node, "del", req).ok)
+                #expect(try control(node, "del", req).ok, "a repeated DEL succeeds")
+                let after = try podKernelState(lab, pod)
+                let diff = zip(clean.split(separator: "\n", omittingEmptySubsequences: false), after.split(separator: "\n", omittingEmptySubsequences: false)).filter { $0 != $1 }
+                #expect(after == clean, "\(pod.name) after DEL differs from before ADD: \(diff)")
+            }
+        }
+    }
+
+    @Test("control socket, ZDS socket, state directory and state file have exact modes under umask 000")
+    func fileModes() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("ebpf", wrapper: ["/bin/sh", "-c", "umask 000; exec \"$@\"", "sh"]) { lab throws in
+            let node = lab.nodes[0]
+            _ = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            func mode(_ path: String) throws -> Int { ((try FileManager.default.attributesOfItem(atPath: path))[.posixPermissions] as? Int) ?? -1 }
+            #expect(try mode(node.agentDirectory) == 0o700)
+            #expect(try mode(node.agentControlSocket) == 0o600)
+            #expect(try mode(node.agentZDSSocket) == 0o600)
+            #expect(try mode("\(node.agentDirectory)/state.json") == 0o600)
+        }
+    }
+
+    @Test("thousands of idle and slow connections: the agent's threads stay bounded and valid requests are answered")
+    func connectionFlood() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("ebpf") { lab throws in
+            let node = lab.nodes[0]
+            let threadsBefore = try threadCount(node)
+            // Pods first: spawning CNI plugins with thousands of descriptors open is the test's problem, not the agent's.
+            let pods = try (0..<20).map { try lab.addPod(on: node, name: "n1-f\($0)") }
+            var idle: [Socket] = []
+            defer { for s in idle { s.close() } }
+            for _ in 0..<3000 { if let s = try? UnixSocket.connect(path: node.agentControlSocket, timeout: 2) { idle.append(s) } }
+            // Slow writers: a byte at a time, never a newline.
+            let slow = (0..<50).compactMap { _ in try? UnixSocket.connect(path: node.agentControlSocket, timeout: 2) }
+            defer { for s in slow { s.close() } }
+            for s in slow { try? s.writeAll("{") }
+            var latencies: [Double] = []
+            for (i, pod) in pods.enumerated() {
+                let start = Monotonic.now()
+                let resp = try control(node, "add", lab.podRequest(pod, meshed: true))
+                latencies.append(Monotonic.now() - start)
+                #expect(resp.enrolled == true, "ADD \(i) under the flood: \(resp.error ?? "")")
+                for s in slow { try? s.writeAll(" ") }
+            }
+            #expect(idle.count > 2000, "the flood connected (\(idle.count))")
+            let threads = try threadCount(node)
+            #expect(threads < threadsBefore + 16, "threads \(threadsBefore) -> \(threads) under \(idle.count) connections")
+            #expect(try status(node).pods.count == 20)
+            let sorted = latencies.sorted()
+            print("flood: \(idle.count) idle + \(slow.count) slow connections; ADD p50 \(Int(sorted[10] * 1000)) ms, max \(Int(sorted.last! * 1000)) ms; agent threads \(threadsBefore) -> \(threads)")
+        }
+    }
+
+    func threadCount(_ node: LabNode) throws -> Int {
+        let text = try String(contentsOfFile: "/proc/\(node.agent?.pid ?? 0)/status", encoding: .utf8)
+        return text.split(separator: "\n").first { $0.hasPrefix("Threads:") }.flatMap { Int($0.split(separator: "\t").last ?? "") } ?? -1
+    }
+}
+
+/// ``withAgentLab(_:wrapper:extra:nodes:_:)`` for async bodies (property checks are async).
+func withAgentLabAsync(_ dataplane: String, _ body: (Lab) async throws -> Void) async throws {
+    var options = LabOptions()
+    options.podsPerNode = 0
+    options.nodes = 1
+    options.agentDataplane = dataplane
+    let lab = Lab(options: options)
+    defer { lab.teardown() }
+    try lab.up()
+    try await body(lab)
+}
