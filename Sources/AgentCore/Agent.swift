@@ -112,6 +112,29 @@ public final class Agent: Sendable {
         public var migrated: [String] = []
         /// Node state that belonged to no pod.
         public var stale: [String] = []
+        /// Operations a crash interrupted, finished (removals) or undone (enrolments).
+        public var interrupted: [String] = []
+    }
+
+    /// Records `op` durably before the kernel is touched.
+    private func begin(_ op: PendingOperation, _ state: inout AgentState) throws {
+        state.pending[op.spec.uid] = op
+        try store.save(state)
+    }
+
+    /// After a crash: an interrupted removal is finished; an interrupted first enrolment is undone
+    /// (its ADD got no answer, so the runtime retries it); a repeated one is left to the repair below.
+    private func settleInterrupted(_ state: inout AgentState) -> [String] {
+        var done: [String] = []
+        for (uid, op) in state.pending.sorted(by: { $0.key < $1.key }) {
+            if op.op == "del" || state.pods[uid] == nil {
+                try? dataplane.remove(op.spec)
+                state.pods[uid] = nil
+                done.append("\(op.op) \(op.spec.namespace)/\(op.spec.name)")
+            }
+            state.pending[uid] = nil
+        }
+        return done
     }
 
     /// Brings the kernel in line with the state file: migrates pods from a previous dataplane,
@@ -122,6 +145,7 @@ public final class Agent: Sendable {
             var report = ReconcileReport()
             try dataplane.prepareNode()
             if let previous = state.dataplane, previous != dataplane.mode { report.migrated = migrate(from: previous, pods: Array(state.pods.values)) }
+            report.interrupted = settleInterrupted(&state)
             for (uid, pod) in state.pods.sorted(by: { $0.key < $1.key }) {
                 if !FileManager.default.fileExists(atPath: pod.spec.netns) {
                     try? dataplane.remove(pod.spec)
@@ -141,6 +165,7 @@ public final class Agent: Sendable {
             state.probeIPv6 = dataplane.config.probeIPv6.description
             try store.save(state)
             logger.info("reconciled", metadata: ["intact": "\(report.intact.count)", "repaired": "\(report.repaired)", "gone": "\(report.gone)",
+                                                 "interrupted": "\(report.interrupted)",
                                                  "migrated": "\(report.migrated)", "stale": "\(report.stale)"])
             return report
         }
@@ -184,14 +209,23 @@ public final class Agent: Sendable {
         do {
             try guarded.withLock { state in
                 try claim(spec, netnsID: netnsID, state: &state)
-                try dataplane.enroll(spec)
+                let wasEnrolled = state.pods[spec.uid] != nil
+                try begin(PendingOperation(op: "add", spec: spec), &state)
                 do {
-                    try zds?.add(ZDSWorkload(uid: spec.uid, name: spec.name, namespace: spec.namespace, netns: spec.netns))
+                    try dataplane.enroll(spec)
+                    do {
+                        try zds?.add(ZDSWorkload(uid: spec.uid, name: spec.name, namespace: spec.namespace, netns: spec.netns))
+                    } catch {
+                        if !wasEnrolled { try? dataplane.remove(spec) }
+                        throw AgentError(.proxyRejected, "\(error)")
+                    }
                 } catch {
-                    try? dataplane.remove(spec)
-                    throw AgentError(.proxyRejected, "\(error)")
+                    state.pending[spec.uid] = nil
+                    try? store.save(state)
+                    throw error
                 }
-                state.pods[spec.uid] = EnrolledPod(spec: spec, enrolledAt: Date(), netnsID: netnsID)
+                state.pending[spec.uid] = nil
+                state.pods[spec.uid] = EnrolledPod(spec: spec, enrolledAt: state.pods[spec.uid]?.enrolledAt ?? Date(), netnsID: netnsID)
                 try store.save(state)
             }
         } catch let e as AgentError {
@@ -212,9 +246,11 @@ public final class Agent: Sendable {
             let known = state.pods[req.uid]?.spec
             guard let spec = known ?? (try? self.spec(from: req)) else { return }
             if known == nil && !mayCleanUnknown(spec, state: state) { return }
+            try begin(PendingOperation(op: "del", spec: spec), &state)
             zds?.remove(uid: spec.uid)
             do { try dataplane.remove(spec) } catch { throw AgentError(.removeFailed, "\(error)") }
             state.pods[spec.uid] = nil
+            state.pending[spec.uid] = nil
             try store.save(state)
             metrics.removed()
         }
@@ -342,6 +378,7 @@ public final class Agent: Sendable {
                 zds?.remove(uid: pod.spec.uid)
                 try? dataplane.remove(pod.spec)
             }
+            for op in state.pending.values { try? dataplane.remove(op.spec) }
             _ = try? dataplane.removeStale(keep: [])
             try dataplane.uninstallNode()
             state = AgentState()

@@ -13,6 +13,16 @@ public struct EnrolledPod: Codable, Sendable, Equatable {
     public var netnsID: String?
 }
 
+/// An enrolment or removal in flight, as recorded before the kernel was touched.
+public struct PendingOperation: Codable, Sendable, Equatable {
+    /// `add` or `del`.
+    public var op: String
+    /// The pod as the request described it.
+    public var spec: PodSpec
+    /// Creates one.
+    public init(op: String, spec: PodSpec) { self.op = op; self.spec = spec }
+}
+
 /// What survives an agent restart: the dataplane in use and the enrolled pods. The kernel holds
 /// the capture itself; this file says which pods it should hold it for.
 public struct AgentState: Codable, Sendable {
@@ -26,8 +36,24 @@ public struct AgentState: Codable, Sendable {
     public var probeIPv6: String?
     /// Enrolled pods by UID.
     public var pods: [String: EnrolledPod] = [:]
+    /// Operations begun but not finished, by UID: written before the kernel is touched, cleared
+    /// after. A restart finishes a removal and undoes an enrolment found here.
+    public var pending: [String: PendingOperation] = [:]
     /// Creates an empty state.
     public init() {}
+
+    private enum CodingKeys: String, CodingKey { case version, dataplane, probeIPv4, probeIPv6, pods, pending }
+
+    /// Reads a state file; files from before `pending` existed have none.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        version = try c.decodeIfPresent(Int.self, forKey: .version) ?? 1
+        dataplane = try c.decodeIfPresent(DataplaneMode.self, forKey: .dataplane)
+        probeIPv4 = try c.decodeIfPresent(String.self, forKey: .probeIPv4)
+        probeIPv6 = try c.decodeIfPresent(String.self, forKey: .probeIPv6)
+        pods = try c.decodeIfPresent([String: EnrolledPod].self, forKey: .pods) ?? [:]
+        pending = try c.decodeIfPresent([String: PendingOperation].self, forKey: .pending) ?? [:]
+    }
 }
 
 /// Reads and writes the state file atomically (write, fsync, rename): a crash leaves the old
