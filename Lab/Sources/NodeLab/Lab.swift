@@ -62,17 +62,12 @@ public final class LabNode: Sendable {
     public var bpffsMount: String { "\(directory)/bpffs" }
     /// The eBPF dataplane's pin root on this node.
     public var bpfPinRoot: String { "\(bpffsMount)/redirect-agent" }
-    private let processes = Mutex<(proxy: ManagedProcess?, agent: ManagedProcess?)>((nil, nil))
+    private struct Processes { var proxy: ManagedProcess?; var agent: ManagedProcess? }
+    private let processes = Mutex(Processes())
     /// The mesh proxy, if started.
-    public internal(set) var proxy: ManagedProcess? {
-        get { processes.withLock { $0.proxy } }
-        set { processes.withLock { $0.proxy = newValue } }
-    }
+    public internal(set) var proxy: ManagedProcess? { get { processes.read(\.proxy) } set { processes.write(\.proxy, newValue) } }
     /// The node's agent, if started.
-    public internal(set) var agent: ManagedProcess? {
-        get { processes.withLock { $0.agent } }
-        set { processes.withLock { $0.agent = newValue } }
-    }
+    public internal(set) var agent: ManagedProcess? { get { processes.read(\.agent) } set { processes.write(\.agent, newValue) } }
     /// The agent's state directory.
     public var agentDirectory: String { "\(directory)/agent" }
     /// The agent's control socket.
@@ -120,20 +115,11 @@ public final class LabPod: Sendable {
         set { let data = (try? JSONSerialization.data(withJSONObject: newValue)) ?? Data("{}".utf8); attached.withLock { $0.cniResult = data } }
     }
     /// Its IPv4 address.
-    public internal(set) var ipv4: IPAddress? {
-        get { attached.withLock { $0.ipv4 } }
-        set { attached.withLock { $0.ipv4 = newValue } }
-    }
+    public internal(set) var ipv4: IPAddress? { get { attached.read(\.ipv4) } set { attached.write(\.ipv4, newValue) } }
     /// Its IPv6 address.
-    public internal(set) var ipv6: IPAddress? {
-        get { attached.withLock { $0.ipv6 } }
-        set { attached.withLock { $0.ipv6 = newValue } }
-    }
+    public internal(set) var ipv6: IPAddress? { get { attached.read(\.ipv6) } set { attached.write(\.ipv6, newValue) } }
     /// The app server.
-    public internal(set) var app: ManagedProcess? {
-        get { attached.withLock { $0.app } }
-        set { attached.withLock { $0.app = newValue } }
-    }
+    public internal(set) var app: ManagedProcess? { get { attached.read(\.app) } set { attached.write(\.app, newValue) } }
     /// The app's accepted-connection records (JSON lines).
     public var appRecordsPath: String { "\(node.directory)/\(identity.name)-app.jsonl" }
 
@@ -442,4 +428,11 @@ public struct LabError: Error, CustomStringConvertible {
     public var description: String
     /// Creates an error.
     public init(_ description: String) { self.description = description }
+}
+
+extension Mutex {
+    /// One field of the guarded value.
+    func read<T: Sendable>(_ field: KeyPath<Value, T>) -> T { withLock { $0[keyPath: field] } }
+    /// Replaces one field of the guarded value.
+    func write<T: Sendable>(_ field: WritableKeyPath<Value, T>, _ value: T) { withLock { $0[keyPath: field] = value } }
 }
