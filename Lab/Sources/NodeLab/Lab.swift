@@ -432,7 +432,7 @@ public struct LabError: Error, CustomStringConvertible {
 
 extension Mutex {
     /// One field of the guarded value.
-    func read<T: Sendable>(_ field: KeyPath<Value, T>) -> T { withLock { $0[keyPath: field] } }
+    func read<T: Sendable>(_ field: any KeyPath<Value, T> & Sendable) -> T { withLock { $0[keyPath: field] } }
     /// Replaces one field of the guarded value.
-    func write<T: Sendable>(_ field: WritableKeyPath<Value, T>, _ value: T) { withLock { $0[keyPath: field] = value } }
+    func write<T: Sendable>(_ field: any WritableKeyPath<Value, T> & Sendable, _ value: T) { withLock { $0[keyPath: field] = value } }
 }
