@@ -119,13 +119,15 @@ public final class EBPFDataplane: Dataplane, Sendable {
         let earlier = pod.ips.lazy.compactMap { try? self.maps.pod($0) }.first
         let index = try earlier?.pod_index ?? allocateIndex()
         do {
-            let attached = try attachInPod(pod)
+            let attached = try inspectPod(pod)
             var flags = earlier?.flags ?? 0
             if attached.createdClsact { flags |= UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) }
             if attached.setAcceptLocal { flags |= UInt32(RA_POD_SET_ACCEPT_LOCAL.rawValue) }
-            // Recorded at once, so a failure below (or a removal later) undoes exactly what was ours.
+            // Recorded before anything changes, so a failure below, a crash, or a removal later
+            // undoes exactly what is ours (undoing a change not yet made is harmless).
             var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: 0, flags: flags)
             try maps.upsert(entry)
+            try attachInPod(pod, attached)
             try LinkAttach.skLookup(try program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
             try routing.apply(netns: pod.netns, families: families(of: pod))
             if try attachOnNode(hostIfindex: attached.hostIfindex) { entry.flags |= UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) }
@@ -138,12 +140,15 @@ public final class EBPFDataplane: Dataplane, Sendable {
         }
     }
 
-    /// Removes the map entry first (node SNAT stops), then links, programs and routing.
+    /// Undoes the pod's capture: node programs (SNAT stops), links, pod programs, routing, and
+    /// last the map entry, which records what enrolment created: a crash part-way leaves the
+    /// record for the next removal to finish with.
     public func remove(_ pod: PodSpec) throws {
         var failures: [String] = []
         let entry = pod.ips.lazy.compactMap { try? self.maps.pod($0) }.first
-        do { try maps.remove(ips: pod.ips) } catch { failures.append("\(error)") }
-        if let entry { releaseIndex(entry.pod_index) }
+        if let entry, entry.host_ifindex != 0 {
+            do { try detachOnNode(entry) } catch { failures.append("\(error)") }
+        }
         LinkAttach.unpin(linkPin(pod))
         if FileManager.default.fileExists(atPath: pod.netns) {
             let flags = entry?.flags ?? 0
@@ -152,10 +157,9 @@ public final class EBPFDataplane: Dataplane, Sendable {
             do { try detachInPod(pod, ours) } catch { failures.append("\(error)") }
             do { try routing.remove(netns: pod.netns) } catch { failures.append("\(error)") }
         }
-        if let entry, entry.host_ifindex != 0 {
-            do { try detachOnNode(entry) } catch { failures.append("\(error)") }
-        }
         if !failures.isEmpty { throw DataplaneError(.removeFailed, pod: pod.name, failures.joined(separator: "; ")) }
+        do { try maps.remove(ips: pod.ips) } catch { throw DataplaneError(.removeFailed, pod: pod.name, "\(error)") }
+        if let entry { releaseIndex(entry.pod_index) }
     }
 
     /// Checks the map entry, both tc programs on the pod's interface, the node-side programs,
@@ -256,30 +260,34 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// What removal may undo: only what enrolment created or changed.
     private struct PodCleanup { var destroyClsact: Bool; var resetAcceptLocal: Bool }
 
-    /// In the pod's namespace: allow our re-injected packets (their source is the pod's own
-    /// address), then attach ingress and egress.
-    private func attachInPod(_ pod: PodSpec) throws -> PodAttachment {
-        let ingress = try program("tc_pod_ingress"), egress = try program("tc_pod_egress")
-        let name = pod.interface, mode = options.attach, pin = options.pinRoot, uid = pod.uid
+    /// What enrolment will find and change in the pod's namespace, read before anything changes:
+    /// the interface, and whether accept_local and a clsact qdisc are already there.
+    private func inspectPod(_ pod: PodSpec) throws -> PodAttachment {
+        let name = pod.interface, clsact = options.attach == .clsact
         return try NetworkNamespace(path: pod.netns).run {
             let link = try Netlink.link(named: name)
-            var setAcceptLocal = false
-            if pod.hasIPv4 {
-                let key = "net.ipv4.conf.\(name).accept_local"
-                setAcceptLocal = (try? readSysctl(key)) != "1"
-                if setAcceptLocal { try writeSysctl(key, "1") }
-            }
-            var created = false
+            let acceptLocal = pod.hasIPv4 ? (try? readSysctl("net.ipv4.conf.\(name).accept_local")) : "1"
+            let hasClsact = clsact ? try NetlinkRouting.hasClsact(ifindex: link.index) : true
+            return PodAttachment(podIfindex: link.index, hostIfindex: link.linkIndex, createdClsact: !hasClsact, setAcceptLocal: acceptLocal != "1")
+        }
+    }
+
+    /// In the pod's namespace: allow our re-injected packets (their source is the pod's own
+    /// address), then attach ingress and egress. `plan` was recorded before this runs.
+    private func attachInPod(_ pod: PodSpec, _ plan: PodAttachment) throws {
+        let ingress = try program("tc_pod_ingress"), egress = try program("tc_pod_egress")
+        let name = pod.interface, mode = options.attach, pin = options.pinRoot, uid = pod.uid
+        try NetworkNamespace(path: pod.netns).run {
+            if plan.setAcceptLocal { try writeSysctl("net.ipv4.conf.\(name).accept_local", "1") }
             switch mode {
             case .clsact:
-                created = try TCAttach.ensureClsact(ifindex: link.index)
-                try TCAttach.attach(ingress, ifindex: link.index, ingress: true)
-                try TCAttach.attach(egress, ifindex: link.index, ingress: false)
+                _ = try TCAttach.ensureClsact(ifindex: plan.podIfindex)
+                try TCAttach.attach(ingress, ifindex: plan.podIfindex, ingress: true)
+                try TCAttach.attach(egress, ifindex: plan.podIfindex, ingress: false)
             case .tcx:
-                try LinkAttach.tcx(ingress, ifindex: link.index, ingress: true, pinPath: "\(pin)/links/\(uid)-tcx-ingress")
-                try LinkAttach.tcx(egress, ifindex: link.index, ingress: false, pinPath: "\(pin)/links/\(uid)-tcx-egress")
+                try LinkAttach.tcx(ingress, ifindex: plan.podIfindex, ingress: true, pinPath: "\(pin)/links/\(uid)-tcx-ingress")
+                try LinkAttach.tcx(egress, ifindex: plan.podIfindex, ingress: false, pinPath: "\(pin)/links/\(uid)-tcx-egress")
             }
-            return PodAttachment(podIfindex: link.index, hostIfindex: link.linkIndex, createdClsact: created, setAcceptLocal: setAcceptLocal)
         }
     }
 

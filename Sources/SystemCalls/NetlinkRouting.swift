@@ -150,3 +150,31 @@ public enum NetlinkRouting {
         }
     }
 }
+
+extension NetlinkRouting {
+    static let RTM_GETQDISC: UInt16 = 38
+
+    /// Whether `ifindex` has a clsact qdisc (RTM_GETQDISC dump, TCA_KIND "clsact"), so enrolment
+    /// can record whether it will create one before it does.
+    public static func hasClsact(ifindex: Int32) throws -> Bool {
+        var body = [UInt8](repeating: 0, count: 20)   // struct tcmsg, all zero: every qdisc
+        withUnsafeBytes(of: ifindex) { body.replaceSubrange(4..<8, with: $0) }
+        return try dump(RTM_GETQDISC, body, "dump qdiscs").contains { msg in
+            guard msg.count >= 20, msg[4..<8].withUnsafeBytes({ $0.loadUnaligned(as: Int32.self) }) == ifindex else { return false }
+            return kind(msg, headerSize: 20) == "clsact"
+        }
+    }
+
+    /// The TCA_KIND (1) string attribute of a tc message.
+    static func kind(_ msg: [UInt8], headerSize: Int) -> String? {
+        var off = headerSize
+        while off + 4 <= msg.count {
+            let len = Int(msg[off]) | Int(msg[off + 1]) << 8
+            let type = (UInt16(msg[off + 2]) | UInt16(msg[off + 3]) << 8) & 0x3fff
+            if len < 4 || off + len > msg.count { return nil }
+            if type == 1 { return String(decoding: msg[off + 4..<off + len].prefix { $0 != 0 }, as: UTF8.self) }
+            off += (len + 3) & ~3
+        }
+        return nil
+    }
+}

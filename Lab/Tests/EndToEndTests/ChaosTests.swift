@@ -43,7 +43,9 @@ struct ChaosTests {
                     #expect(try AgentClient.call(ControlRequest(op: "check", pod: lab.podRequest(p, meshed: true)), socket: node.agentControlSocket).ok,
                             "\(p.name) is in the state file and passes CHECK")
                 } else if kernel != clean[p.name] {
-                    orphans.append(p.name)
+                    let was = (clean[p.name] ?? "").split(separator: "\n", omittingEmptySubsequences: false)
+                    let diff = zip(was, kernel.split(separator: "\n", omittingEmptySubsequences: false)).filter { $0 != $1 }
+                    orphans.append("\(p.name): \(diff)")
                 }
             }
             #expect(orphans.isEmpty, "kernel state left in pods the state file does not list: \(orphans)")
