@@ -139,7 +139,7 @@ public final class AgentControlServer: Sendable {
 
     private func reply(_ conn: Socket, _ response: ControlResponse) {
         // Blocking again with a send timeout: answers are small, a peer that never reads is cut off.
-        if let flags = try? check("fcntl", fcntl(conn.fd, F_GETFL)) { _ = fcntl(conn.fd, F_SETFL, flags & ~O_NONBLOCK) }
+        try? conn.setNonBlocking(false)
         try? conn.setTimeout(seconds: limits.requestDeadline)
         if let data = try? JSONEncoder().encode(response) { try? conn.writeAll([UInt8](data)) }
         conn.close()

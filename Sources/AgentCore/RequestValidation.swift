@@ -43,7 +43,9 @@ public enum RequestValidation {
     /// Parses and bounds the addresses: each a host address or `address/length`, none reserved,
     /// duplicates folded, at most `perFamily` of each family, at least one.
     static func addresses(_ texts: [String], perFamily: Int) throws -> [IPAddress] {
-        guard texts.count <= perFamily * 2 * 4 else { throw AgentError(.tooManyValues, "\(texts.count) addresses; a pod may have at most \(perFamily) per family") }
+        // Refuse a huge list before parsing it; repeats of one address are folded below, so allow a few.
+        let parseable = perFamily * 2 * 4
+        guard texts.count <= parseable else { throw AgentError(.tooManyValues, "\(texts.count) addresses; a pod may have at most \(perFamily) per family") }
         var out: [IPAddress] = []
         for text in texts {
             guard let ip = IPPrefix(text)?.ip else { throw AgentError(.invalidRequest, "ips: \(quoted(text)) is not an IP address") }

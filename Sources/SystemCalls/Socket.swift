@@ -207,10 +207,10 @@ public final class Socket: Sendable {
 }
 
 extension Socket {
-    /// O_NONBLOCK on: reads and accepts answer EAGAIN instead of waiting.
-    public func setNonBlocking() throws {
+    /// O_NONBLOCK on (reads and accepts answer EAGAIN instead of waiting) or off again.
+    public func setNonBlocking(_ on: Bool = true) throws {
         let flags = try check("fcntl F_GETFL", fcntl(fd, F_GETFL))
-        _ = try check("fcntl F_SETFL", fcntl(fd, F_SETFL, flags | O_NONBLOCK))
+        _ = try check("fcntl F_SETFL", fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK))
     }
 
     /// Reads what is there without waiting: nil when nothing is (EAGAIN), empty at EOF.
