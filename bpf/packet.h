@@ -32,6 +32,7 @@ struct ra_flow {
     __u8 fragment;     /* 1 when the packet is a fragment */
     __u32 l3_off;
     __u32 l4_off;
+    __u32 payload;     /* TCP payload bytes */
 };
 
 enum ra_parse {
@@ -141,12 +142,20 @@ static __always_inline int ra_parse(struct __sk_buff *skb, struct ra_flow *f)
     f->sport = tcp->source;
     f->dport = tcp->dest;
     f->flags = ((__u8 *)tcp)[13];
+    __u32 headers = f->l4_off + tcp->doff * 4;
+    f->payload = skb->len > headers ? skb->len - headers : 0;
     return RA_TCP;
 }
 
 static __always_inline int ra_is_new_connection(const struct ra_flow *f)
 {
     return (f->flags & (RA_TCP_FLAG_SYN | RA_TCP_FLAG_ACK)) == RA_TCP_FLAG_SYN;
+}
+
+/* No SYN and no payload: an ACK, FIN or reset that can neither open a connection nor carry data. */
+static __always_inline int ra_is_bare_segment(const struct ra_flow *f)
+{
+    return !(f->flags & RA_TCP_FLAG_SYN) && f->payload == 0;
 }
 
 static __always_inline int ra_addr_eq(const struct ra_addr *a, const struct ra_addr *b, __u32 family)

@@ -18,9 +18,20 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-static __always_inline int ra_is_proxy(const struct __sk_buff *skb, const struct ra_config *cfg)
+/* Whether a packet leaving the pod is the proxy's own: its mark, and (when configured) a socket in
+ * the proxy's cgroup, since any app with CAP_NET_RAW can set the mark. The kernel answers for the
+ * proxy's TIME_WAIT sockets and resets from a kernel socket in no cgroup of ours; such segments
+ * carry neither a SYN nor data, so they are let through on the mark alone: they can neither open a
+ * connection nor carry bytes (iptables mode passes them unmarked, as conntrack knows them). */
+static __always_inline int ra_is_proxy(struct __sk_buff *skb, const struct ra_config *cfg, const struct ra_flow *f)
 {
-    return (skb->mark & cfg->mark_mask) == (cfg->proxy_mark & cfg->mark_mask);
+    if ((skb->mark & cfg->mark_mask) != (cfg->proxy_mark & cfg->mark_mask))
+        return 0;
+    if (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup || ra_is_bare_segment(f))
+        return 1;
+    if (ra_is_new_connection(f))
+        ra_count(ra_pod_index(f->family, &f->src), RA_FORGED_MARK);
+    return 0;
 }
 
 static __always_inline int ra_is_captured(const struct __sk_buff *skb, const struct ra_config *cfg)
@@ -69,16 +80,15 @@ int tc_pod_egress(struct __sk_buff *skb)
         return TC_ACT_OK;
     if (verdict != RA_TCP)
         return TC_ACT_SHOT;
-    __u32 pod = ra_pod_index(f.family, &f.src);
-    if (ra_is_proxy(skb, cfg)) {
+    if (ra_is_proxy(skb, cfg, &f)) {
         if (ra_is_new_connection(&f))
-            ra_count(pod, RA_PROXY_PASS);
+            ra_count(ra_pod_index(f.family, &f.src), RA_PROXY_PASS);
         return TC_ACT_OK;
     }
     if (ra_is_probe_flow(cfg, &f, 0))
         return TC_ACT_OK; /* replies to kubelet probes, as Istio's `-d <probe> -j ACCEPT` */
     if (f.fragment) {
-        ra_count(pod, RA_DROP_FRAGMENT);
+        ra_count(ra_pod_index(f.family, &f.src), RA_DROP_FRAGMENT);
         return TC_ACT_SHOT;
     }
     __u8 mac[ETH_ALEN];
@@ -102,43 +112,74 @@ static __always_inline int ra_assign(struct __sk_buff *skb, struct bpf_sock *sk,
     return TC_ACT_OK;
 }
 
+/* Gives a packet to `sk` only if it is the proxy's: in the proxy's cgroup when one is configured
+ * (read through the packet once assigned: bpf_skb_cgroup_id answers for a request socket with its
+ * listener), else by Istio's mark rule. Anything else is dropped, so no app socket that owns the
+ * tuple, or that bound the proxy's port and set the mark, ever receives captured traffic. */
+static __always_inline int ra_assign_proxy(struct __sk_buff *skb, struct bpf_sock *sk, const struct ra_config *cfg,
+                                           __u32 pod, enum ra_decision ok /* RA_DECISION_COUNT: count nothing */)
+{
+    if (!cfg->proxy_cgroup && !ra_sk_marked_proxy(sk, cfg)) {
+        bpf_sk_release(sk);
+        ra_count(pod, RA_DROP_NOT_PROXY);
+        return TC_ACT_SHOT;
+    }
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err) {
+        ra_count(pod, RA_DROP_ASSIGN_FAILED);
+        return TC_ACT_SHOT;
+    }
+    if (cfg->proxy_cgroup && bpf_skb_cgroup_id(skb) != cfg->proxy_cgroup) {
+        ra_count(pod, RA_DROP_NOT_PROXY);
+        return TC_ACT_SHOT;
+    }
+    if (ok != RA_DECISION_COUNT)
+        ra_count(pod, ok);
+    return TC_ACT_OK;
+}
+
+/* A non-SYN packet that no socket owns goes to the proxy's listener on `port`, never to the stack
+ * (which could find an app listener): the listener completes a handshake whose SYN-ACK was a SYN
+ * cookie, or answers with a reset. */
+static __always_inline int ra_to_listener(struct __sk_buff *skb, const struct ra_flow *f, __u16 port,
+                                          const struct ra_config *cfg, __u32 pod, enum ra_decision ok)
+{
+    struct bpf_sock *listener = ra_proxy_listener(skb, f, port, cfg);
+    if (!listener) {
+        ra_count(pod, RA_DROP_NO_LISTENER);
+        return TC_ACT_SHOT;
+    }
+    return ra_assign_proxy(skb, listener, cfg, pod, ra_is_new_connection(f) ? ok : RA_ORPHAN_TO_PROXY);
+}
+
 /* A packet the egress program turned around: steer it to the proxy socket that owns the flow,
- * or a new connection to the proxy's outbound listener. Nothing here may reach the app's own
- * listeners: without a proxy socket the packet is dropped. */
+ * or to the proxy's outbound listener. Nothing here may reach an app socket: a socket that owns
+ * the tuple but is not the proxy's is refused. */
 static __always_inline int ra_outbound(struct __sk_buff *skb, const struct ra_flow *f, const struct ra_config *cfg)
 {
     __u32 pod = ra_pod_index(f->family, &f->src);
     struct bpf_sock *sk = ra_flow_socket(skb, f);
     if (sk) {
-        if (sk->state == RA_TCP_STATE_TIME_WAIT && ra_is_new_connection(f)) {
+        if (sk->state == RA_TCP_STATE_TIME_WAIT) {
+            if (!ra_is_new_connection(f))
+                return ra_assign(skb, sk, pod, RA_ESTABLISHED);
             bpf_sk_release(sk);
             ra_time_wait_handoff(f, &f->src, cfg->outbound_port);
             ra_count(pod, RA_TIME_WAIT_HANDOFF);
             return TC_ACT_OK;
         }
-        return ra_assign(skb, sk, pod, ra_is_new_connection(f) ? RA_OUTBOUND_CAPTURED : RA_ESTABLISHED);
+        return ra_assign_proxy(skb, sk, cfg, pod, ra_is_new_connection(f) ? RA_OUTBOUND_CAPTURED : RA_ESTABLISHED);
     }
-    if (!ra_is_new_connection(f)) {
-        ra_count(pod, RA_DROP_NO_SOCKET);
-        return TC_ACT_SHOT;
-    }
-    struct bpf_sock *listener = ra_proxy_listener(skb, f, cfg->outbound_port, cfg);
-    if (!listener) {
-        ra_count(pod, RA_DROP_NO_LISTENER);
-        return TC_ACT_SHOT;
-    }
-    return ra_assign(skb, listener, pod, RA_OUTBOUND_CAPTURED);
+    return ra_to_listener(skb, f, cfg->outbound_port, cfg, pod, RA_OUTBOUND_CAPTURED);
 }
 
-/* A packet from outside the pod. */
+/* A packet from outside the pod. It reaches a socket of the proxy, a kubelet probe flow this
+ * node SNATed, or nothing: an app socket that owns its tuple (the proxy's connection to the app,
+ * whose 4-tuple an attacker can guess or sniff) never receives it. */
 static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flow *f, const struct ra_config *cfg)
 {
     __u32 pod = ra_pod_index(f->family, &f->dst);
-    if (f->dport == bpf_htons(cfg->tunnel_port)) {
-        if (ra_is_new_connection(f))
-            ra_count(pod, RA_HBONE_PASS);
-        return TC_ACT_OK;
-    }
     if (ra_is_probe_ip(cfg, f->family, &f->src)) {
         if (ra_is_probe_flow(cfg, f, 1)) {
             if (ra_is_new_connection(f))
@@ -148,25 +189,24 @@ static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flo
         if (ra_is_new_connection(f))
             ra_count(pod, RA_SPOOFED_PROBE);
     }
+    int tunnel = f->dport == bpf_htons(cfg->tunnel_port);
     struct bpf_sock *sk = ra_flow_socket(skb, f);
     if (sk) {
-        if (sk->state == RA_TCP_STATE_TIME_WAIT && ra_is_new_connection(f)) {
+        if (sk->state == RA_TCP_STATE_TIME_WAIT) {
             bpf_sk_release(sk);
+            /* A non-SYN: the stack answers from the TIME_WAIT socket; no data reaches an app. A SYN
+             * to 15008 meets the proxy's own listener in the stack's fresh lookup. */
+            if (!ra_is_new_connection(f) || tunnel)
+                return TC_ACT_OK;
             ra_time_wait_handoff(f, &f->dst, cfg->inbound_port);
             ra_count(pod, RA_TIME_WAIT_HANDOFF);
             return TC_ACT_OK;
         }
-        bpf_sk_release(sk);
-        return TC_ACT_OK; /* the stack finds the same socket */
+        return ra_assign_proxy(skb, sk, cfg, pod, RA_DECISION_COUNT); /* every packet of every flow: not counted */
     }
-    if (!ra_is_new_connection(f))
-        return TC_ACT_OK; /* no socket: the stack answers with a reset */
-    struct bpf_sock *listener = ra_proxy_listener(skb, f, cfg->inbound_port, cfg);
-    if (!listener) {
-        ra_count(pod, RA_DROP_NO_LISTENER);
-        return TC_ACT_SHOT;
-    }
-    return ra_assign(skb, listener, pod, RA_INBOUND_CAPTURED);
+    /* HBONE reaches the proxy's 15008 listener directly, never an app that bound 15008. */
+    return ra_to_listener(skb, f, tunnel ? cfg->tunnel_port : cfg->inbound_port, cfg, pod,
+                          tunnel ? RA_HBONE_PASS : RA_INBOUND_CAPTURED);
 }
 
 SEC("tc")
@@ -240,6 +280,11 @@ int tc_node_egress(struct __sk_buff *skb)
     __u32 pod = ra_pod_index(f.family, &f.dst);
     if (!pod)
         return TC_ACT_OK;
+    if (cfg->kubelet_cgroup && bpf_skb_cgroup_id(skb) != cfg->kubelet_cgroup) {
+        if (ra_is_new_connection(&f))
+            ra_count(pod, RA_HOST_CAPTURED); /* another host process: the pod's capture applies */
+        return TC_ACT_OK;
+    }
     struct ra_addr probe;
     ra_probe_addr(cfg, f.family, &probe);
     if (ra_addr_eq(&probe, &f.src, f.family))

@@ -5,6 +5,19 @@
 
 #define RA_TCP_STATE_LISTEN 10
 #define RA_TCP_STATE_TIME_WAIT 6
+#define RA_TCP_STATE_NEW_SYN_RECV 12
+
+/* Istio's rule for whether `sk` is the proxy's, used when no proxy cgroup is configured: a full
+ * socket's mark decides, and request sockets pass, since once a pod is enrolled only the proxy's
+ * listeners receive SYNs from outside. (A socket's cgroup can only be read after it is assigned to
+ * the packet: tc programs may not call bpf_sk_cgroup_id. See ra_assign_proxy.) */
+static __always_inline int ra_sk_marked_proxy(struct bpf_sock *sk, const struct ra_config *cfg)
+{
+    if (sk->state == RA_TCP_STATE_NEW_SYN_RECV)
+        return 1;
+    struct bpf_sock *full = bpf_sk_fullsock(sk);
+    return full && (full->mark & cfg->mark_mask) == (cfg->proxy_mark & cfg->mark_mask);
+}
 
 /* Builds the lookup tuple for packet `f` (as received), optionally with another destination port. */
 static __always_inline __u32 ra_tuple(const struct ra_flow *f, struct bpf_sock_tuple *t, __u16 dport)
@@ -37,8 +50,8 @@ static __always_inline struct bpf_sock *ra_flow_socket(struct __sk_buff *skb, co
     return sk;
 }
 
-/* The proxy's listener on `port` in the current namespace, only if it carries the proxy mark:
- * an app listening on 15001 must never receive captured traffic. */
+/* The listener on `port` in the current namespace, only if it carries the proxy mark: an app
+ * listening on 15001 must never receive captured traffic. Its cgroup is checked once assigned. */
 static __always_inline struct bpf_sock *ra_proxy_listener(struct __sk_buff *skb, const struct ra_flow *f, __u16 port,
                                                           const struct ra_config *cfg)
 {

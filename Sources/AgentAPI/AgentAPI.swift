@@ -77,6 +77,10 @@ public struct AgentStatus: Codable, Sendable {
     public var probeIPv6: String
     /// Whether a proxy is connected over ZDS.
     public var proxyConnected: Bool
+    /// Who counts as the proxy: `cgroup PATH (id N)`, or `mark only` (forgeable, as Istio).
+    public var proxyIdentity: String?
+    /// Whose connections are SNATed to the probe IP: `cgroup PATH (id N)`, or `any host process` (as Istio).
+    public var probeSource: String?
     /// The enrolled pods.
     public var pods: [PodStatus]
 

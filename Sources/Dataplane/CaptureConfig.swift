@@ -41,6 +41,13 @@ public struct CaptureConfig: Sendable, Equatable, Codable {
     /// Prefix of the node's ipsets of in-mesh pod IPs (`-v4`/`-v6` appended).
     public var ipsetPrefix = "istio-inpod-probes"
 
+    /// Only sockets in this cgroup are the proxy's; nil: any socket with the proxy mark (Istio's
+    /// rule, which any app with CAP_NET_RAW can forge).
+    public var proxyCgroup: Cgroup?
+    /// Only connections from this cgroup (the kubelet's) are SNATed to the probe IP; nil: any
+    /// socket of the node (Istio's rule).
+    public var kubeletCgroup: Cgroup?
+
     /// Istio's defaults.
     public init() {}
 

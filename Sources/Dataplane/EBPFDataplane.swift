@@ -80,7 +80,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     static func kernelConfig(_ c: CaptureConfig) -> KernelConfig {
         KernelConfig(probeIPv4: c.probeIPv4, probeIPv6: c.probeIPv6, outboundPort: c.outboundPort, inboundPort: c.inboundPort,
-                     tunnelPort: c.tunnelPort, proxyMark: c.proxyMark, markMask: c.markMask, captureMark: c.connMark)
+                     tunnelPort: c.tunnelPort, proxyMark: c.proxyMark, markMask: c.markMask, captureMark: c.connMark,
+                     proxyCgroup: c.proxyCgroup?.id ?? 0, kubeletCgroup: c.kubeletCgroup?.id ?? 0)
     }
 
     private var routing: PolicyRouting { PolicyRouting(config: config) }

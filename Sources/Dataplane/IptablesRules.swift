@@ -31,37 +31,49 @@ public struct IptablesRules: Sendable {
     // MARK: pod
 
     /// The rules of each table for a pod, keyed by table, chains in order of use.
+    ///
+    /// Istio's rules, hardened where they can be bypassed (docs/security.md):
+    /// - packets from outside that belong to the proxy's loopback connections to the app (connmark
+    ///   0x111), or that conntrack finds invalid, are dropped: spoofed segments never reach an app socket;
+    /// - an app's new connection to the probe IP is captured like any other (Istio accepts it);
+    /// - with a proxy cgroup, only the proxy's sockets skip capture, not any socket with the mark.
     func podTables(ipv6: Bool) -> [(table: String, rules: [(chain: String, rule: String)])] {
         let c = config
         let mark = "0x\(hex(c.proxyMark))/0x\(hex(c.markMask))"
         let conn = "0x\(hex(c.connMark))/0x\(hex(c.markMask))"
         let lo = ipv6 ? "::1/128" : "127.0.0.1/32"
         let probe = "\(c.probeIP(ipv6: ipv6))/\(ipv6 ? 128 : 32)"
+        // Who skips capture on the way out: with a cgroup, one ACCEPT for the proxy's sockets and no
+        // mark test after it; without, Istio's `! --mark` on each rule.
+        let proxy = c.proxyCgroup.map { "-m mark --mark \(mark) -m cgroup --path \($0.path)" }
+        let notProxy = proxy == nil ? " -m mark ! --mark \(mark)" : ""
         let mangle: [(String, String)] = [
             (prerouting, "-m mark --mark \(mark) -j CONNMARK --set-xmark \(conn)"),
+            (prerouting, "! -i lo -m connmark --mark \(conn) -j DROP"),
+            (prerouting, "! -i lo -p tcp -m conntrack --ctstate INVALID -j DROP"),
             (output, "-m connmark --mark \(conn) -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
         ]
         var nat: [(String, String)] = [
             (prerouting, "-s \(probe) -p tcp -m tcp -j ACCEPT"),
-            (output, "-d \(probe) -p tcp -m tcp -j ACCEPT"),
             (prerouting, "! -d \(lo) -p tcp -m tcp ! --dport \(c.tunnelPort) -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.inboundPort)"),
         ]
+        if let proxy { nat.append((output, "\(proxy) -j ACCEPT")) }
         if c.dnsCapture {
             nat += [
-                (output, "! -o lo -p udp -m mark ! --mark \(mark) -m udp --dport 53 -j REDIRECT --to-ports \(c.dnsPort)"),
-                (output, "! -d \(lo) -p tcp -m tcp --dport 53 -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.dnsPort)"),
+                (output, "! -o lo -p udp\(notProxy) -m udp --dport 53 -j REDIRECT --to-ports \(c.dnsPort)"),
+                (output, "! -d \(lo) -p tcp -m tcp --dport 53\(notProxy) -j REDIRECT --to-ports \(c.dnsPort)"),
             ]
         }
         nat += [
             (output, "-p tcp -m mark --mark \(conn) -j ACCEPT"),
             (output, "! -d \(lo) -o lo -j ACCEPT"),
-            (output, "! -d \(lo) -p tcp -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.outboundPort)"),
+            (output, "! -d \(lo) -p tcp\(notProxy) -j REDIRECT --to-ports \(c.outboundPort)"),
         ]
         var tables: [(table: String, rules: [(chain: String, rule: String)])] = [("mangle", mangle), ("nat", nat)]
         if c.dnsCapture {
             // Separate conntrack zones keep the proxy's upstream DNS flows apart from the app's.
             tables.append(("raw", [
-                (output, "-p udp -m mark --mark \(mark) -m udp --dport 53 -j CT --zone 1"),
+                (output, "-p udp \(proxy ?? "-m mark --mark \(mark)") -m udp --dport 53 -j CT --zone 1"),
                 (prerouting, "-p udp -m mark ! --mark \(mark) -m udp --sport 53 -j CT --zone 1"),
             ]))
         }
@@ -96,7 +108,8 @@ public struct IptablesRules: Sendable {
 
     /// The node's probe SNAT rule.
     func nodeRule(ipv6: Bool) -> String {
-        "-m owner --socket-exists -p tcp -m set --match-set \(config.ipsetName(ipv6: ipv6)) dst -j SNAT --to-source \(config.probeIP(ipv6: ipv6))"
+        let kubelet = config.kubeletCgroup.map { " -m cgroup --path \($0.path)" } ?? ""
+        return "-m owner --socket-exists\(kubelet) -p tcp -m set --match-set \(config.ipsetName(ipv6: ipv6)) dst -j SNAT --to-source \(config.probeIP(ipv6: ipv6))"
     }
 
     /// The node's jump.

@@ -21,12 +21,17 @@ public struct KernelConfig: Sendable, Equatable {
     public var markMask: UInt32
     /// Capture mark (policy-routed locally).
     public var captureMark: UInt32
+    /// The proxy's cgroup id; 0: the mark alone identifies the proxy.
+    public var proxyCgroup: UInt64
+    /// The kubelet's cgroup id; 0: every local socket's connection is SNATed.
+    public var kubeletCgroup: UInt64
 
     /// Creates a config.
     public init(probeIPv4: IPAddress, probeIPv6: IPAddress, outboundPort: UInt16, inboundPort: UInt16, tunnelPort: UInt16,
-                proxyMark: UInt32, markMask: UInt32, captureMark: UInt32) {
+                proxyMark: UInt32, markMask: UInt32, captureMark: UInt32, proxyCgroup: UInt64 = 0, kubeletCgroup: UInt64 = 0) {
         self.probeIPv4 = probeIPv4; self.probeIPv6 = probeIPv6; self.outboundPort = outboundPort; self.inboundPort = inboundPort
         self.tunnelPort = tunnelPort; self.proxyMark = proxyMark; self.markMask = markMask; self.captureMark = captureMark
+        self.proxyCgroup = proxyCgroup; self.kubeletCgroup = kubeletCgroup
     }
 }
 
@@ -85,6 +90,8 @@ public final class MapSync: Sendable {
         v.proxy_mark = c.proxyMark
         v.mark_mask = c.markMask
         v.capture_mark = c.captureMark
+        v.proxy_cgroup = c.proxyCgroup
+        v.kubelet_cgroup = c.kubeletCgroup
         try config.update(UInt32(0), v)
     }
 
@@ -95,7 +102,8 @@ public final class MapSync: Sendable {
         return KernelConfig(probeIPv4: MapSync.ip(family: 2, ra_addr(words: (v.probe_ipv4, 0, 0, 0))),
                             probeIPv6: MapSync.ip(family: 10, ra_addr(words: (v6.0, v6.1, v6.2, v6.3))),
                             outboundPort: v.outbound_port, inboundPort: v.inbound_port, tunnelPort: v.tunnel_port,
-                            proxyMark: v.proxy_mark, markMask: v.mark_mask, captureMark: v.capture_mark)
+                            proxyMark: v.proxy_mark, markMask: v.mark_mask, captureMark: v.capture_mark,
+                            proxyCgroup: v.proxy_cgroup, kubeletCgroup: v.kubelet_cgroup)
     }
 
     // MARK: pods
@@ -204,11 +212,12 @@ public final class MapSync: Sendable {
 /// The decisions counted by the programs (ra_decision).
 public enum Decision: UInt32, CaseIterable, Sendable, Codable, CustomStringConvertible {
     case outboundCaptured = 0, inboundCaptured, hbonePass, probePass, proxyPass, established, spoofedProbe,
-         timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, dropNoSocket, dropFragment, dropMalformed, dropProtocol
+         timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, dropNoSocket, dropFragment, dropMalformed, dropProtocol,
+         dropNotProxy, forgedMark, orphanToProxy, hostCaptured
     /// The name used in status output and metrics.
     public var description: String {
         ["outbound_captured", "inbound_captured", "hbone_pass", "probe_pass", "proxy_pass", "established", "spoofed_probe",
          "time_wait_handoff", "probe_snat", "drop_no_listener", "drop_assign_failed", "drop_no_socket", "drop_fragment",
-         "drop_malformed", "drop_protocol"][Int(rawValue)]
+         "drop_malformed", "drop_protocol", "drop_not_proxy", "forged_mark", "orphan_to_proxy", "host_captured"][Int(rawValue)]
     }
 }

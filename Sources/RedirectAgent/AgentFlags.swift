@@ -25,6 +25,10 @@ struct AgentFlags: ParsableArguments {
     @Option(help: "legacy or nft; detected when absent (env REDIRECT_IPTABLES_BACKEND).") var iptablesBackend: String?
     @Option(help: "Node-local pod selection file (env REDIRECT_SELECTION_FILE).") var selectionFile: String?
     @Flag(help: "Capture DNS to the proxy's 15053 (iptables mode).") var dnsCapture = false
+    @Option(help: "cgroup v2 path of the proxy: only its sockets skip capture. 'none': any socket with the proxy mark, as Istio (env REDIRECT_PROXY_CGROUP).")
+    var proxyCgroup: String?
+    @Option(help: "cgroup v2 path of the kubelet: only its connections are SNATed to the probe IP. 'auto' (default): the cgroup of the running kubelet process, else 'none'. 'none': every host process, as Istio (env REDIRECT_KUBELET_CGROUP).")
+    var kubeletCgroup: String?
     @Option(help: "Enter this network namespace first (the lab runs one agent per node namespace).") var netns: String?
 
     /// The agent options these flags describe.
@@ -43,6 +47,9 @@ struct AgentFlags: ParsableArguments {
         o.mode = mode
         do { try o.capture.setProbeIPs(v4: probeIP, v6: probeIPv6) } catch { throw ValidationError("\(error)") }
         o.capture.dnsCapture = dnsCapture
+        o.capture.proxyCgroup = try Self.cgroup(proxyCgroup ?? env("REDIRECT_PROXY_CGROUP") ?? "none", flag: "--proxy-cgroup", auto: nil)
+        o.capture.kubeletCgroup = try Self.cgroup(kubeletCgroup ?? env("REDIRECT_KUBELET_CGROUP") ?? "auto", flag: "--kubelet-cgroup",
+                                                  auto: { KubeletProcess.cgroup() })
         o.stateDirectory = stateDir
         o.controlSocket = controlSocket ?? "\(stateDir)/control.sock"
         o.zdsSocket = zdsSocket ?? "\(stateDir)/ztunnel.sock"
@@ -55,6 +62,16 @@ struct AgentFlags: ParsableArguments {
         }
         o.selectionFile = selectionFile
         return o
+    }
+
+    /// Resolves a cgroup flag: `none`, `auto` (when `auto` is given) or a path that must exist.
+    static func cgroup(_ value: String, flag: String, auto: (() -> Cgroup?)?) throws -> Cgroup? {
+        switch value {
+        case "none": return nil
+        case "auto" where auto != nil: return auto!()
+        default:
+            do { return try Cgroup(path: value) } catch { throw ValidationError("\(flag): \(error)") }
+        }
     }
 
     /// Enters `--netns` on the main thread, before any other thread exists.

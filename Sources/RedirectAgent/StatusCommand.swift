@@ -27,7 +27,8 @@ struct Status: ParsableCommand {
         print("kernel:     " + s.features.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value ? "yes" : "no")" }.joined(separator: " "))
         if let m = s.ebpfMissing { print("            ebpf unavailable: \(m)") }
         print("probe IPs:  \(s.probeIPv4)  \(s.probeIPv6)")
-        print("proxy:      \(s.proxyConnected ? "connected (ZDS)" : "not connected")")
+        print("proxy:      \(s.proxyConnected ? "connected (ZDS)" : "not connected"), identity: \(s.proxyIdentity ?? "?")")
+        print("probe SNAT: for \(s.probeSource ?? "?")")
         print("pods:       \(s.pods.count)")
         for p in s.pods {
             print("  \(p.pod)  \(p.ips.joined(separator: ","))  \(p.drift.isEmpty ? "ok" : "DRIFT: " + p.drift.joined(separator: "; "))")

@@ -127,14 +127,27 @@ struct ProgramTests {
         }
     }
 
-    @Test("ingress: 15008 reaches the proxy directly", arguments: ["10.244.2.2:40000|10.244.1.2:15008", "[fd00:10:244:2::2]:40000|[fd00:10:244:1::2]:15008"])
+    @Test("ingress: 15008 reaches only the proxy's own listener, never an app that bound 15008",
+          arguments: ["10.244.2.2:40000|10.244.1.2:15008", "[fd00:10:244:2::2]:40000|[fd00:10:244:1::2]:15008"])
     func ingressHBONE(_ flow: String) throws {
         if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         let parts = flow.split(separator: "|").map(String.init)
+        let any = parts[0].contains("[") ? "::" : "0.0.0.0"
+        let pod: UInt32 = parts[0].contains("[") ? 8 : 7
         try withPrograms { p throws in
-            #expect(try p.run("tc_pod_ingress", Packet(parts[0], parts[1])).verdict == TC_ACT_OK)
-            let pod: UInt32 = parts[0].contains("[") ? 8 : 7
-            #expect(try p.count(pod, .hbonePass) == 1)
+            try NetworkNamespace.runInFreshNamespace {
+                // An app listening on 15008 without the proxy's mark gets nothing.
+                let app = try Socket.listening(on: SocketAddress(IPAddress(any)!, 15008))
+                #expect(try p.run("tc_pod_ingress", Packet(parts[0], parts[1])).verdict == TC_ACT_SHOT)
+                #expect(try p.count(pod, .dropNoListener) == 1)
+                app.close()
+                // The proxy's marked listener is chosen (the test run cannot assign at tc ingress).
+                let proxy = try Socket.listening(on: SocketAddress(IPAddress(any)!, 15008), mark: 0x539)
+                defer { proxy.close() }
+                _ = try p.run("tc_pod_ingress", Packet(parts[0], parts[1]))
+                #expect(try p.count(pod, .hbonePass) + p.count(pod, .dropAssignFailed) == 1)
+                #expect(try p.count(pod, .dropNoListener) == 1)
+            }
         }
     }
 
@@ -187,13 +200,27 @@ struct ProgramTests {
         }
     }
 
-    @Test("ingress: a captured packet with no socket and no SYN is dropped")
-    func ingressCapturedNoSocket() throws {
+    @Test("ingress: a non-SYN packet that no socket owns goes to the proxy's listener, never to the stack",
+          arguments: [(UInt32(0x111), "10.244.1.2:40000", "10.244.2.2:8080", UInt16(15001)), (UInt32(0), "10.244.2.2:40000", "10.244.1.2:8080", UInt16(15006))])
+    func ingressOrphan(_ mark: UInt32, _ src: String, _ dst: String, _ port: UInt16) throws {
         if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withPrograms { p throws in
-            let r = try p.run("tc_pod_ingress", Packet("10.244.1.2:40000", "10.244.2.2:8080", flags: 0x10), mark: 0x111)
-            #expect(r.verdict == TC_ACT_SHOT)
-            #expect(try p.count(7, .dropNoSocket) == 1)
+            try NetworkNamespace.runInFreshNamespace {
+                // No proxy listener: dropped (before, the outside one was passed to the stack, where
+                // an app listener could complete a SYN cookie).
+                let app = try Socket.listening(on: SocketAddress(IPAddress("0.0.0.0")!, 8080))
+                defer { app.close() }
+                for flags: UInt8 in [0x10, 0x11, 0x04, 0x18] {
+                    #expect(try p.run("tc_pod_ingress", Packet(src, dst, flags: flags), mark: mark).verdict == TC_ACT_SHOT, "flags \(flags)")
+                }
+                #expect(try p.count(7, .dropNoListener) == 4)
+                // With the proxy's listener: handed to it (the test run refuses the assignment itself).
+                let proxy = try Socket.listening(on: SocketAddress(IPAddress("0.0.0.0")!, port), transparent: true, mark: 0x539)
+                defer { proxy.close() }
+                _ = try p.run("tc_pod_ingress", Packet(src, dst, flags: 0x10), mark: mark)
+                #expect(try p.count(7, .orphanToProxy) + p.count(7, .dropAssignFailed) == 1)
+                #expect(try p.count(7, .dropNoListener) == 4)
+            }
         }
     }
 

@@ -9,7 +9,7 @@ struct LabApp: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lab-app",
         abstract: "The lab pods' workload: an app server (HTTP /healthz and /whoami, TCP echo) and a load client.",
-        subcommands: [Serve.self, Client.self])
+        subcommands: [Serve.self, Client.self, Get.self])
 }
 
 /// Enters `netns` on the main thread, before any other thread exists.
@@ -41,6 +41,28 @@ struct Serve: ParsableCommand {
         print("READY pod=\(pod) http=\(httpPort) echo=\(echoPort)")
         flushOutput()
         while true { sleep(3600) }
+    }
+}
+
+/// One HTTP GET from a fresh process: the lab's kubelet stand-in and other host processes run it
+/// in their own cgroups, so their sockets carry those identities.
+struct Get: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "One HTTP GET; prints {\"status\":..,\"body\":..} as JSON.")
+    @Option(help: "Network namespace to connect from.") var netns: String?
+    @Option(help: "Target address, e.g. 10.244.1.2:8080 or [fd00::2]:8080.") var target: String
+    @Option(help: "Path.") var path = "/healthz"
+    @Option(help: "Timeout in seconds.") var timeout = 3.0
+
+    func run() throws {
+        try enter(netns)
+        guard let dst = SocketAddress(parsing: target) else { throw ValidationError("--target: '\(target)' is not an address") }
+        let socket = try Socket(tcp: dst.ip.family)
+        try socket.setTimeout(seconds: timeout)
+        try socket.connect(dst)
+        let r = try MiniHTTP.get(socket, host: dst.description, path: path)
+        let out = try JSONSerialization.data(withJSONObject: ["status": r.status, "body": r.body])
+        print(String(decoding: out, as: UTF8.self))
+        flushOutput()
     }
 }
 

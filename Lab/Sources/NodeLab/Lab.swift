@@ -30,6 +30,10 @@ public struct LabOptions: Sendable {
     public var agentWrapper: [String] = []
     /// Extra `redirect-agent run` arguments.
     public var agentExtraArguments: [String] = []
+    /// Run each node's proxy and kubelet stand-in in cgroups of their own, and tell the dataplane:
+    /// only the proxy's sockets skip capture and only the kubelet's connections are SNATed.
+    /// false: Istio's rules (the mark alone, any host process).
+    public var identities = true
     /// Creates the defaults.
     public init() {}
 }
@@ -78,6 +82,14 @@ public final class LabNode: Sendable {
     public var proxyControlPath: String { "\(directory)/proxy.sock" }
     /// The proxy's connection records (JSON lines).
     public var proxyRecordsPath: String { "\(directory)/proxy-connections.jsonl" }
+    /// The node's cgroup v2 folder: its proxy and kubelet stand-in run in groups below it.
+    public let cgroupPath: String
+    /// The proxy's cgroup.
+    public var proxyCgroupPath: String { "\(cgroupPath)/proxy" }
+    /// The kubelet stand-in's cgroup.
+    public var kubeletCgroupPath: String { "\(cgroupPath)/kubelet" }
+    /// Another host process's cgroup (a node daemon that is not the kubelet).
+    public var daemonCgroupPath: String { "\(cgroupPath)/daemon" }
 
     init(index: Int, runID: String, runDirectory: String) {
         self.index = index
@@ -89,6 +101,7 @@ public final class LabNode: Sendable {
         self.podCIDR = "10.244.\(index).0/24"
         self.podCIDRv6 = "fd00:10:244:\(index)::/64"
         self.directory = "\(runDirectory)/\(name)"
+        self.cgroupPath = "\(Lab.cgroupRoot)/\(runID)/n\(index)"
     }
 }
 
@@ -157,6 +170,8 @@ public final class Lab: Sendable {
     public static let echoPort: UInt16 = 7777
     /// Root of every run's folder.
     public static let runRoot = "/run/redirect-lab"
+    /// Root of every run's cgroups, below the cgroup2 mount.
+    public static let cgroupRoot = "/redirect-lab"
 
     /// A fresh unique run id: `ra` and 6 hex digits.
     public static func newRunID() -> String {
@@ -194,6 +209,7 @@ public final class Lab: Sendable {
         try FileManager.default.createDirectory(atPath: node.cniConfDir, withIntermediateDirectories: true)
         try ip(["netns", "add", node.netnsName])
         try ip(["-n", node.netnsName, "link", "set", "lo", "up"])
+        for path in [node.proxyCgroupPath, node.kubeletCgroupPath, node.daemonCgroupPath] { _ = try Cgroup.create(path: path) }
         try node.netns.run {
             try writeSysctl("net.ipv4.ip_forward", "1")
             if self.options.ipv6 {
@@ -329,15 +345,17 @@ public final class Lab: Sendable {
         let proxy = try ManagedProcess(try LabBinaries.path("mesh-proxy"), [
             "--netns", node.netns.path, "--control", node.proxyControlPath, "--records", node.proxyRecordsPath,
             "--listener-map", "\(node.bpfPinRoot)/maps/ra_proxy_listeners",
-        ] + zds, logPath: "\(node.directory)/proxy.log")
+        ] + zds, logPath: "\(node.directory)/proxy.log", cgroup: node.proxyCgroupPath)
         node.proxy = proxy
         try waitForLine("READY", in: proxy, what: "mesh proxy on \(node.name)")
     }
 
     /// The arguments the lab runs `redirect-agent run` with on `node`.
     public func agentArguments(_ node: LabNode, dataplane: String) -> [String] {
-        ["run", "--netns", node.netns.path, "--dataplane", dataplane, "--state-dir", node.agentDirectory,
-         "--pin-root", node.bpfPinRoot] + options.agentExtraArguments + ["--metrics-address", "127.0.0.1:15029"]
+        let identities = options.identities ? ["--proxy-cgroup", node.proxyCgroupPath, "--kubelet-cgroup", node.kubeletCgroupPath]
+                                            : ["--proxy-cgroup", "none", "--kubelet-cgroup", "none"]
+        return ["run", "--netns", node.netns.path, "--dataplane", dataplane, "--state-dir", node.agentDirectory,
+                "--pin-root", node.bpfPinRoot] + identities + options.agentExtraArguments + ["--metrics-address", "127.0.0.1:15029"]
     }
 
     /// Starts (or restarts) the node's agent, in the node's namespace with the node's private bpffs.
@@ -405,12 +423,30 @@ public final class Lab: Sendable {
             guard name.hasPrefix(prefix), runID != nil || isLabName(name) else { continue }
             _ = try? Command.capture("ip", ["netns", "del", name])
         }
+        removeCgroups(runID: runID)
         if let runID {
             try? FileManager.default.removeItem(atPath: "\(runRoot)/\(runID)")
             rmdir(runRoot) // only when no other lab is running
         } else {
             try? FileManager.default.removeItem(atPath: runRoot)
         }
+    }
+
+    /// Removes the run's cgroups (every run's, when nil), deepest first. A killed process leaves
+    /// its group a moment after the kill, hence the retries.
+    static func removeCgroups(runID: String?) {
+        guard let mount = try? Cgroup.mountPoint() else { return }
+        let top = mount + cgroupRoot + (runID.map { "/\($0)" } ?? "")
+        var dirs: [String] = []
+        let walk = FileManager.default.fileExists(atPath: top) ? FileManager.default.enumerator(atPath: top) : nil
+        while let sub = walk?.nextObject() as? String {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: "\(top)/\(sub)", isDirectory: &isDir), isDir.boolValue { dirs.append("\(top)/\(sub)") }
+        }
+        for dir in dirs.sorted(by: { $0.count > $1.count }) + [top] {
+            for _ in 0..<100 where rmdir(dir) != 0 && errno == EBUSY { usleep(20_000) }
+        }
+        rmdir(mount + cgroupRoot) // only when no other lab is running
     }
 
     private static func isLabName(_ name: String) -> Bool {

@@ -6,6 +6,16 @@ import Synchronization
 import SystemCalls
 
 extension Lab {
+    /// `config` with the node's proxy and kubelet cgroups filled in where it names none (when the
+    /// lab runs them in cgroups of their own).
+    public func identities(_ config: CaptureConfig, _ node: LabNode) throws -> CaptureConfig {
+        guard options.identities else { return config }
+        var c = config
+        if c.proxyCgroup == nil { c.proxyCgroup = try Cgroup(path: node.proxyCgroupPath) }
+        if c.kubeletCgroup == nil { c.kubeletCgroup = try Cgroup(path: node.kubeletCgroupPath) }
+        return c
+    }
+
     /// The dataplane's view of a lab pod.
     public func podSpec(_ pod: LabPod) -> PodSpec {
         PodSpec(uid: pod.identity.uid, name: pod.name, namespace: pod.identity.namespace, netns: pod.netns.path, ips: pod.addresses)
@@ -38,7 +48,7 @@ public final class LabCapture: Sendable {
         self.mode = mode
         self.viaAgent = viaAgent
         for node in lab.nodes {
-            let c = config(node)
+            let c = try lab.identities(config(node), node)
             let dp = try LabCapture.make(mode: mode, node: node, config: c)
             try dp.prepareNode()
             nodes.withLock { $0.dataplanes[node.name] = dp; $0.configs[node.name] = c }

@@ -4,11 +4,26 @@ import SystemCalls
 
 /// Traffic the lab makes: kubelet probes from the node, requests from pods, proxy control.
 extension Lab {
-    /// The kubelet stand-in: an HTTP GET of `path` on the pod's app, from a socket opened in the
-    /// node's namespace, as kubelet's prober does.
+    /// The kubelet stand-in: an HTTP GET of `path` on the pod's app, from a process in the node's
+    /// namespace and in the kubelet's cgroup, as kubelet's prober does.
     public func probe(_ pod: LabPod, path: String = "/healthz", ipv6: Bool = false, timeout: Double = 3) throws -> MiniHTTP.Response {
+        try hostGet(pod, cgroup: pod.node.kubeletCgroupPath, path: path, ipv6: ipv6, timeout: timeout)
+    }
+
+    /// An HTTP GET of `path` on the pod's app from a host process in `cgroup` (another node
+    /// daemon, when it is not the kubelet's).
+    public func hostGet(_ pod: LabPod, cgroup: String, path: String = "/healthz", ipv6: Bool = false, timeout: Double = 3) throws -> MiniHTTP.Response {
         guard let ip = ipv6 ? pod.ipv6 : pod.ipv4 else { throw LabError("\(pod.name) has no \(ipv6 ? "IPv6" : "IPv4") address") }
-        return try get(from: pod.node.netns, to: SocketAddress(ip, Lab.httpPort), path: path, timeout: timeout)
+        let (exe, args) = try ManagedProcess.inCgroup(cgroup, try LabBinaries.path("lab-app"), [
+            "get", "--netns", pod.node.netns.path, "--target", SocketAddress(ip, Lab.httpPort).description,
+            "--path", path, "--timeout", "\(timeout)",
+        ])
+        let result = try Command.capture(exe, args)
+        guard result.status == 0, let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
+              let status = json["status"] as? Int, let body = json["body"] as? String else {
+            throw LabError("GET \(ip) from cgroup \(cgroup) failed: \(result.stderr)\(result.stdout)")
+        }
+        return MiniHTTP.Response(status: status, body: body)
     }
 
     /// An HTTP GET from inside `pod` to `target` (the app's /whoami by default).

@@ -10,8 +10,11 @@ public final class ManagedProcess: Sendable {
     /// Where stdout and stderr go.
     public let logPath: String
 
-    /// Starts `executable` with `arguments`, output appended to `logPath`.
-    public init(_ executable: String, _ arguments: [String], logPath: String, environment: [String: String]? = nil) throws {
+    /// Starts `executable` with `arguments`, output appended to `logPath`; with `cgroup` (a cgroup v2
+    /// path), in that group from its first instruction, so every socket it makes belongs to it.
+    public init(_ executable: String, _ arguments: [String], logPath: String, environment: [String: String]? = nil,
+                cgroup: String? = nil) throws {
+        let (executable, arguments) = try ManagedProcess.inCgroup(cgroup, executable, arguments)
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         let p = Process()
@@ -25,6 +28,14 @@ public final class ManagedProcess: Sendable {
         try? log.close()
         self.process = p
         self.logPath = logPath
+    }
+
+    /// The command that runs `executable` inside `cgroup` (unchanged when nil): a shell moves
+    /// itself into the group, then execs the program.
+    public static func inCgroup(_ cgroup: String?, _ executable: String, _ arguments: [String]) throws -> (String, [String]) {
+        guard let cgroup else { return (executable, arguments) }
+        let procs = try Cgroup.mountPoint() + cgroup + "/cgroup.procs"
+        return ("/bin/sh", ["-c", "echo $$ > \"$0\" && exec \"$@\"", procs, executable] + arguments)
     }
 
     /// The pid.

@@ -50,6 +50,13 @@ struct ra_config {
     __u32 proxy_mark;    /* the proxy's SO_MARK: its traffic is never captured */
     __u32 mark_mask;
     __u32 capture_mark;  /* set on captured packets; policy routing delivers them locally */
+    __u32 reserved2;
+    /* The proxy's cgroup v2 id: only its sockets are the proxy (a mark alone can be forged by any
+     * process with CAP_NET_RAW). 0: identity by mark only, as Istio. */
+    __u64 proxy_cgroup;
+    /* The kubelet's cgroup v2 id: only its connections are SNATed to the probe IP. 0: any local
+     * socket of the node, as Istio. */
+    __u64 kubelet_cgroup;
 };
 
 /* What the programs decided, counted per pod and per CPU. */
@@ -70,7 +77,13 @@ enum ra_decision {
     RA_DROP_MALFORMED = 13,       /* the transport header cannot be located: truncated, bad lengths, an IPv6
                                      extension chain past the bound, a non-first fragment, a VLAN tag */
     RA_DROP_PROTOCOL = 14,        /* a transport the programs do not know (not TCP, UDP or ICMP) */
-    RA_DECISION_COUNT = 15,
+    RA_DROP_NOT_PROXY = 15,       /* a packet from outside for a socket that is not the proxy's (an injection
+                                     into an app's connection): dropped */
+    RA_FORGED_MARK = 16,          /* the proxy mark on a socket outside the proxy's cgroup: captured like any app */
+    RA_ORPHAN_TO_PROXY = 17,      /* a non-SYN packet with no socket, given to the proxy's listener (which
+                                     completes a SYN cookie or resets), never to the app's */
+    RA_HOST_CAPTURED = 18,        /* node: a local connection not from the kubelet: not SNATed, so captured */
+    RA_DECISION_COUNT = 19,
 };
 
 struct ra_counter_key {
