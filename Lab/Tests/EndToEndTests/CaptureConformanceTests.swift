@@ -46,21 +46,6 @@ struct CaptureConformanceTests {
         }
     }
 
-    @Test("connections carrying the proxy mark are not captured on the way out", arguments: conformanceSetups)
-    func proxyMarkBypass(_ setup: CaptureSetup) throws {
-        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(setup) { cl throws in
-            let a = cl.meshed[0], target = cl.outsider(cl.n2)
-            let dst = SocketAddress(target.ipv4!, Lab.httpPort)
-            let r = try cl.lab.request(from: a, to: dst, mark: 0x539)
-            #expect(r.status == 200 && clientIP(r.body) == a.ipv4!.description)
-            #expect(cl.records(a.node, listener: 15001).isEmpty)
-            let unmarked = try cl.lab.request(from: a, to: dst)
-            #expect(unmarked.status == 200)
-            #expect(cl.records(a.node, listener: 15001, to: dst).count == 1, "the same request without the mark is captured")
-        }
-    }
-
     @Test("loopback traffic inside a pod is untouched", arguments: conformanceSetups)
     func loopback(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }

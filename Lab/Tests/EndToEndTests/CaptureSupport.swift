@@ -47,8 +47,9 @@ struct CaptureLab {
 
 /// Builds a capture lab for `setup`, runs `body`, and always tears it down.
 func withCaptureLab(_ setup: CaptureSetup, config: @escaping (LabNode) -> CaptureConfig = { _ in CaptureConfig() },
-                    _ body: (CaptureLab) throws -> Void) throws {
+                    options: (inout LabOptions) -> Void = { _ in }, _ body: (CaptureLab) throws -> Void) throws {
     try withLab({ o in
+        options(&o)
         if setup.viaAgent {
             o.podsPerNode = 0
             o.agentDataplane = setup.mode.rawValue
