@@ -19,15 +19,20 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Whether a packet leaving the pod is the proxy's own: its mark, and (when configured) a socket in
- * the proxy's cgroup, since any app with CAP_NET_RAW can set the mark. The kernel answers for the
- * proxy's TIME_WAIT sockets and resets from a kernel socket in no cgroup of ours; such segments
- * carry neither a SYN nor data, so they are let through on the mark alone: they can neither open a
- * connection nor carry bytes (iptables mode passes them unmarked, as conntrack knows them). */
+ * the proxy's cgroup, since any app with CAP_NET_RAW can set the mark. Two kinds of packet carry
+ * the proxy's mark without a socket of its cgroup, and pass on the mark alone: the kernel's own
+ * replies with no owning socket (a SYN cookie's SYN-ACK, a reset), whose mark comes from the
+ * listener or socket they answer for; and bare segments (no SYN, no data: TIME_WAIT ACKs, resets)
+ * sent from the kernel's control socket. Neither can open a connection from an app socket or
+ * carry an app's bytes (iptables mode passes both unmarked, as conntrack knows them). */
 static __always_inline int ra_is_proxy(struct __sk_buff *skb, const struct ra_config *cfg, const struct ra_flow *f)
 {
     if ((skb->mark & cfg->mark_mask) != (cfg->proxy_mark & cfg->mark_mask))
         return 0;
-    if (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup || ra_is_bare_segment(f))
+    if (!cfg->proxy_cgroup || ra_is_bare_segment(f))
+        return 1;
+    __u64 cgroup = bpf_skb_cgroup_id(skb);
+    if (cgroup == cfg->proxy_cgroup || cgroup == 0)
         return 1;
     if (ra_is_new_connection(f))
         ra_count(ra_pod_index(f->family, &f->src), RA_FORGED_MARK);

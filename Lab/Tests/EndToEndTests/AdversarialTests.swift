@@ -154,7 +154,12 @@ struct AdversarialTests {
             for pod in [a, b] { try cl.lab.inNamespace(pod.netns, "sysctl", ["-qw", "net.ipv4.tcp_syncookies=2"]) }
             let before = try syncookiesSent(cl.lab, [a, b])
             let dst = SocketAddress(b.ipv4!, Lab.httpPort)
-            let r = try cl.lab.request(from: a, to: dst)
+            func counters() -> String {
+                guard mode == .ebpf else { return "" }
+                return [a, b].map { p in "\(p.name): \(((try? (cl.capture.dataplane(p.node) as! EBPFDataplane).counters(cl.lab.podSpec(p))) ?? [:]).filter { $0.value > 0 })" }.joined(separator: "; ")
+            }
+            let r: MiniHTTP.Response
+            do { r = try cl.lab.request(from: a, to: dst) } catch { throw LabError("outbound: \(error) \(counters()) \(cl.allRecords)") }
             #expect(r.status == 200 && clientIP(r.body) == a.ipv4!.description)
             #expect(cl.records(a.node, listener: 15001, to: dst).count == 1)
             let outsider = cl.outsider(cl.n2)
