@@ -8,7 +8,7 @@ public enum KubeletProcess {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: procRoot)) ?? []
         for pid in entries.compactMap(Int32.init) {
             let comm = (try? String(contentsOfFile: "\(procRoot)/\(pid)/comm", encoding: .utf8)) ?? ""
-            if comm.trimmingCharacters(in: .whitespacesAndNewlines) == "kubelet", let c = try? Cgroup.of(pid: pid) { return c }
+            if comm.trimmingCharacters(in: .whitespacesAndNewlines) == "kubelet", let c = try? Cgroup.of(pid: pid, procRoot: procRoot) { return c }
         }
         return nil
     }

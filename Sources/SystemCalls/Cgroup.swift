@@ -25,8 +25,8 @@ public struct Cgroup: Sendable, Equatable, Codable, CustomStringConvertible {
     }
 
     /// The group of a running process (its cgroup v2 line in /proc/PID/cgroup).
-    public static func of(pid: Int32) throws -> Cgroup {
-        let text = try String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)
+    public static func of(pid: Int32, procRoot: String = "/proc") throws -> Cgroup {
+        let text = try String(contentsOfFile: "\(procRoot)/\(pid)/cgroup", encoding: .utf8)
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else {
             throw SystemError("process \(pid) has no cgroup v2 entry", code: ENOENT)
         }
