@@ -72,7 +72,7 @@ enum ra_decision {
     RA_PROBE_SNAT = 8,            /* node: a local connection to the pod SNATed to the probe IP */
     RA_DROP_NO_LISTENER = 9,      /* capture wanted, the proxy is not listening: dropped, never bypassed */
     RA_DROP_ASSIGN_FAILED = 10,   /* bpf_sk_assign refused */
-    RA_DROP_NO_SOCKET = 11,       /* a captured non-SYN packet whose socket is gone */
+    RA_DROP_NO_SOCKET = 11,       /* no longer emitted: such packets now go to the proxy (RA_ORPHAN_TO_PROXY) */
     RA_DROP_FRAGMENT = 12,        /* fragmented TCP cannot be classified safely */
     RA_DROP_MALFORMED = 13,       /* the transport header cannot be located: truncated, bad lengths, an IPv6
                                      extension chain past the bound, a non-first fragment, a VLAN tag */
