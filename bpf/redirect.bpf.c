@@ -104,7 +104,7 @@ int tc_pod_egress(struct __sk_buff *skb)
     return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
-/* Gives a packet to `sk` and releases it; counts `ok` or the failure. */
+/* Gives a packet to `sk` and releases it; counts `ok` (RA_DECISION_COUNT: nothing) or the failure. */
 static __always_inline int ra_assign(struct __sk_buff *skb, struct bpf_sock *sk, __u32 pod, enum ra_decision ok)
 {
     long err = bpf_sk_assign(skb, sk, 0);
@@ -113,28 +113,25 @@ static __always_inline int ra_assign(struct __sk_buff *skb, struct bpf_sock *sk,
         ra_count(pod, RA_DROP_ASSIGN_FAILED);
         return TC_ACT_SHOT;
     }
-    ra_count(pod, ok);
+    if (ok != RA_DECISION_COUNT)
+        ra_count(pod, ok);
     return TC_ACT_OK;
 }
 
-/* Gives a packet to `sk` only if it is the proxy's: in the proxy's cgroup when one is configured
- * (read through the packet once assigned: bpf_skb_cgroup_id answers for a request socket with its
+/* ra_assign, only if `sk` is the proxy's: in the proxy's cgroup when one is configured (read
+ * through the packet once assigned: bpf_skb_cgroup_id answers for a request socket with its
  * listener), else by Istio's mark rule. Anything else is dropped, so no app socket that owns the
  * tuple, or that bound the proxy's port and set the mark, ever receives captured traffic. */
 static __always_inline int ra_assign_proxy(struct __sk_buff *skb, struct bpf_sock *sk, const struct ra_config *cfg,
-                                           __u32 pod, enum ra_decision ok /* RA_DECISION_COUNT: count nothing */)
+                                           __u32 pod, enum ra_decision ok)
 {
     if (!cfg->proxy_cgroup && !ra_sk_marked_proxy(sk, cfg)) {
         bpf_sk_release(sk);
         ra_count(pod, RA_DROP_NOT_PROXY);
         return TC_ACT_SHOT;
     }
-    long err = bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    if (err) {
-        ra_count(pod, RA_DROP_ASSIGN_FAILED);
+    if (ra_assign(skb, sk, pod, RA_DECISION_COUNT) != TC_ACT_OK)
         return TC_ACT_SHOT;
-    }
     if (cfg->proxy_cgroup && bpf_skb_cgroup_id(skb) != cfg->proxy_cgroup) {
         ra_count(pod, RA_DROP_NOT_PROXY);
         return TC_ACT_SHOT;

@@ -174,10 +174,9 @@ struct AdversarialTests {
 let craftScript = "\(repoRoot)/scripts/tcp-craft.py"
 
 /// Sends one crafted segment from inside `netns`.
-func craft(in netns: NetworkNamespace, src: String, dst: String, seq: Int, ack: Int, payload: String, ts: (Int, Int)? = nil) throws {
-    let stamps = ts.map { ["--tsval", "\($0.0)", "--tsecr", "\($0.1)"] } ?? []
+func craft(in netns: NetworkNamespace, src: String, dst: String, seq: Int, ack: Int, payload: String) throws {
     try Command.run("/usr/bin/nsenter", ["--net=\(netns.path)", "/usr/bin/python3", craftScript, "send",
-                                         "--src", src, "--dst", dst, "--seq", "\(seq)", "--ack", "\(ack)", "--payload", payload] + stamps)
+                                         "--src", src, "--dst", dst, "--seq", "\(seq)", "--ack", "\(ack)", "--payload", payload])
 }
 
 /// The client port of the app's accepted connection from `client` that is not `excluding` (the
