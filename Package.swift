@@ -42,7 +42,7 @@ let shipped: [Target] = [
 
 let lab: [Target] = [
     // The stand-in ztunnel: library and `mesh-proxy`.
-    .target(name: "MeshProxy", dependencies: ["SystemCalls", "BPFLoader", "MapSync", "CShim", "ZDS"], path: "Lab/Sources/MeshProxy"),
+    .target(name: "MeshProxy", dependencies: ["SystemCalls", "ZDS"], path: "Lab/Sources/MeshProxy"),
     .executableTarget(name: "MeshProxyMain", dependencies: [
         "MeshProxy", "SystemCalls", .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], path: "Lab/Sources/MeshProxyMain"),

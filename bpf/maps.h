@@ -43,7 +43,8 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_tw_handoff SEC(".maps");
 
-/* Filled by the proxy with its listening sockets; read by sk_lookup. */
+/* The proxy's listening sockets, recorded by tc_pod_ingress once their identity is checked; read by
+ * sk_lookup for the TIME_WAIT hand-off. */
 struct {
     __uint(type, BPF_MAP_TYPE_SOCKHASH);
     __uint(max_entries, RA_MAX_PODS * 6);

@@ -141,18 +141,54 @@ static __always_inline int ra_assign_proxy(struct __sk_buff *skb, struct bpf_soc
     return TC_ACT_OK;
 }
 
+/* Records the proxy's listener for the TIME_WAIT hand-off, once its identity has been checked:
+ * sk_lookup programs cannot look sockets up themselves, and a stock ztunnel registers nothing.
+ * Only a missing entry is written (one map lookup per new connection); the kernel removes an
+ * entry when its socket closes, so a restarted proxy's listener is recorded on its first SYN. */
+static __always_inline void ra_record_listener(struct bpf_sock *listener, __u32 family, const struct ra_addr *pod,
+                                               __u16 port)
+{
+    struct ra_listener_key k = {};
+    k.family = family;
+    k.addr = *pod;
+    k.port = port;
+    struct bpf_sock *known = bpf_map_lookup_elem(&ra_proxy_listeners, &k);
+    if (known) {
+        bpf_sk_release(known);
+        return;
+    }
+    bpf_map_update_elem(&ra_proxy_listeners, &k, listener, BPF_NOEXIST);
+}
+
 /* A non-SYN packet that no socket owns goes to the proxy's listener on `port`, never to the stack
  * (which could find an app listener): the listener completes a handshake whose SYN-ACK was a SYN
- * cookie, or answers with a reset. */
+ * cookie, or answers with a reset. A listener that passes the identity check is recorded for
+ * the pod address `pod`. */
 static __always_inline int ra_to_listener(struct __sk_buff *skb, const struct ra_flow *f, __u16 port,
-                                          const struct ra_config *cfg, __u32 pod, enum ra_decision ok)
+                                          const struct ra_config *cfg, const struct ra_addr *pod_addr,
+                                          enum ra_decision ok)
 {
+    __u32 pod = ra_pod_index(f->family, pod_addr);
     struct bpf_sock *listener = ra_proxy_listener(skb, f, port, cfg);
     if (!listener) {
         ra_count(pod, RA_DROP_NO_LISTENER);
         return TC_ACT_SHOT;
     }
-    return ra_assign_proxy(skb, listener, cfg, pod, ra_is_new_connection(f) ? ok : RA_ORPHAN_TO_PROXY);
+    if (bpf_sk_assign(skb, listener, 0)) {
+        bpf_sk_release(listener);
+        ra_count(pod, RA_DROP_ASSIGN_FAILED);
+        return TC_ACT_SHOT;
+    }
+    /* ra_proxy_listener checked the mark; the cgroup can only be read once assigned. */
+    if (cfg->proxy_cgroup && bpf_skb_cgroup_id(skb) != cfg->proxy_cgroup) {
+        bpf_sk_release(listener);
+        ra_count(pod, RA_DROP_NOT_PROXY);
+        return TC_ACT_SHOT;
+    }
+    ra_record_listener(listener, f->family, pod_addr, port);
+    bpf_sk_release(listener);
+    ra_count(pod, ra_is_new_connection(f) ? ok : RA_ORPHAN_TO_PROXY);
+    return TC_ACT_OK;
 }
 
 /* A packet the egress program turned around: steer it to the proxy socket that owns the flow,
@@ -173,7 +209,7 @@ static __always_inline int ra_outbound(struct __sk_buff *skb, const struct ra_fl
         }
         return ra_assign_proxy(skb, sk, cfg, pod, ra_is_new_connection(f) ? RA_OUTBOUND_CAPTURED : RA_ESTABLISHED);
     }
-    return ra_to_listener(skb, f, cfg->outbound_port, cfg, pod, RA_OUTBOUND_CAPTURED);
+    return ra_to_listener(skb, f, cfg->outbound_port, cfg, &f->src, RA_OUTBOUND_CAPTURED);
 }
 
 /* A packet from outside the pod. It reaches a socket of the proxy, a kubelet probe flow this
@@ -207,7 +243,7 @@ static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flo
         return ra_assign_proxy(skb, sk, cfg, pod, RA_DECISION_COUNT); /* every packet of every flow: not counted */
     }
     /* HBONE reaches the proxy's 15008 listener directly, never an app that bound 15008. */
-    return ra_to_listener(skb, f, tunnel ? cfg->tunnel_port : cfg->inbound_port, cfg, pod,
+    return ra_to_listener(skb, f, tunnel ? cfg->tunnel_port : cfg->inbound_port, cfg, &f->dst,
                           tunnel ? RA_HBONE_PASS : RA_INBOUND_CAPTURED);
 }
 
@@ -235,7 +271,7 @@ int tc_pod_ingress(struct __sk_buff *skb)
 }
 
 /* The kernel's listener lookup for a SYN that met a TIME_WAIT socket: choose the proxy's
- * listener recorded by the tc program. Every other lookup is left alone. */
+ * listener that tc_pod_ingress recorded. Every other lookup is left alone. */
 SEC("sk_lookup")
 int sk_lookup_pod(struct bpf_sk_lookup *ctx)
 {
@@ -260,8 +296,10 @@ int sk_lookup_pod(struct bpf_sk_lookup *ctx)
     struct ra_listener_key want = *target;
     bpf_map_delete_elem(&ra_tw_handoff, &k);
     struct bpf_sock *sk = bpf_map_lookup_elem(&ra_proxy_listeners, &want);
-    if (!sk)
+    if (!sk) {
+        ra_count(ra_pod_index(want.family, &want.addr), RA_DROP_NO_LISTENER);
         return SK_DROP; /* never fall through to the app's listener */
+    }
     long err = bpf_sk_assign(ctx, sk, 0);
     bpf_sk_release(sk);
     return err ? SK_DROP : SK_PASS;

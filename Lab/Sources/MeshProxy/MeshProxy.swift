@@ -1,8 +1,5 @@
-import BPFLoader
-import CShim
 import Foundation
 import Synchronization
-import MapSync
 import Glibc
 import SystemCalls
 
@@ -46,30 +43,10 @@ public final class MeshProxy: Sendable {
     private let records: RecordWriter
     private let workloads = Mutex<[String: PodListeners]>([:])
 
-    /// The eBPF dataplane's pinned sockhash of proxy listeners, filled when it exists.
-    public let listenerMapPath: String?
-
     /// Creates a proxy writing its connection records to `records`.
-    public init(ports: ProxyPorts = ProxyPorts(), records: RecordWriter, listenerMapPath: String? = nil) {
+    public init(ports: ProxyPorts = ProxyPorts(), records: RecordWriter) {
         self.ports = ports
         self.records = records
-        self.listenerMapPath = listenerMapPath
-    }
-
-    /// Registers the pod's listeners in the eBPF dataplane's sockhash, keyed by pod address and
-    /// port, so its sk_lookup program can hand a SYN that meets a TIME_WAIT socket to them.
-    /// Entries leave the map by themselves when the sockets close.
-    func registerListeners(_ sockets: [Socket], workload: ProxyWorkload) throws {
-        guard let path = listenerMapPath, FileManager.default.fileExists(atPath: path) else { return }
-        let map = try BPFMap.pinned(path)
-        defer { map.close() }
-        for s in sockets {
-            let local = try s.localAddress()
-            for ip in workload.addresses where ip.isIPv6 == local.ip.isIPv6 {
-                let key = ra_listener_key(family: ip.isIPv6 ? 10 : 2, addr: MapSync.addr(ip), port: UInt32(local.port))
-                try map.update(key, UInt64(s.fd))
-            }
-        }
     }
 
     /// Enrolled pod UIDs.

@@ -21,7 +21,6 @@ final class PodListeners: Sendable {
                     sockets.append(try Socket.listening(on: SocketAddress(any, port), transparent: true, mark: proxy.ports.mark))
                 }
             }
-            try proxy.registerListeners(sockets, workload: workload)
             for s in sockets {
                 let port = (try? s.localAddress().port) ?? 0
                 let t = Thread { PodListeners.acceptLoop(s, port: port, workload: workload, proxy: proxy) }

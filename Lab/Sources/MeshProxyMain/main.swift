@@ -13,14 +13,13 @@ struct MeshProxyCommand: ParsableCommand {
     @Option(help: "Unix socket for the line control channel (the lab's direct mode).") var control: String?
     @Option(help: "The agent's ZDS socket: pods arrive over ztunnel's protocol.") var zds: String?
     @Option(help: "JSON-lines file of handled connections.") var records: String?
-    @Option(help: "Pinned sockhash of the eBPF dataplane to register listeners in (used when it exists).") var listenerMap: String?
 
     func run() throws {
         if let netns { try NetworkNamespace(path: netns).enterOnMainThread() }
         resetSignalHandling()
         ParentWatch.start()
         signal(SIGPIPE, SIG_IGN)
-        let proxy = MeshProxy(records: RecordWriter(path: records), listenerMapPath: listenerMap)
+        let proxy = MeshProxy(records: RecordWriter(path: records))
         guard control != nil || zds != nil else { throw ValidationError("give --control or --zds (or both)") }
         if let zds { Thread { ZDSClient(path: zds, proxy: proxy).run() }.start() }
         let server = try control.map { try ControlServer(proxy: proxy, path: $0) }

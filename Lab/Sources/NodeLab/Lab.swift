@@ -344,7 +344,6 @@ public final class Lab: Sendable {
         let zds = options.agentDataplane != nil ? ["--zds", node.agentZDSSocket] : []
         let proxy = try ManagedProcess(try LabBinaries.path("mesh-proxy"), [
             "--netns", node.netns.path, "--control", node.proxyControlPath, "--records", node.proxyRecordsPath,
-            "--listener-map", "\(node.bpfPinRoot)/maps/ra_proxy_listeners",
         ] + zds, logPath: "\(node.directory)/proxy.log", cgroup: node.proxyCgroupPath)
         node.proxy = proxy
         try waitForLine("READY", in: proxy, what: "mesh proxy on \(node.name)")
