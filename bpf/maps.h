@@ -52,3 +52,24 @@ struct {
     __type(value, __u64);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_proxy_listeners SEC(".maps");
+
+/* Which (local address, interface) pairs of enrolled pods carry our tc programs (struct
+ * ra_iface_key); written by the agent as it attaches. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, RA_MAX_IFACE_ENTRIES);
+    __type(key, struct ra_iface_key);
+    __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_ifaces SEC(".maps");
+
+/* Set on this CPU while a tc program asks the kernel for a socket: the kernel's listener lookup
+ * runs the namespace's sk_lookup program for those calls too, and it must tell them from the
+ * stack's own lookups. Safe per CPU: tc programs and the lookups they make run with bottom
+ * halves off, so nothing else runs on the CPU in between. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} ra_tc_lookup SEC(".maps");

@@ -2,7 +2,7 @@
 /* redirect-agent's capture programs. One entry program per attach point:
  *   tc_pod_egress   pod's own interface, egress, in the pod's namespace
  *   tc_pod_ingress  pod's own interface, ingress
- *   sk_lookup_pod   the pod's namespace (hand-off of SYNs that meet a TIME_WAIT socket)
+ *   sk_lookup_pod   the pod's namespace, every interface (TIME_WAIT hand-off; SYNs no tc program saw)
  *   tc_node_egress  host side of the pod's veth, egress, in the node's namespace (probe SNAT)
  *   tc_node_ingress host side of the pod's veth, ingress (probe SNAT replies)
  * Behaviour matches Istio's in-pod iptables rules; see README.md for the decisions. */
@@ -233,10 +233,10 @@ static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flo
         if (sk->state == RA_TCP_STATE_TIME_WAIT) {
             bpf_sk_release(sk);
             /* A non-SYN: the stack answers from the TIME_WAIT socket; no data reaches an app. A SYN
-             * to 15008 meets the proxy's own listener in the stack's fresh lookup. */
-            if (!ra_is_new_connection(f) || tunnel)
+             * goes through the hand-off (to 15008 too: sk_lookup passes no lookup from outside). */
+            if (!ra_is_new_connection(f))
                 return TC_ACT_OK;
-            ra_time_wait_handoff(f, &f->dst, cfg->inbound_port);
+            ra_time_wait_handoff(f, &f->dst, tunnel ? cfg->tunnel_port : cfg->inbound_port);
             ra_count(pod, RA_TIME_WAIT_HANDOFF);
             return TC_ACT_OK;
         }
@@ -270,13 +270,20 @@ int tc_pod_ingress(struct __sk_buff *skb)
     return ra_inbound(skb, &f, cfg);
 }
 
-/* The kernel's listener lookup for a SYN that met a TIME_WAIT socket: choose the proxy's
- * listener that tc_pod_ingress recorded. Every other lookup is left alone. */
+/* Every listener lookup of TCP in the pod's namespace runs here, whatever the interface: the
+ * capture that does not depend on tc programs being attached. A SYN our tc programs captured was
+ * assigned a socket and never gets here; what does is
+ *   - a SYN that met a TIME_WAIT socket: the proxy listener recorded by tc_pod_ingress is chosen;
+ *   - a lookup on an interface that carries our tc programs (ra_ifaces): a flow tc let through
+ *     (a probe), or one from inside the pod (the proxy's delivery to an app: the kernel reports
+ *     local traffic on the device of the destination address), or over loopback: left alone;
+ *   - anything else came in through an interface no tc program watches (added to the pod after
+ *     enrolment, not attached yet): dropped and counted, never given to an app's listener. */
 SEC("sk_lookup")
 int sk_lookup_pod(struct bpf_sk_lookup *ctx)
 {
-    if (ctx->protocol != IPPROTO_TCP)
-        return SK_PASS;
+    if (ctx->protocol != IPPROTO_TCP || ra_in_tc_lookup())
+        return SK_PASS; /* not TCP, or bpf_sk_lookup_tcp from tc_pod_*: its answer is checked there */
     struct ra_tuple_key k = {};
     k.family = ctx->family;
     k.local_port = ctx->local_port;
@@ -291,8 +298,16 @@ int sk_lookup_pod(struct bpf_sk_lookup *ctx)
         k.remote.words[2] = ctx->remote_ip6[2]; k.remote.words[3] = ctx->remote_ip6[3];
     }
     struct ra_listener_key *target = bpf_map_lookup_elem(&ra_tw_handoff, &k);
-    if (!target)
-        return SK_PASS;
+    if (!target) {
+        if (ctx->ingress_ifindex == RA_LOOPBACK_IFINDEX)
+            return SK_PASS;
+        struct ra_iface_key ik = { .family = k.family, .addr = k.local, .ifindex = ctx->ingress_ifindex };
+        __u32 *pod = bpf_map_lookup_elem(&ra_ifaces, &ik);
+        if (pod)
+            return SK_PASS;
+        ra_count(ra_pod_index(k.family, &k.local), RA_DROP_UNWATCHED);
+        return SK_DROP;
+    }
     struct ra_listener_key want = *target;
     bpf_map_delete_elem(&ra_tw_handoff, &k);
     struct bpf_sock *sk = bpf_map_lookup_elem(&ra_proxy_listeners, &want);

@@ -4,6 +4,8 @@
 #include "maps.h"
 
 #define RA_TCP_STATE_LISTEN 10
+/* The loopback device has this index in every network namespace. */
+#define RA_LOOPBACK_IFINDEX 1
 #define RA_TCP_STATE_TIME_WAIT 6
 #define RA_TCP_STATE_NEW_SYN_RECV 12
 
@@ -17,6 +19,23 @@ static __always_inline int ra_sk_marked_proxy(struct bpf_sock *sk, const struct 
         return 1;
     struct bpf_sock *full = bpf_sk_fullsock(sk);
     return full && (full->mark & cfg->mark_mask) == (cfg->proxy_mark & cfg->mark_mask);
+}
+
+/* Marks this CPU as inside a tc program's socket lookup (see ra_tc_lookup). */
+static __always_inline void ra_tc_lookup_set(__u32 on)
+{
+    __u32 zero = 0;
+    __u32 *v = bpf_map_lookup_elem(&ra_tc_lookup, &zero);
+    if (v)
+        *v = on;
+}
+
+/* Whether the running lookup was asked for by one of our tc programs. */
+static __always_inline int ra_in_tc_lookup(void)
+{
+    __u32 zero = 0;
+    __u32 *v = bpf_map_lookup_elem(&ra_tc_lookup, &zero);
+    return v && *v;
 }
 
 /* Builds the lookup tuple for packet `f` (as received), optionally with another destination port. */
@@ -42,7 +61,9 @@ static __always_inline struct bpf_sock *ra_flow_socket(struct __sk_buff *skb, co
 {
     struct bpf_sock_tuple t = {};
     __u32 len = ra_tuple(f, &t, f->dport);
+    ra_tc_lookup_set(1);
     struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+    ra_tc_lookup_set(0);
     if (sk && sk->state == RA_TCP_STATE_LISTEN) {
         bpf_sk_release(sk);
         return NULL;
@@ -57,7 +78,9 @@ static __always_inline struct bpf_sock *ra_proxy_listener(struct __sk_buff *skb,
 {
     struct bpf_sock_tuple t = {};
     __u32 len = ra_tuple(f, &t, bpf_htons(port));
+    ra_tc_lookup_set(1);
     struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+    ra_tc_lookup_set(0);
     if (!sk)
         return NULL;
     if (sk->state != RA_TCP_STATE_LISTEN || (sk->mark & cfg->mark_mask) != (cfg->proxy_mark & cfg->mark_mask)) {

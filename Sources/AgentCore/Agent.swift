@@ -154,7 +154,13 @@ public final class Agent: Sendable {
                     continue
                 }
                 let drift = (try? dataplane.verify(pod.spec)) ?? ["verify failed"]
-                if drift.isEmpty { report.intact.append(pod.spec.name); continue }
+                if drift.isEmpty {
+                    do { try dataplane.resume(pod.spec) } catch {
+                        logger.warning("resuming pod", metadata: ["pod": "\(pod.spec.name)", "error": "\(error)"])
+                    }
+                    report.intact.append(pod.spec.name)
+                    continue
+                }
                 logger.warning("repairing pod", metadata: ["pod": "\(pod.spec.name)", "drift": "\(drift)"])
                 try dataplane.enroll(pod.spec)
                 report.repaired.append(pod.spec.name)

@@ -48,6 +48,14 @@ public protocol Dataplane: AnyObject, Sendable {
     func describe(_ pod: PodSpec) -> String
     /// Removes node-side state of pods not in `keep` (after a crash or a missed DEL); returns what it removed.
     func removeStale(keep: [PodSpec]) throws -> [String]
+    /// Takes up an enrolled pod whose kernel state is intact (after an agent restart): whatever
+    /// this process must keep doing for it, such as watching for new interfaces.
+    func resume(_ pod: PodSpec) throws
+}
+
+extension Dataplane {
+    /// Nothing to resume: the kernel state is all there is.
+    public func resume(_ pod: PodSpec) throws {}
 }
 
 /// A dataplane operation failed: which, for which pod, and why.

@@ -57,6 +57,12 @@ public final class EBPFDataplane: Dataplane, Sendable {
     private let indexes = Mutex(IndexPool())
     private let runner: CommandRunner
     private let logger: Logger
+    // Interfaces other than the one the runtime named: watched for, attached as they appear,
+    // and what attaching changed there (kept in memory: after a restart only the filters are
+    // removed from them).
+    private let watcher = InterfaceWatcher()
+    private let others = Mutex<[String: [Int32: InterfaceChanges]]>([:])
+    private let attachLock = Mutex(())
 
     /// The programs, by attach point.
     public static let programNames = ["tc_pod_ingress", "tc_pod_egress", "sk_lookup_pod", "tc_node_ingress", "tc_node_egress"]
@@ -75,6 +81,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         programs = try object.pinnedPrograms(in: "\(options.pinRoot)/progs", names: Self.programNames)
         maps = try MapSync(object: object)
         try maps.write(Self.kernelConfig(config))
+        watcher.onChange { [weak self] pod in self?.interfacesChanged(pod) }
         logger.info("ebpf dataplane loaded", metadata: ["pins": "\(options.pinRoot)", "attach": "\(options.attach.rawValue)"])
     }
 
@@ -128,7 +135,10 @@ public final class EBPFDataplane: Dataplane, Sendable {
             // undoes exactly what is ours (undoing a change not yet made is harmless).
             var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: 0, flags: flags)
             try maps.upsert(entry)
+            try watcher.watch(pod) // before attaching: an interface that appears from now on is seen
             try attachInPod(pod, attached)
+            let carrying = try attachOthers(pod, primary: attached.podIfindex)
+            try publishInterfaces(pod, index: index, attached: carrying) // before sk_lookup, which reads it
             try LinkAttach.skLookup(try program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
             try routing.apply(netns: pod.netns, families: families(of: pod))
             if try attachOnNode(hostIfindex: attached.hostIfindex) { entry.flags |= UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) }
@@ -146,6 +156,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// record for the next removal to finish with.
     public func remove(_ pod: PodSpec) throws {
         var failures: [String] = []
+        attachLock.withLock { _ in watcher.unwatch(uid: pod.uid) } // no attachment runs after this
         let entry = pod.ips.lazy.compactMap { try? self.maps.pod($0) }.first
         if let entry, entry.host_ifindex != 0 {
             do { try detachOnNode(entry) } catch { failures.append("\(error)") }
@@ -156,6 +167,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             let ours = PodCleanup(destroyClsact: flags & UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) != 0,
                                   resetAcceptLocal: flags & UInt32(RA_POD_SET_ACCEPT_LOCAL.rawValue) != 0)
             do { try detachInPod(pod, ours) } catch { failures.append("\(error)") }
+            do { try detachOthers(pod, primary: entry.map { Int32($0.pod_ifindex) }) } catch { failures.append("\(error)") }
             do { try routing.remove(netns: pod.netns) } catch { failures.append("\(error)") }
         }
         if !failures.isEmpty { throw DataplaneError(.removeFailed, pod: pod.name, failures.joined(separator: "; ")) }
@@ -183,6 +195,11 @@ public final class EBPFDataplane: Dataplane, Sendable {
             for dir in ["ingress", "egress"] where !FileManager.default.fileExists(atPath: tcxPin(pod, dir)) {
                 drift.append("pod \(pod.interface) \(dir): tcx link pin \(tcxPin(pod, dir)) missing")
             }
+        }
+        if let primary = entries.first?.1 {
+            drift += try othersDrift(pod, primary: Int32(primary.pod_ifindex))
+            let published = Set(try maps.interfaces(podIndex: primary.pod_index).map(\.1))
+            if !published.contains(Int32(primary.pod_ifindex)) { drift.append("ra_ifaces: interface \(primary.pod_ifindex) not published for sk_lookup") }
         }
         if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
         if let e = entries.first?.1 {
@@ -222,6 +239,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             if info.host_ifindex != 0 { try? detachOnNode(info) }
             removed.append("ra_pods \(ip)")
         }
+        try maps.removeInterfaces(keepingIndexes: Set(try maps.allPods().map { $0.1.pod_index }))
         let links = "\(options.pinRoot)/links"
         for f in (try? FileManager.default.contentsOfDirectory(atPath: links)) ?? [] {
             let uid = f.components(separatedBy: "-sklookup").first ?? f
@@ -302,6 +320,118 @@ public final class EBPFDataplane: Dataplane, Sendable {
             if ours.destroyClsact { try TCAttach.destroyClsact(ifindex: idx) }
             if ours.resetAcceptLocal { try writeSysctl("net.ipv4.conf.\(name).accept_local", "0") }
         }
+    }
+
+    // MARK: every other interface of the pod
+
+    /// What attaching changed on an interface other than the primary one.
+    struct InterfaceChanges: Sendable { var createdClsact: Bool; var setAcceptLocal: Bool }
+
+    /// Attaches the pod programs to every interface of the pod other than `primary` and
+    /// loopback that lacks them (a meta plugin's net1, a device added later). Idempotent.
+    /// Returns every interface that now carries them, `primary` included.
+    @discardableResult
+    private func attachOthers(_ pod: PodSpec, primary: Int32) throws -> [Int32] {
+        let ingress = try program("tc_pod_ingress"), egress = try program("tc_pod_egress")
+        let mode = options.attach, pin = options.pinRoot, uid = pod.uid, v4 = pod.hasIPv4
+        let ids = (try ingress.id(), try egress.id())
+        let (changed, attached) = try NetworkNamespace(path: pod.netns).run { () -> ([Int32: InterfaceChanges], [Int32]) in
+            var changed: [Int32: InterfaceChanges] = [:], attached = [primary]
+            for link in try Netlink.links() where !link.isLoopback && link.index != primary {
+                attached.append(link.index)
+                switch mode {
+                case .clsact:
+                    if TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == ids.0,
+                       TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == ids.1 { continue }
+                    let acceptLocal = v4 ? (try? readSysctl("net.ipv4.conf.\(link.name).accept_local")) : "1"
+                    if acceptLocal != "1" { try writeSysctl("net.ipv4.conf.\(link.name).accept_local", "1") }
+                    let created = try TCAttach.ensureClsact(ifindex: link.index)
+                    try TCAttach.attach(ingress, ifindex: link.index, ingress: true)
+                    try TCAttach.attach(egress, ifindex: link.index, ingress: false)
+                    changed[link.index] = InterfaceChanges(createdClsact: created, setAcceptLocal: acceptLocal != "1")
+                case .tcx:
+                    let base = "\(pin)/links/\(uid)-tcx-if\(link.index)"
+                    if FileManager.default.fileExists(atPath: "\(base)-egress") { continue }
+                    let acceptLocal = v4 ? (try? readSysctl("net.ipv4.conf.\(link.name).accept_local")) : "1"
+                    if acceptLocal != "1" { try writeSysctl("net.ipv4.conf.\(link.name).accept_local", "1") }
+                    try LinkAttach.tcx(ingress, ifindex: link.index, ingress: true, pinPath: "\(base)-ingress")
+                    try LinkAttach.tcx(egress, ifindex: link.index, ingress: false, pinPath: "\(base)-egress")
+                    changed[link.index] = InterfaceChanges(createdClsact: false, setAcceptLocal: acceptLocal != "1")
+                }
+            }
+            return (changed, attached)
+        }
+        if !changed.isEmpty {
+            logger.info("capture attached to more interfaces", metadata: ["pod": "\(pod.name)", "ifindexes": "\(changed.keys.sorted())"])
+            others.withLock { $0[uid, default: [:]].merge(changed) { old, _ in old } }
+        }
+        return attached
+    }
+
+    /// Tells the sk_lookup program which interfaces of the pod carry the tc programs, keyed by
+    /// every local address of the pod's namespace (see ra_iface_key).
+    private func publishInterfaces(_ pod: PodSpec, index: UInt32, attached: [Int32]) throws {
+        let addresses = try NetworkNamespace(path: pod.netns).run { try Netlink.addresses() }
+        try maps.setInterfaces(podIndex: index, addresses: addresses, ifindexes: attached)
+    }
+
+    /// Attaches wherever programs are missing, then publishes the interfaces that carry them.
+    private func attachAndPublish(_ pod: PodSpec, _ e: ra_pod_info) throws {
+        let attached = try attachOthers(pod, primary: Int32(e.pod_ifindex))
+        try publishInterfaces(pod, index: e.pod_index, attached: attached)
+    }
+
+    /// Removes the pod programs from every interface other than `primary`, and undoes what
+    /// attaching changed there when this process did it.
+    private func detachOthers(_ pod: PodSpec, primary: Int32?) throws {
+        let changes = others.withLock { $0.removeValue(forKey: pod.uid) } ?? [:]
+        let links = "\(options.pinRoot)/links"
+        for f in (try? FileManager.default.contentsOfDirectory(atPath: links)) ?? [] where f.hasPrefix("\(pod.uid)-tcx-if") {
+            LinkAttach.unpin("\(links)/\(f)")
+        }
+        try NetworkNamespace(path: pod.netns).run {
+            for link in try Netlink.links() where !link.isLoopback && link.index != primary {
+                try TCAttach.detach(ifindex: link.index, ingress: true)
+                try TCAttach.detach(ifindex: link.index, ingress: false)
+                guard let c = changes[link.index] else { continue }
+                if c.createdClsact { try TCAttach.destroyClsact(ifindex: link.index) }
+                if c.setAcceptLocal { try writeSysctl("net.ipv4.conf.\(link.name).accept_local", "0") }
+            }
+        }
+    }
+
+    /// Interfaces other than `primary` without the pod programs.
+    private func othersDrift(_ pod: PodSpec, primary: Int32) throws -> [String] {
+        let ids = (try program("tc_pod_ingress").id(), try program("tc_pod_egress").id())
+        let mode = options.attach, links = "\(options.pinRoot)/links/\(pod.uid)-tcx-if"
+        return try NetworkNamespace(path: pod.netns).run {
+            try Netlink.links().filter { !$0.isLoopback && $0.index != primary }.compactMap { link -> String? in
+                let attached = mode == .clsact
+                    ? TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == ids.0 && TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == ids.1
+                    : FileManager.default.fileExists(atPath: "\(links)\(link.index)-ingress") && FileManager.default.fileExists(atPath: "\(links)\(link.index)-egress")
+                return attached ? nil : "pod \(link.name) (ifindex \(link.index)): capture programs missing"
+            }
+        }
+    }
+
+    /// The watcher saw links change in `pod`'s namespace: attach wherever programs are missing.
+    private func interfacesChanged(_ pod: PodSpec) {
+        attachLock.withLock { _ in
+            guard watcher.isWatched(pod.uid) else { return }
+            do {
+                guard let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return }
+                try attachAndPublish(pod, e)
+            } catch {
+                logger.error("attaching to a new interface failed", metadata: ["pod": "\(pod.name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// After a restart: watch the pod's interfaces again, and attach to any that appeared meanwhile.
+    public func resume(_ pod: PodSpec) throws {
+        guard let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return }
+        try watcher.watch(pod)
+        try attachAndPublish(pod, e)
     }
 
     /// On the node: the probe SNAT programs on the host side of the pod's veth (always clsact:

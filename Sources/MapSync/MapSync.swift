@@ -66,6 +66,8 @@ public final class MapSync: Sendable {
     public let probeFlows: BPFMap
     /// ra_proxy_listeners.
     public let proxyListeners: BPFMap
+    /// ra_ifaces.
+    public let interfaces: BPFMap
 
     /// Uses the maps of a loaded object.
     public init(object: BPFObject) throws {
@@ -74,6 +76,7 @@ public final class MapSync: Sendable {
         counters = try object.map("ra_counters")
         probeFlows = try object.map("ra_probe_flows")
         proxyListeners = try object.map("ra_proxy_listeners")
+        interfaces = try object.map("ra_ifaces")
     }
 
     // MARK: config
@@ -126,6 +129,46 @@ public final class MapSync: Sendable {
             try pods.delete(MapSync.podKey(ip))
         }
         for index in indexes { try clearCounters(index) }
+        if !indexes.isEmpty {
+            for k in try interfaces.keys(ra_iface_key.self) {
+                if let owner = try interfaces.lookup(k, as: UInt32.self), indexes.contains(owner) { _ = try interfaces.delete(k) }
+            }
+        }
+    }
+
+    /// Makes ra_ifaces hold exactly `addresses` x `ifindexes` for pod `index`: every local address
+    /// of the pod's namespace on each interface that carries the pod programs.
+    public func setInterfaces(podIndex index: UInt32, addresses: [IPAddress], ifindexes: [Int32]) throws {
+        var want = Set<[UInt32]>()
+        for ip in addresses {
+            for i in ifindexes {
+                let k = ra_iface_key(family: ip.isIPv6 ? 10 : 2, addr: MapSync.addr(ip), ifindex: UInt32(bitPattern: i))
+                try interfaces.update(k, index)
+                want.insert(Self.words(k))
+            }
+        }
+        for k in try interfaces.keys(ra_iface_key.self) where !want.contains(Self.words(k)) {
+            if try interfaces.lookup(k, as: UInt32.self) == index { _ = try interfaces.delete(k) }
+        }
+    }
+
+    /// Deletes the ra_ifaces entries of pods whose index is not in `keep`.
+    public func removeInterfaces(keepingIndexes keep: Set<UInt32>) throws {
+        for k in try interfaces.keys(ra_iface_key.self) {
+            if let owner = try interfaces.lookup(k, as: UInt32.self), !keep.contains(owner) { _ = try interfaces.delete(k) }
+        }
+    }
+
+    /// The ra_ifaces entries of pod `index`, as (address, ifindex).
+    public func interfaces(podIndex index: UInt32) throws -> [(IPAddress, Int32)] {
+        try interfaces.keys(ra_iface_key.self).compactMap { k in
+            guard try interfaces.lookup(k, as: UInt32.self) == index else { return nil }
+            return (MapSync.ip(family: k.family, k.addr), Int32(bitPattern: k.ifindex))
+        }
+    }
+
+    private static func words(_ k: ra_iface_key) -> [UInt32] {
+        [k.family, k.addr.words.0, k.addr.words.1, k.addr.words.2, k.addr.words.3, k.ifindex]
     }
 
     /// The entry for `ip`, if in the mesh.
@@ -213,11 +256,12 @@ public final class MapSync: Sendable {
 public enum Decision: UInt32, CaseIterable, Sendable, Codable, CustomStringConvertible {
     case outboundCaptured = 0, inboundCaptured, hbonePass, probePass, proxyPass, established, spoofedProbe,
          timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, dropNoSocket, dropFragment, dropMalformed, dropProtocol,
-         dropNotProxy, forgedMark, orphanToProxy, hostCaptured
+         dropNotProxy, forgedMark, orphanToProxy, hostCaptured, dropUnwatched
     /// The name used in status output and metrics.
     public var description: String {
         ["outbound_captured", "inbound_captured", "hbone_pass", "probe_pass", "proxy_pass", "established", "spoofed_probe",
          "time_wait_handoff", "probe_snat", "drop_no_listener", "drop_assign_failed", "drop_no_socket", "drop_fragment",
-         "drop_malformed", "drop_protocol", "drop_not_proxy", "forged_mark", "orphan_to_proxy", "host_captured"][Int(rawValue)]
+         "drop_malformed", "drop_protocol", "drop_not_proxy", "forged_mark", "orphan_to_proxy", "host_captured",
+         "drop_unwatched"][Int(rawValue)]
     }
 }

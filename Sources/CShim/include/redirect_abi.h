@@ -9,6 +9,8 @@
 #define RA_MAX_PODS 16384
 #define RA_MAX_PROBE_FLOWS 65536
 #define RA_MAX_TW_HANDOFFS 4096
+/* Local addresses x watched interfaces, over all pods. */
+#define RA_MAX_IFACE_ENTRIES 65536
 #define RA_FAMILY_INET 2
 #define RA_FAMILY_INET6 10
 /* IPv6 extension headers the parser walks before it gives up and drops the packet. */
@@ -83,7 +85,9 @@ enum ra_decision {
     RA_ORPHAN_TO_PROXY = 17,      /* a non-SYN packet with no socket, given to the proxy's listener (which
                                      completes a SYN cookie or resets), never to the app's */
     RA_HOST_CAPTURED = 18,        /* node: a local connection not from the kubelet: not SNATed, so captured */
-    RA_DECISION_COUNT = 19,
+    RA_DROP_UNWATCHED = 19,       /* a SYN that reached the pod's listener lookup from an interface our tc programs
+                                     do not watch (added after enrolment, not attached yet): dropped */
+    RA_DECISION_COUNT = 20,
 };
 
 struct ra_counter_key {
@@ -119,6 +123,16 @@ struct ra_tuple_key {
     struct ra_addr remote;
     __u16 local_port;
     __u16 remote_port;
+};
+
+/* An interface of an enrolled pod that carries our tc programs, keyed by each local address of
+ * the pod's namespace (addresses are unique per namespace where ifindexes are not): the
+ * sk_lookup program passes a listener lookup only for interfaces found here. Value: the pod
+ * index. */
+struct ra_iface_key {
+    __u32 family;
+    struct ra_addr addr;
+    __u32 ifindex;
 };
 
 #endif

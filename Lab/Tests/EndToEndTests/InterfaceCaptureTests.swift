@@ -1,0 +1,104 @@
+import Dataplane
+import Foundation
+import MapSync
+import NodeLab
+import SystemCalls
+import Testing
+
+/// Invariant 2 (docs/security.md): every interface of a meshed pod is captured, including one
+/// that appears after enrolment, as a meta plugin's net1 does.
+@Suite("Capture on every interface", .serialized)
+struct InterfaceCaptureTests {
+    /// A second link between a meshed pod and an outsider pod, created inside the meshed pod after
+    /// it was enrolled: `net1` on both ends, 192.168.254.1/30 in the meshed pod, .2 in the outsider.
+    struct SecondLink {
+        let lab: Lab
+        let meshed: LabPod
+        static let meshedIP = IPAddress("192.168.254.1")!
+        static let outsiderIP = IPAddress("192.168.254.2")!
+
+        init(lab: Lab, meshed: LabPod, outsider: LabPod) throws {
+            self.lab = lab
+            self.meshed = meshed
+            let peer = (outsider.netns.path as NSString).lastPathComponent
+            _ = try lab.inNamespace(meshed.netns, "ip", ["link", "add", "net1", "type", "veth", "peer", "name", "net1", "netns", peer])
+            _ = try lab.inNamespace(meshed.netns, "ip", ["addr", "add", "\(Self.meshedIP)/30", "dev", "net1"])
+            _ = try lab.inNamespace(meshed.netns, "ip", ["link", "set", "net1", "up"])
+            _ = try lab.inNamespace(outsider.netns, "ip", ["addr", "add", "\(Self.outsiderIP)/30", "dev", "net1"])
+            _ = try lab.inNamespace(outsider.netns, "ip", ["link", "set", "net1", "up"])
+        }
+
+        /// Deletes both ends.
+        func remove() { _ = try? lab.inNamespace(meshed.netns, "ip", ["link", "del", "net1"]) }
+    }
+
+    @Test("an interface added after enrolment is captured, inbound and outbound", arguments: conformanceSetups)
+    func addedLater(_ setup: CaptureSetup) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(setup) { cl throws in
+            let a = cl.meshed[0], outsider = cl.outsider(a.node)
+            let link = try SecondLink(lab: cl.lab, meshed: a, outsider: outsider)
+            defer { link.remove() }
+            let inbound = SocketAddress(SecondLink.meshedIP, Lab.httpPort)
+            try waitFor("capture on net1", seconds: 5) { (try? cl.capture.dataplane(a.node).verify(cl.lab.podSpec(a)))?.isEmpty == true }
+            // The proxy refuses it (net1's address is not one of the pod's, as ztunnel refuses a
+            // destination it does not know): what matters is that it, not the app, got it.
+            let appBefore = cl.lab.appRecords(a).count
+            _ = try? cl.lab.request(from: outsider, to: inbound, timeout: 2)
+            #expect(cl.lab.appRecords(a).count == appBefore, "the app was not reached directly")
+            #expect(cl.records(a.node, listener: 15006, to: inbound).count == 1, "inbound on net1 went through the proxy: \(cl.records(a.node))")
+            let outbound = SocketAddress(SecondLink.outsiderIP, Lab.httpPort)
+            let o = try cl.lab.request(from: a, to: outbound)
+            #expect(o.status == 200, "\(o.body)")
+            #expect(cl.records(a.node, listener: 15001, to: outbound).count == 1, "outbound on net1 went through the proxy: \(cl.records(a.node))")
+        }
+    }
+
+    @Test("a SYN on an interface no tc program watches reaches no app: the namespace-wide guard")
+    func unwatchedInterface() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(.ebpf) { cl throws in
+            let a = cl.meshed[0], outsider = cl.outsider(a.node)
+            let dp = cl.capture.dataplane(a.node) as! EBPFDataplane
+            let spec = cl.lab.podSpec(a)
+            let link = try SecondLink(lab: cl.lab, meshed: a, outsider: outsider)
+            defer { link.remove() }
+            let target = SocketAddress(SecondLink.meshedIP, Lab.httpPort)
+            // The presence: out of the mesh, the app answers over net1 and its record shows it.
+            try dp.remove(spec)
+            let before = cl.lab.appRecords(a).count
+            #expect(try cl.lab.request(from: outsider, to: target).status == 200)
+            #expect(cl.lab.appRecords(a).count == before + 1)
+            try dp.enroll(spec)
+            #expect(try dp.verify(spec).isEmpty, "enrolment attached to net1 as well")
+            // The window the guard is for, as before the watcher has seen net1: no tc programs on
+            // it, and the sk_lookup program not told that it carries them.
+            _ = try cl.lab.inNamespace(a.netns, "tc", ["qdisc", "del", "dev", "net1", "clsact"])
+            let index = try #require(try dp.maps.pod(a.ipv4!)).pod_index
+            let published = try dp.maps.interfaces(podIndex: index)
+            let net1 = try a.netns.run { Int32(if_nametoindex("net1")) }
+            #expect(Set(published.map(\.1)).contains(net1), "net1 was published at enrolment")
+            try dp.maps.setInterfaces(podIndex: index, addresses: Array(Set(published.map(\.0))), ifindexes: Array(Set(published.map(\.1)).subtracting([net1])))
+            #expect(try dp.verify(spec).contains { $0.contains("net1") }, "verify reports the missing programs")
+            // Counted on index 0: net1's address is not one the runtime gave the pod.
+            let dropped = try dp.maps.counters(podIndex: 0)[.dropUnwatched, default: 0]
+            let proxied = cl.records(a.node, to: target).count
+            let r = try? cl.lab.request(from: outsider, to: target, timeout: 1)
+            #expect(r == nil, "no answer over an unwatched interface: \(String(describing: r?.body))")
+            #expect(cl.lab.appRecords(a).count == before + 1, "the app saw nothing")
+            #expect(cl.records(a.node, to: target).count == proxied, "nor the proxy")
+            #expect(try dp.maps.counters(podIndex: 0)[.dropUnwatched, default: 0] > dropped, "the SYN was dropped and counted")
+            // The pod's own address over net1 is guarded the same way.
+            let own = SocketAddress(a.ipv4!, Lab.httpPort)
+            _ = try cl.lab.inNamespace(outsider.netns, "ip", ["route", "add", "\(a.ipv4!)/32", "dev", "net1"])
+            #expect((try? cl.lab.request(from: outsider, to: own, timeout: 1)) == nil)
+            #expect(cl.lab.appRecords(a).count == before + 1, "the app saw nothing")
+            _ = try cl.lab.inNamespace(outsider.netns, "ip", ["route", "del", "\(a.ipv4!)/32", "dev", "net1"])
+            try dp.enroll(spec)
+            #expect(try dp.verify(spec).isEmpty, "repaired")
+            _ = try? cl.lab.request(from: outsider, to: target, timeout: 2)
+            #expect(cl.records(a.node, to: target).count == proxied + 1, "captured again once attached")
+            #expect(cl.lab.appRecords(a).count == before + 1)
+        }
+    }
+}
