@@ -2,6 +2,7 @@
 /* redirect-agent's capture programs. One entry program per attach point:
  *   tc_pod_egress   pod's own interface, egress, in the pod's namespace
  *   tc_pod_ingress  pod's own interface, ingress
+ *   tc_pod_ingress_reroute  ingress of an interface whose inbound is outbound (a VM's tap)
  *   sk_lookup_pod   the pod's namespace, every interface (TIME_WAIT hand-off; SYNs no tc program saw)
  *   tc_node_egress  host side of the pod's veth, egress, in the node's namespace (probe SNAT)
  *   tc_node_ingress host side of the pod's veth, ingress (probe SNAT replies)
@@ -268,6 +269,30 @@ int tc_pod_ingress(struct __sk_buff *skb)
     if (ra_is_captured(skb, cfg))
         return ra_outbound(skb, &f, cfg);
     return ra_inbound(skb, &f, cfg);
+}
+
+/* Ingress of a virtual interface listed in the pod's `istio.io/reroute-virtual-interfaces` (a
+ * KubeVirt VM's tap device): what arrives there is the VM's outbound traffic, so it is captured
+ * as the pod's own outbound is, to the proxy's 15001 (Istio: `-i <iface> -p tcp -j REDIRECT
+ * --to-ports 15001`). The capture mark makes policy routing deliver it locally. */
+SEC("tc")
+int tc_pod_ingress_reroute(struct __sk_buff *skb)
+{
+    struct ra_config *cfg = ra_get_config();
+    if (!cfg)
+        return TC_ACT_SHOT;
+    struct ra_flow f;
+    int verdict = ra_parse_pod(skb, &f, 0);
+    if (verdict == RA_PASS)
+        return TC_ACT_OK;
+    if (verdict != RA_TCP)
+        return TC_ACT_SHOT;
+    if (f.fragment) {
+        ra_count(ra_pod_index(f.family, &f.src), RA_DROP_FRAGMENT);
+        return TC_ACT_SHOT;
+    }
+    skb->mark = (skb->mark & ~cfg->mark_mask) | (cfg->capture_mark & cfg->mark_mask);
+    return ra_outbound(skb, &f, cfg);
 }
 
 /* Every listener lookup of TCP in the pod's namespace runs here, whatever the interface: the

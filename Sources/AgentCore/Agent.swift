@@ -204,7 +204,9 @@ public final class Agent: Sendable {
     /// Enrolls a pod the CNI plugin reports: selection, dataplane, proxy, state file. Returns
     /// false when the pod is not selected for the mesh (nothing is done).
     public func add(_ req: PodRequest) throws -> Bool {
-        let spec = try spec(from: req)
+        var spec = try spec(from: req)
+        spec.rerouteInterfaces = try RequestValidation.rerouteInterfaces(
+            selection.annotations(namespace: req.namespace, pod: req.name)[rerouteVirtualInterfacesAnnotation])
         guard selection.isInMesh(namespace: req.namespace, pod: req.name, podLabels: req.podLabels, namespaceLabels: req.namespaceLabels) else {
             logger.info("pod not selected for the mesh", metadata: ["pod": "\(req.namespace)/\(req.name)"])
             return false

@@ -40,6 +40,20 @@ public enum RequestValidation {
         return PodSpec(uid: r.uid, name: r.name, namespace: r.namespace, netns: r.netns, ips: ips, interface: r.interface)
     }
 
+    /// The interfaces named by `istio.io/reroute-virtual-interfaces` ("tap0,tap1"), each a valid
+    /// interface name; at most 16.
+    public static func rerouteInterfaces(_ annotation: String?) throws -> [String] {
+        guard let annotation else { return [] }
+        let names = annotation.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard names.count <= 16 else { throw AgentError(.tooManyValues, "\(rerouteVirtualInterfacesAnnotation): \(names.count) interfaces; at most 16") }
+        do { for n in names { try checkInterface(n) } } catch let e as AgentError {
+            throw AgentError(e.code, "\(rerouteVirtualInterfacesAnnotation): \(e.message)")
+        }
+        var unique: [String] = []
+        for n in names where !unique.contains(n) { unique.append(n) }
+        return unique
+    }
+
     /// Parses and bounds the addresses: each a host address or `address/length`, none reserved,
     /// duplicates folded, at most `perFamily` of each family, at least one.
     static func addresses(_ texts: [String], perFamily: Int) throws -> [IPAddress] {

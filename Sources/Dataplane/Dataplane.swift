@@ -14,10 +14,26 @@ public struct PodSpec: Sendable, Codable, Hashable {
     public var ips: [IPAddress]
     /// The pod's interface (inside its namespace).
     public var interface: String
+    /// Interfaces whose inbound TCP is treated as the pod's outbound traffic (Istio's
+    /// `istio.io/reroute-virtual-interfaces`: a KubeVirt VM's tap device, for example).
+    public var rerouteInterfaces: [String]
 
     /// Creates a spec.
-    public init(uid: String, name: String, namespace: String, netns: String, ips: [IPAddress], interface: String = "eth0") {
+    public init(uid: String, name: String, namespace: String, netns: String, ips: [IPAddress], interface: String = "eth0",
+                rerouteInterfaces: [String] = []) {
         self.uid = uid; self.name = name; self.namespace = namespace; self.netns = netns; self.ips = ips; self.interface = interface
+        self.rerouteInterfaces = rerouteInterfaces
+    }
+
+    private enum CodingKeys: String, CodingKey { case uid, name, namespace, netns, ips, interface, rerouteInterfaces }
+
+    /// Decodes a spec; state files written before `rerouteInterfaces` existed have none.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(uid: try c.decode(String.self, forKey: .uid), name: try c.decode(String.self, forKey: .name),
+                  namespace: try c.decode(String.self, forKey: .namespace), netns: try c.decode(String.self, forKey: .netns),
+                  ips: try c.decode([IPAddress].self, forKey: .ips), interface: try c.decode(String.self, forKey: .interface),
+                  rerouteInterfaces: try c.decodeIfPresent([String].self, forKey: .rerouteInterfaces) ?? [])
     }
 
     /// Whether the pod has an IPv6 address.

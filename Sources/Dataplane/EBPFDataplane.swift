@@ -65,7 +65,12 @@ public final class EBPFDataplane: Dataplane, Sendable {
     private let attachLock = Mutex(())
 
     /// The programs, by attach point.
-    public static let programNames = ["tc_pod_ingress", "tc_pod_egress", "sk_lookup_pod", "tc_node_ingress", "tc_node_egress"]
+    public static let programNames = ["tc_pod_ingress", "tc_pod_ingress_reroute", "tc_pod_egress", "sk_lookup_pod", "tc_node_ingress", "tc_node_egress"]
+
+    /// The ingress program for interface `name` of `pod`: inbound on a rerouted interface is outbound.
+    static func ingressProgram(_ pod: PodSpec, _ name: String) -> String {
+        pod.rerouteInterfaces.contains(name) ? "tc_pod_ingress_reroute" : "tc_pod_ingress"
+    }
 
     /// Loads the programs (reusing pinned maps), pins them, and writes the config.
     public init(config: CaptureConfig, options: EBPFOptions, runner: CommandRunner, logger: Logger = Logger(label: "dataplane.ebpf")) throws {
@@ -184,7 +189,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         for (ip, e) in entries where e == nil { drift.append("maps: \(ip) is not in ra_pods") }
         switch options.attach {
         case .clsact:
-            let ingressID = try program("tc_pod_ingress").id(), egressID = try program("tc_pod_egress").id()
+            let ingressID = try program(Self.ingressProgram(pod, pod.interface)).id(), egressID = try program("tc_pod_egress").id()
             let (ing, eg) = try NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
                 let idx = try TCAttach.ifindex(pod.interface)
                 return (TCAttach.attachedProgramID(ifindex: idx, ingress: true), TCAttach.attachedProgramID(ifindex: idx, ingress: false))
@@ -294,7 +299,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// In the pod's namespace: allow our re-injected packets (their source is the pod's own
     /// address), then attach ingress and egress. `plan` was recorded before this runs.
     private func attachInPod(_ pod: PodSpec, _ plan: PodAttachment) throws {
-        let ingress = try program("tc_pod_ingress"), egress = try program("tc_pod_egress")
+        let ingress = try program(Self.ingressProgram(pod, pod.interface)), egress = try program("tc_pod_egress")
         let name = pod.interface, mode = options.attach, pin = options.pinRoot, uid = pod.uid
         try NetworkNamespace(path: pod.netns).run {
             if plan.setAcceptLocal { try writeSysctl("net.ipv4.conf.\(name).accept_local", "1") }
@@ -332,17 +337,18 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// Returns every interface that now carries them, `primary` included.
     @discardableResult
     private func attachOthers(_ pod: PodSpec, primary: Int32) throws -> [Int32] {
-        let ingress = try program("tc_pod_ingress"), egress = try program("tc_pod_egress")
-        let mode = options.attach, pin = options.pinRoot, uid = pod.uid, v4 = pod.hasIPv4
-        let ids = (try ingress.id(), try egress.id())
+        let plain = try program("tc_pod_ingress"), reroute = try program("tc_pod_ingress_reroute"), egress = try program("tc_pod_egress")
+        let mode = options.attach, pin = options.pinRoot, uid = pod.uid, v4 = pod.hasIPv4, rerouted = Set(pod.rerouteInterfaces)
+        let ids = (plain: try plain.id(), reroute: try reroute.id(), egress: try egress.id())
         let (changed, attached) = try NetworkNamespace(path: pod.netns).run { () -> ([Int32: InterfaceChanges], [Int32]) in
             var changed: [Int32: InterfaceChanges] = [:], attached = [primary]
             for link in try Netlink.links() where !link.isLoopback && link.index != primary {
                 attached.append(link.index)
+                let ingress = rerouted.contains(link.name) ? reroute : plain
                 switch mode {
                 case .clsact:
-                    if TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == ids.0,
-                       TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == ids.1 { continue }
+                    if TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == (rerouted.contains(link.name) ? ids.reroute : ids.plain),
+                       TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == ids.egress { continue }
                     let acceptLocal = v4 ? (try? readSysctl("net.ipv4.conf.\(link.name).accept_local")) : "1"
                     if acceptLocal != "1" { try writeSysctl("net.ipv4.conf.\(link.name).accept_local", "1") }
                     let created = try TCAttach.ensureClsact(ifindex: link.index)
@@ -402,12 +408,14 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     /// Interfaces other than `primary` without the pod programs.
     private func othersDrift(_ pod: PodSpec, primary: Int32) throws -> [String] {
-        let ids = (try program("tc_pod_ingress").id(), try program("tc_pod_egress").id())
+        let plain = try program("tc_pod_ingress").id(), reroute = try program("tc_pod_ingress_reroute").id()
+        let egress = try program("tc_pod_egress").id(), rerouted = Set(pod.rerouteInterfaces)
         let mode = options.attach, links = "\(options.pinRoot)/links/\(pod.uid)-tcx-if"
         return try NetworkNamespace(path: pod.netns).run {
             try Netlink.links().filter { !$0.isLoopback && $0.index != primary }.compactMap { link -> String? in
+                let ingress = rerouted.contains(link.name) ? reroute : plain
                 let attached = mode == .clsact
-                    ? TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == ids.0 && TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == ids.1
+                    ? TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == ingress && TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == egress
                     : FileManager.default.fileExists(atPath: "\(links)\(link.index)-ingress") && FileManager.default.fileExists(atPath: "\(links)\(link.index)-egress")
                 return attached ? nil : "pod \(link.name) (ifindex \(link.index)): capture programs missing"
             }

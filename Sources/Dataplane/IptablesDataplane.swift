@@ -34,6 +34,9 @@ public final class IptablesDataplane: Dataplane, Sendable {
 
     private var rules: IptablesRules { IptablesRules(config: config) }
 
+    /// The renderer for one pod (its rerouted interfaces are part of its rules).
+    private func rules(for pod: PodSpec) -> IptablesRules { IptablesRules(config: config, reroute: pod.rerouteInterfaces) }
+
     // MARK: node
 
     /// Creates the ipsets and the probe SNAT chain, with its jump first in POSTROUTING.
@@ -106,7 +109,7 @@ public final class IptablesDataplane: Dataplane, Sendable {
     public func verify(_ pod: PodSpec) throws -> [String] {
         try validate(pod)
         var drift: [String] = []
-        let r = rules
+        let r = rules(for: pod)
         for v6 in families(of: pod) {
             let fam = v6 ? "IPv6" : "IPv4"
             let have = r.installed(in: try podCommand(pod, backend.save(ipv6: v6), []))
@@ -175,7 +178,7 @@ public final class IptablesDataplane: Dataplane, Sendable {
     }
 
     private func applyPodRules(_ pod: PodSpec, ipv6: Bool) throws {
-        let r = rules
+        let r = rules(for: pod)
         let have = r.installed(in: try podCommand(pod, backend.save(ipv6: ipv6), []))
         try podCommand(pod, backend.restore(ipv6: ipv6), ["--noflush"], input: r.pod(ipv6: ipv6, present: have.jumps))
     }

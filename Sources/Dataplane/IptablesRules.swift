@@ -6,8 +6,10 @@ import SystemCalls
 public struct IptablesRules: Sendable {
     /// The configuration rendered.
     public var config: CaptureConfig
+    /// The pod's interfaces whose inbound TCP is treated as outbound (`istio.io/reroute-virtual-interfaces`).
+    public var reroute: [String]
     /// Creates a renderer.
-    public init(config: CaptureConfig) { self.config = config }
+    public init(config: CaptureConfig, reroute: [String] = []) { self.config = config; self.reroute = reroute }
 
     /// Our pre-routing chain.
     public var prerouting: String { "\(config.chainPrefix)_PRERT" }
@@ -53,10 +55,10 @@ public struct IptablesRules: Sendable {
             (prerouting, "! -i lo -p tcp -m conntrack --ctstate INVALID -j DROP"),
             (output, "-m connmark --mark \(conn) -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
         ]
-        var nat: [(String, String)] = [
-            (prerouting, "-s \(probe) -p tcp -m tcp -j ACCEPT"),
-            (prerouting, "! -d \(lo) -p tcp -m tcp ! --dport \(c.tunnelPort) -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.inboundPort)"),
-        ]
+        var nat: [(String, String)] = [(prerouting, "-s \(probe) -p tcp -m tcp -j ACCEPT")]
+        // As Istio: TCP arriving on a virtual interface (a VM's tap) is the VM's outbound traffic.
+        nat += reroute.map { (prerouting, "-i \($0) -p tcp -j REDIRECT --to-ports \(c.outboundPort)") }
+        nat.append((prerouting, "! -d \(lo) -p tcp -m tcp ! --dport \(c.tunnelPort) -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.inboundPort)"))
         if let proxy { nat.append((output, "\(proxy) -j ACCEPT")) }
         if c.dnsCapture {
             nat += [

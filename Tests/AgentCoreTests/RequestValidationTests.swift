@@ -76,4 +76,13 @@ struct LogEscapingTests {
             }
         }
     }
+
+    @Test("istio.io/reroute-virtual-interfaces: names parsed, folded and checked")
+    func rerouteAnnotation() throws {
+        #expect(try RequestValidation.rerouteInterfaces(nil) == [])
+        #expect(try RequestValidation.rerouteInterfaces(" tap0, net1 ,tap0,,") == ["tap0", "net1"])
+        for bad in ["tap0,a/b", "0123456789abcdef", "x:y", "..", String(repeating: "t,", count: 17) + "u"] {
+            #expect(throws: AgentError.self, "\(bad)") { try RequestValidation.rerouteInterfaces(bad) }
+        }
+    }
 }

@@ -101,4 +101,31 @@ struct InterfaceCaptureTests {
             #expect(cl.lab.appRecords(a).count == before + 1)
         }
     }
+
+    @Test("istio.io/reroute-virtual-interfaces: what arrives on a listed interface is captured as the pod's outbound", arguments: conformanceModes)
+    func rerouteVirtualInterface(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            // The outsider plays a VM behind the pod's net1 (a KubeVirt tap) and reaches a server
+            // elsewhere through the pod.
+            let a = cl.meshed[0], vm = cl.outsider(a.node)
+            let dp = cl.capture.dataplane(a.node)
+            let link = try SecondLink(lab: cl.lab, meshed: a, outsider: vm)
+            defer { link.remove() }
+            let server = SocketAddress(cl.outsider(cl.n2).ipv4!, Lab.httpPort)
+            _ = try cl.lab.inNamespace(vm.netns, "ip", ["route", "add", "\(server.ip)/32", "via", "\(SecondLink.meshedIP)", "dev", "net1"])
+            try waitFor("capture on net1", seconds: 5) { (try? dp.verify(cl.lab.podSpec(a)))?.isEmpty == true }
+            // Without the annotation the VM's traffic is inbound to a pod that does not forward: it goes nowhere.
+            #expect((try? cl.lab.request(from: vm, to: server, timeout: 1)) == nil)
+            #expect(cl.records(a.node, listener: 15001, to: server).isEmpty)
+            var spec = cl.lab.podSpec(a)
+            spec.rerouteInterfaces = ["net1"]
+            try dp.enroll(spec)
+            #expect(try dp.verify(spec).isEmpty)
+            let r = try cl.lab.request(from: vm, to: server)
+            #expect(r.status == 200)
+            #expect(clientIP(r.body) == a.ipv4!.description, "the server saw the pod's proxy, not the VM: \(r.body)")
+            #expect(cl.records(a.node, listener: 15001, to: server).count == 1, "\(cl.records(a.node))")
+        }
+    }
 }
