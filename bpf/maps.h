@@ -72,4 +72,5 @@ struct {
     __uint(max_entries, 1);
     __type(key, __u32);
     __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME); /* shared by every generation of the programs across an upgrade */
 } ra_tc_lookup SEC(".maps");
