@@ -49,17 +49,17 @@ public final class IptablesDataplane: Dataplane, Sendable {
 
     private func applyNodeRules(ipv6: Bool) throws {
         let r = rules
-        let have = r.installed(in: try runner.checked(backend.save(ipv6: ipv6), ["-t", "nat"]))
-        let present = have.jumps.contains(r.nodeJump)
-        let first = have.firstTargets["nat POSTROUTING"] == r.postrouting
-        try runner.checked(backend.restore(ipv6: ipv6), ["--noflush"], input: r.node(ipv6: ipv6, jumpPresent: present, jumpIsFirst: first))
+        let have = r.installed(in: try runner.checked(backend.save(ipv6: ipv6), []))
+        let input = r.node(ipv6: ipv6, jumpPresent: have.jumps.contains(r.nodeJump), jumpIsFirst: have.firstTargets["nat POSTROUTING"] == r.postrouting,
+                           guardPresent: have.jumps.contains(r.guardJump), guardIsFirst: have.firstTargets["raw PREROUTING"] == r.probeGuard)
+        try runner.checked(backend.restore(ipv6: ipv6), ["--noflush"], input: input)
     }
 
     /// Removes the node's chain, jump and ipsets.
     public func uninstallNode() throws {
         for v6 in [false, true] {
             let r = rules
-            let have = r.installed(in: try runner.checked(backend.save(ipv6: v6), ["-t", "nat"]))
+            let have = r.installed(in: try runner.checked(backend.save(ipv6: v6), []))
             let input = r.nodeRemoval(present: have.jumps, chains: have.chains)
             if !input.isEmpty { try runner.checked(backend.restore(ipv6: v6), ["--noflush"], input: input) }
             _ = try? runner.run("ipset", ["destroy", config.ipsetName(ipv6: v6)], netns: nil, input: nil, environment: [:])

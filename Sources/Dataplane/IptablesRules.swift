@@ -17,6 +17,8 @@ public struct IptablesRules: Sendable {
     public var output: String { "\(config.chainPrefix)_OUTPUT" }
     /// Our node post-routing chain.
     public var postrouting: String { "\(config.chainPrefix)_POSTRT" }
+    /// Our node chain that drops packets from elsewhere claiming the probe IP (raw PREROUTING).
+    public var probeGuard: String { "\(config.chainPrefix)_PROBE_GUARD" }
 
     /// A jump from a built-in chain into ours, as `table builtin target`.
     public struct Jump: Hashable, Sendable {
@@ -114,22 +116,41 @@ public struct IptablesRules: Sendable {
         return "-m owner --socket-exists\(kubelet) -p tcp -m set --match-set \(config.ipsetName(ipv6: ipv6)) dst -j SNAT --to-source \(config.probeIP(ipv6: ipv6))"
     }
 
-    /// The node's jump.
-    public var nodeJump: Jump { Jump("nat", "POSTROUTING", postrouting) }
+    /// The node's guard: a packet that reaches the node from elsewhere (another pod, another node)
+    /// with the probe IP as its source, for an in-mesh pod, is dropped. Only this node's own SNAT
+    /// may produce such packets, and those leave through OUTPUT, never PREROUTING. Istio has no
+    /// such rule, so there any pod can send from the probe IP and skip the pod's inbound capture.
+    func probeGuardRule(ipv6: Bool) -> String {
+        "-s \(config.probeIP(ipv6: ipv6)) -m set --match-set \(config.ipsetName(ipv6: ipv6)) dst -j DROP"
+    }
 
-    /// Restore input for the node: our chain rewritten; the jump inserted at position 1 unless it
-    /// already is first (`jumpIsFirst`); a jump that slipped down is deleted and re-inserted.
-    public func node(ipv6: Bool, jumpPresent: Bool, jumpIsFirst: Bool) -> String {
+    /// The node's jumps.
+    public var nodeJump: Jump { Jump("nat", "POSTROUTING", postrouting) }
+    /// The guard's jump.
+    public var guardJump: Jump { Jump("raw", "PREROUTING", probeGuard) }
+
+    /// Restore input for the node: our chains rewritten; each jump inserted at position 1 unless it
+    /// already is first (`jumpIsFirst`, `guardIsFirst`); a jump that slipped down is deleted and re-inserted.
+    public func node(ipv6: Bool, jumpPresent: Bool, jumpIsFirst: Bool, guardPresent: Bool = false, guardIsFirst: Bool = false) -> String {
         var out = "*nat\n:\(postrouting) - [0:0]\n"
-        if jumpPresent && !jumpIsFirst { out += "-D POSTROUTING -j \(postrouting)\n" }
-        if !jumpPresent || !jumpIsFirst { out += "-I POSTROUTING 1 -j \(postrouting)\n" }
+        out += firstJump("POSTROUTING", postrouting, present: jumpPresent, first: jumpIsFirst)
         out += "-A \(postrouting) \(nodeRule(ipv6: ipv6))\nCOMMIT\n"
+        out += "*raw\n:\(probeGuard) - [0:0]\n"
+        out += firstJump("PREROUTING", probeGuard, present: guardPresent, first: guardIsFirst)
+        out += "-A \(probeGuard) \(probeGuardRule(ipv6: ipv6))\nCOMMIT\n"
         return out
     }
 
-    /// Restore input that removes the node's chain and jump.
+    private func firstJump(_ from: String, _ to: String, present: Bool, first: Bool) -> String {
+        var out = ""
+        if present && !first { out += "-D \(from) -j \(to)\n" }
+        if !present || !first { out += "-I \(from) 1 -j \(to)\n" }
+        return out
+    }
+
+    /// Restore input that removes the node's chains and jumps.
     public func nodeRemoval(present: Set<Jump>, chains: Set<String>) -> String {
-        removal(tables: ["nat"], ours: [postrouting], present: present, chains: chains)
+        removal(tables: ["nat", "raw"], ours: [postrouting, probeGuard], present: present, chains: chains)
     }
 
     private func removal(tables: [String], ours: [String], present: Set<Jump>, chains: Set<String>) -> String {
@@ -163,7 +184,7 @@ public struct IptablesRules: Sendable {
     /// Parses an iptables-save dump for our chains, jumps and rule counts.
     public func installed(in save: String) -> Installed {
         var result = Installed()
-        let ours = Set([prerouting, output, postrouting])
+        let ours = Set([prerouting, output, postrouting, probeGuard])
         var table = ""
         for raw in save.split(separator: "\n") {
             let line = raw.trimmingCharacters(in: .whitespaces)

@@ -51,6 +51,47 @@ struct AdversarialTests {
         }
     }
 
+    @Test("a pod that sends from the probe IP does not skip capture (Istio's rules let it in)", arguments: conformanceModes)
+    func spoofedProbeIP(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            let attacker = cl.outsider(cl.n1), victim = cl.meshed[0]
+            let dst = SocketAddress(victim.ipv4!, Lab.httpPort), probeIP = IPAddress("169.254.7.127")!
+            // Let the attacker receive replies to the probe IP, so a handshake can complete.
+            try cl.lab.ip(["-n", cl.n1.netnsName, "route", "add", "\(probeIP)/32", "via", attacker.ipv4!.description])
+            try cl.lab.ip(["-n", attacker.netnsName, "route", "add", "local", "\(probeIP)/32", "dev", "lo"])
+            func attempt() -> MiniHTTP.Response? {
+                try? attacker.netns.run {
+                    let socket = try Socket(tcp: AF_INET)
+                    defer { socket.close() }
+                    try socket.setTransparent(ipv6: false)
+                    try socket.bind(SocketAddress(probeIP, 0))
+                    try socket.setTimeout(seconds: 1)
+                    try socket.connect(dst)
+                    return try MiniHTTP.get(socket, host: "victim", path: "/whoami")
+                }
+            }
+            if mode == .iptables {
+                // The presence: without the node's guard (Istio's rules alone) the spoofed connection
+                // reaches the app and the proxy never sees it.
+                _ = try cl.lab.inNamespace(cl.n1.netns, "iptables", ["-t", "raw", "-D", "PREROUTING", "-j", "ISTIO_PROBE_GUARD"])
+                #expect(attempt()?.status == 200)
+                #expect(cl.records(victim.node, listener: 15006, to: dst).isEmpty, "Istio's rule lets it through uncaptured")
+                try cl.capture.dataplane(cl.n1).prepareNode()
+                let before = cl.lab.appRecords(victim).count
+                #expect(attempt() == nil, "the node drops it")
+                #expect(cl.lab.appRecords(victim).count == before)
+            } else {
+                #expect(attempt()?.status == 200)
+                #expect(cl.records(victim.node, listener: 15006, to: dst).count == 1, "captured: \(cl.records(victim.node))")
+            }
+            // The kubelet's own probes still pass, uncaptured.
+            let probes = cl.records(victim.node, listener: 15006, to: dst).count
+            #expect(try cl.lab.probe(victim).status == 200)
+            #expect(cl.records(victim.node, listener: 15006, to: dst).count == probes)
+        }
+    }
+
     @Test("an app's new connection to the probe IP is captured (Istio lets it out)", arguments: conformanceModes)
     func appToProbeIP(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
