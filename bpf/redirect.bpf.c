@@ -186,7 +186,11 @@ static __always_inline int ra_to_listener(struct __sk_buff *skb, const struct ra
         ra_count(pod, RA_DROP_NOT_PROXY);
         return TC_ACT_SHOT;
     }
-    ra_record_listener(listener, f->family, pod_addr, port);
+    /* Only under an address of this namespace (one published for the interface the packet is on):
+     * a forged source must not file this pod's listener under another pod's address. */
+    struct ra_iface_key own = { .family = f->family, .addr = *pod_addr, .ifindex = skb->ifindex };
+    if (bpf_map_lookup_elem(&ra_ifaces, &own))
+        ra_record_listener(listener, f->family, pod_addr, port);
     bpf_sk_release(listener);
     ra_count(pod, ra_is_new_connection(f) ? ok : RA_ORPHAN_TO_PROXY);
     return TC_ACT_OK;
@@ -290,6 +294,16 @@ int tc_pod_ingress_reroute(struct __sk_buff *skb)
     if (f.fragment) {
         ra_count(ra_pod_index(f.family, &f.src), RA_DROP_FRAGMENT);
         return TC_ACT_SHOT;
+    }
+    if (!ra_is_new_connection(&f)) {
+        /* Not a SYN and no socket owns it: the VM's side of a connection into the VM, which the
+         * pod forwards (and its conntrack translates); iptables' REDIRECT, too, acts on a
+         * connection's first packet only. A socket that owns the tuple still gets the packet
+         * only if it is the proxy's (ra_outbound). */
+        struct bpf_sock *sk = ra_flow_socket(skb, &f);
+        if (!sk)
+            return TC_ACT_OK;
+        bpf_sk_release(sk);
     }
     skb->mark = (skb->mark & ~cfg->mark_mask) | (cfg->capture_mark & cfg->mark_mask);
     return ra_outbound(skb, &f, cfg);

@@ -142,8 +142,10 @@ public final class EBPFDataplane: Dataplane, Sendable {
             try maps.upsert(entry)
             try watcher.watch(pod) // before attaching: an interface that appears from now on is seen
             try attachInPod(pod, attached)
-            let carrying = try attachOthers(pod, primary: attached.podIfindex)
-            try publishInterfaces(pod, index: index, attached: carrying) // before sk_lookup, which reads it
+            try attachLock.withLock { _ in // the watcher may react to this pod's links already
+                let carrying = try attachOthers(pod, primary: attached.podIfindex)
+                try publishInterfaces(pod, index: index, attached: carrying) // before sk_lookup, which reads it
+            }
             try LinkAttach.skLookup(try program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
             try routing.apply(netns: pod.netns, families: families(of: pod))
             if try attachOnNode(hostIfindex: attached.hostIfindex) { entry.flags |= UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) }
@@ -204,7 +206,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
         if let primary = entries.first?.1 {
             drift += try othersDrift(pod, primary: Int32(primary.pod_ifindex))
             let published = Set(try maps.interfaces(podIndex: primary.pod_index).map(\.1))
-            if !published.contains(Int32(primary.pod_ifindex)) { drift.append("ra_ifaces: interface \(primary.pod_ifindex) not published for sk_lookup") }
+            let carrying = try NetworkNamespace(path: pod.netns).run { try Netlink.links().filter { !$0.isLoopback && $0.isEthernet }.map(\.index) }
+            for i in carrying where !published.contains(i) { drift.append("ra_ifaces: interface \(i) not published for sk_lookup") }
         }
         if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
         if let e = entries.first?.1 {
@@ -290,7 +293,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         let name = pod.interface, clsact = options.attach == .clsact
         return try NetworkNamespace(path: pod.netns).run {
             let link = try Netlink.link(named: name)
-            let acceptLocal = pod.hasIPv4 ? (try? readSysctl("net.ipv4.conf.\(name).accept_local")) : "1"
+            let acceptLocal = pod.hasIPv4 ? (try? readSysctl(interfaceSysctl("ipv4", name, "accept_local"))) : "1"
             let hasClsact = clsact ? try NetlinkRouting.hasClsact(ifindex: link.index) : true
             return PodAttachment(podIfindex: link.index, hostIfindex: link.linkIndex, createdClsact: !hasClsact, setAcceptLocal: acceptLocal != "1")
         }
@@ -302,7 +305,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         let ingress = try program(Self.ingressProgram(pod, pod.interface)), egress = try program("tc_pod_egress")
         let name = pod.interface, mode = options.attach, pin = options.pinRoot, uid = pod.uid
         try NetworkNamespace(path: pod.netns).run {
-            if plan.setAcceptLocal { try writeSysctl("net.ipv4.conf.\(name).accept_local", "1") }
+            if plan.setAcceptLocal { try writeSysctl(interfaceSysctl("ipv4", name, "accept_local"), "1") }
             switch mode {
             case .clsact:
                 _ = try TCAttach.ensureClsact(ifindex: plan.podIfindex)
@@ -323,7 +326,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             try TCAttach.detach(ifindex: idx, ingress: true)
             try TCAttach.detach(ifindex: idx, ingress: false)
             if ours.destroyClsact { try TCAttach.destroyClsact(ifindex: idx) }
-            if ours.resetAcceptLocal { try writeSysctl("net.ipv4.conf.\(name).accept_local", "0") }
+            if ours.resetAcceptLocal { try writeSysctl(interfaceSysctl("ipv4", name, "accept_local"), "0") }
         }
     }
 
@@ -332,46 +335,60 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// What attaching changed on an interface other than the primary one.
     struct InterfaceChanges: Sendable { var createdClsact: Bool; var setAcceptLocal: Bool }
 
-    /// Attaches the pod programs to every interface of the pod other than `primary` and
-    /// loopback that lacks them (a meta plugin's net1, a device added later). Idempotent.
-    /// Returns every interface that now carries them, `primary` included.
+    /// Attaches the pod programs to every Ethernet interface of the pod other than `primary` that
+    /// lacks them (a meta plugin's net1, a device added later). Idempotent. A link that fails is
+    /// logged and left out; so are links without an Ethernet header (tun, wireguard, ipip: the
+    /// programs parse Ethernet frames), which are never published, so sk_lookup drops what
+    /// arrives there. Returns every interface that now carries the programs, `primary` included.
     @discardableResult
     private func attachOthers(_ pod: PodSpec, primary: Int32) throws -> [Int32] {
         let plain = try program("tc_pod_ingress"), reroute = try program("tc_pod_ingress_reroute"), egress = try program("tc_pod_egress")
         let mode = options.attach, pin = options.pinRoot, uid = pod.uid, v4 = pod.hasIPv4, rerouted = Set(pod.rerouteInterfaces)
         let ids = (plain: try plain.id(), reroute: try reroute.id(), egress: try egress.id())
-        let (changed, attached) = try NetworkNamespace(path: pod.netns).run { () -> ([Int32: InterfaceChanges], [Int32]) in
-            var changed: [Int32: InterfaceChanges] = [:], attached = [primary]
+        let (changed, attached, failed) = try NetworkNamespace(path: pod.netns).run { () -> ([Int32: InterfaceChanges], [Int32], [String]) in
+            var changed: [Int32: InterfaceChanges] = [:], attached = [primary], failed: [String] = []
             for link in try Netlink.links() where !link.isLoopback && link.index != primary {
-                attached.append(link.index)
+                guard link.isEthernet else { failed.append("\(link.name): link type \(link.type) is not Ethernet, left unattached (inbound dropped)"); continue }
                 let ingress = rerouted.contains(link.name) ? reroute : plain
-                switch mode {
-                case .clsact:
-                    if TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == (rerouted.contains(link.name) ? ids.reroute : ids.plain),
-                       TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == ids.egress { continue }
-                    let acceptLocal = v4 ? (try? readSysctl("net.ipv4.conf.\(link.name).accept_local")) : "1"
-                    if acceptLocal != "1" { try writeSysctl("net.ipv4.conf.\(link.name).accept_local", "1") }
-                    let created = try TCAttach.ensureClsact(ifindex: link.index)
-                    try TCAttach.attach(ingress, ifindex: link.index, ingress: true)
-                    try TCAttach.attach(egress, ifindex: link.index, ingress: false)
-                    changed[link.index] = InterfaceChanges(createdClsact: created, setAcceptLocal: acceptLocal != "1")
-                case .tcx:
-                    let base = "\(pin)/links/\(uid)-tcx-if\(link.index)"
-                    if FileManager.default.fileExists(atPath: "\(base)-egress") { continue }
-                    let acceptLocal = v4 ? (try? readSysctl("net.ipv4.conf.\(link.name).accept_local")) : "1"
-                    if acceptLocal != "1" { try writeSysctl("net.ipv4.conf.\(link.name).accept_local", "1") }
-                    try LinkAttach.tcx(ingress, ifindex: link.index, ingress: true, pinPath: "\(base)-ingress")
-                    try LinkAttach.tcx(egress, ifindex: link.index, ingress: false, pinPath: "\(base)-egress")
-                    changed[link.index] = InterfaceChanges(createdClsact: false, setAcceptLocal: acceptLocal != "1")
+                do {
+                    switch mode {
+                    case .clsact:
+                        if TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == (rerouted.contains(link.name) ? ids.reroute : ids.plain),
+                           TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == ids.egress { attached.append(link.index); continue }
+                        let setAcceptLocal = try Self.allowLocalSource(link.name, v4: v4)
+                        let created = try TCAttach.ensureClsact(ifindex: link.index)
+                        try TCAttach.attach(ingress, ifindex: link.index, ingress: true)
+                        try TCAttach.attach(egress, ifindex: link.index, ingress: false)
+                        changed[link.index] = InterfaceChanges(createdClsact: created, setAcceptLocal: setAcceptLocal)
+                    case .tcx:
+                        let base = "\(pin)/links/\(uid)-tcx-if\(link.index)"
+                        if FileManager.default.fileExists(atPath: "\(base)-egress") { attached.append(link.index); continue }
+                        let setAcceptLocal = try Self.allowLocalSource(link.name, v4: v4)
+                        try LinkAttach.tcx(ingress, ifindex: link.index, ingress: true, pinPath: "\(base)-ingress")
+                        try LinkAttach.tcx(egress, ifindex: link.index, ingress: false, pinPath: "\(base)-egress")
+                        changed[link.index] = InterfaceChanges(createdClsact: false, setAcceptLocal: setAcceptLocal)
+                    }
+                    attached.append(link.index)
+                } catch {
+                    failed.append("\(link.name): \(error)")
                 }
             }
-            return (changed, attached)
+            return (changed, attached, failed)
         }
         if !changed.isEmpty {
             logger.info("capture attached to more interfaces", metadata: ["pod": "\(pod.name)", "ifindexes": "\(changed.keys.sorted())"])
             others.withLock { $0[uid, default: [:]].merge(changed) { old, _ in old } }
         }
+        if !failed.isEmpty { logger.error("interfaces left without capture", metadata: ["pod": "\(pod.name)", "links": "\(failed)"]) }
         return attached
+    }
+
+    /// Sets accept_local on an interface (our turned-around packets carry the pod's own source);
+    /// returns whether this call changed it.
+    private static func allowLocalSource(_ name: String, v4: Bool) throws -> Bool {
+        guard v4, (try? readSysctl(interfaceSysctl("ipv4", name, "accept_local"))) != "1" else { return false }
+        try writeSysctl(interfaceSysctl("ipv4", name, "accept_local"), "1")
+        return true
     }
 
     /// Tells the sk_lookup program which interfaces of the pod carry the tc programs, keyed by
@@ -401,7 +418,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
                 try TCAttach.detach(ifindex: link.index, ingress: false)
                 guard let c = changes[link.index] else { continue }
                 if c.createdClsact { try TCAttach.destroyClsact(ifindex: link.index) }
-                if c.setAcceptLocal { try writeSysctl("net.ipv4.conf.\(link.name).accept_local", "0") }
+                if c.setAcceptLocal { try writeSysctl(interfaceSysctl("ipv4", link.name, "accept_local"), "0") }
             }
         }
     }
@@ -412,7 +429,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         let egress = try program("tc_pod_egress").id(), rerouted = Set(pod.rerouteInterfaces)
         let mode = options.attach, links = "\(options.pinRoot)/links/\(pod.uid)-tcx-if"
         return try NetworkNamespace(path: pod.netns).run {
-            try Netlink.links().filter { !$0.isLoopback && $0.index != primary }.compactMap { link -> String? in
+            try Netlink.links().filter { !$0.isLoopback && $0.isEthernet && $0.index != primary }.compactMap { link -> String? in
                 let ingress = rerouted.contains(link.name) ? reroute : plain
                 let attached = mode == .clsact
                     ? TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == ingress && TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == egress
@@ -439,7 +456,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
     public func resume(_ pod: PodSpec) throws {
         guard let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return }
         try watcher.watch(pod)
-        try attachAndPublish(pod, e)
+        try attachLock.withLock { _ in try attachAndPublish(pod, e) }
     }
 
     /// On the node: the probe SNAT programs on the host side of the pod's veth (always clsact:

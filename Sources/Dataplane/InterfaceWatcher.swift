@@ -36,6 +36,8 @@ final class InterfaceWatcher: Sendable {
             s.watched[pod.uid] = Watched(fd: fd, pod: pod)
             guard s.wake == nil else { return false }
             try check("pipe2", cshim_pipe_cloexec(&fds))
+            // Pokes never block (they run under the lock); a full pipe already means "look again".
+            _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
             s.wake = (fds[0], fds[1])
             return true
         }

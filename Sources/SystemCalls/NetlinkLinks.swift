@@ -10,6 +10,10 @@ extension Netlink {
         public var name: String
         /// Whether it is a loopback device (IFF_LOOPBACK).
         public var isLoopback: Bool
+        /// The link-layer type (ifi_type, ARPHRD_*): 1 for Ethernet.
+        public var type: UInt16 = 1
+        /// Whether frames on it start with an Ethernet header (what the pod programs parse).
+        public var isEthernet: Bool { type == 1 }
     }
 
     /// Every interface of the calling thread's namespace (RTM_GETLINK dump).
@@ -21,6 +25,7 @@ extension Netlink {
     /// The link a RTM_NEWLINK/RTM_GETLINK body (ifinfomsg and attributes) describes.
     static func linkInfo(_ msg: [UInt8]) -> LinkInfo? {
         guard msg.count >= 16 else { return nil }
+        let type = msg[2..<4].withUnsafeBytes { $0.loadUnaligned(as: UInt16.self) }
         let index = msg[4..<8].withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
         let flags = msg[8..<12].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
         var off = 16, name = ""
@@ -31,7 +36,7 @@ extension Netlink {
             if type == 3 { name = String(decoding: msg[off + 4..<off + len].prefix { $0 != 0 }, as: UTF8.self) } // IFLA_IFNAME
             off += (len + 3) & ~3
         }
-        return LinkInfo(index: index, name: name, isLoopback: flags & UInt32(IFF_LOOPBACK) != 0)
+        return LinkInfo(index: index, name: name, isLoopback: flags & UInt32(IFF_LOOPBACK) != 0, type: type)
     }
 
     /// Every local address of the calling thread's namespace, both families (RTM_GETADDR dump).

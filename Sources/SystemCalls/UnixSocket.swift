@@ -56,7 +56,7 @@ public enum PrivateDirectory {
 
 /// Writes `value` to `/proc/sys/<name with dots as slashes>` from the calling thread's namespace.
 public func writeSysctl(_ name: String, _ value: String) throws {
-    let path = "/proc/sys/" + name.replacingOccurrences(of: ".", with: "/")
+    let path = sysctlPath(name)
     let fd = try check("open \(path)", open(path, O_WRONLY | O_CLOEXEC))
     defer { close(fd) }
     let bytes = Array(value.utf8)
@@ -65,10 +65,21 @@ public func writeSysctl(_ name: String, _ value: String) throws {
 
 /// Reads `/proc/sys/<name>` from the calling thread's namespace.
 public func readSysctl(_ name: String) throws -> String {
-    let path = "/proc/sys/" + name.replacingOccurrences(of: ".", with: "/")
+    let path = sysctlPath(name)
     let fd = try check("open \(path)", open(path, O_RDONLY | O_CLOEXEC))
     defer { close(fd) }
     var buf = [UInt8](repeating: 0, count: 256)
     let n = try check("read \(path)", read(fd, &buf, buf.count))
     return String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+/// `/proc/sys/` path of a dotted sysctl name; as sysctl(8) writes it, a "/" inside a component
+/// stands for a "." (an interface named `eth0.100` is `net.ipv4.conf.eth0/100.accept_local`).
+func sysctlPath(_ name: String) -> String {
+    "/proc/sys/" + String(name.map { $0 == "." ? "/" : $0 == "/" ? "." : $0 })
+}
+
+/// The dotted sysctl name of a per-interface setting: `interfaceSysctl("ipv4", "eth0.100", "accept_local")`.
+public func interfaceSysctl(_ family: String, _ interface: String, _ key: String) -> String {
+    "net.\(family).conf.\(interface.replacingOccurrences(of: ".", with: "/")).\(key)"
 }

@@ -78,8 +78,13 @@ struct AdversarialTests {
                 #expect(attempt()?.status == 200)
                 #expect(cl.records(victim.node, listener: 15006, to: dst).isEmpty, "Istio's rule lets it through uncaptured")
                 try cl.capture.dataplane(cl.n1).prepareNode()
-                let before = cl.lab.appRecords(victim).count
+                func guardDrops() throws -> Int {
+                    let out = try cl.lab.inNamespace(cl.n1.netns, "iptables", ["-t", "raw", "-L", "ISTIO_PROBE_GUARD", "-v", "-x", "-n"])
+                    return out.split(separator: "\n").filter { $0.contains("DROP") }.compactMap { Int($0.split(separator: " ").first ?? "") }.reduce(0, +)
+                }
+                let before = cl.lab.appRecords(victim).count, dropped = try guardDrops()
                 #expect(attempt() == nil, "the node drops it")
+                #expect(try guardDrops() > dropped, "dropped by the guard, not lost for another reason")
                 #expect(cl.lab.appRecords(victim).count == before)
             } else {
                 #expect(attempt()?.status == 200)
