@@ -252,22 +252,35 @@ static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flo
                           tunnel ? RA_HBONE_PASS : RA_INBOUND_CAPTURED);
 }
 
-SEC("tc")
-int tc_pod_ingress(struct __sk_buff *skb)
+/* What both ingress programs do first: no config or a packet the parser refused is dropped,
+ * non-TCP passes, fragmented TCP is dropped and counted (on the pod the packet is for when
+ * `inbound`, else on its sender). RA_CONTINUE: a TCP packet to decide on. */
+#define RA_CONTINUE -1
+static __always_inline int ra_ingress_start(struct __sk_buff *skb, struct ra_config **cfg, struct ra_flow *f, int inbound)
 {
-    struct ra_config *cfg = ra_get_config();
-    if (!cfg)
+    *cfg = ra_get_config();
+    if (!*cfg)
         return TC_ACT_SHOT;
-    struct ra_flow f;
-    int verdict = ra_parse_pod(skb, &f, 1);
+    int verdict = ra_parse_pod(skb, f, inbound);
     if (verdict == RA_PASS)
         return TC_ACT_OK;
     if (verdict != RA_TCP)
         return TC_ACT_SHOT;
-    if (f.fragment) {
-        ra_count(ra_pod_index(f.family, &f.dst), RA_DROP_FRAGMENT);
+    if (f->fragment) {
+        ra_count(ra_pod_index(f->family, inbound ? &f->dst : &f->src), RA_DROP_FRAGMENT);
         return TC_ACT_SHOT;
     }
+    return RA_CONTINUE;
+}
+
+SEC("tc")
+int tc_pod_ingress(struct __sk_buff *skb)
+{
+    struct ra_config *cfg;
+    struct ra_flow f;
+    int start = ra_ingress_start(skb, &cfg, &f, 1);
+    if (start != RA_CONTINUE)
+        return start;
     /* The mark is cleared when a packet enters the pod from the veth, so only our egress
      * program can have set it. */
     if (ra_is_captured(skb, cfg))
@@ -282,19 +295,11 @@ int tc_pod_ingress(struct __sk_buff *skb)
 SEC("tc")
 int tc_pod_ingress_reroute(struct __sk_buff *skb)
 {
-    struct ra_config *cfg = ra_get_config();
-    if (!cfg)
-        return TC_ACT_SHOT;
+    struct ra_config *cfg;
     struct ra_flow f;
-    int verdict = ra_parse_pod(skb, &f, 0);
-    if (verdict == RA_PASS)
-        return TC_ACT_OK;
-    if (verdict != RA_TCP)
-        return TC_ACT_SHOT;
-    if (f.fragment) {
-        ra_count(ra_pod_index(f.family, &f.src), RA_DROP_FRAGMENT);
-        return TC_ACT_SHOT;
-    }
+    int start = ra_ingress_start(skb, &cfg, &f, 0);
+    if (start != RA_CONTINUE)
+        return start;
     if (!ra_is_new_connection(&f)) {
         /* Not a SYN and no socket owns it: the VM's side of a connection into the VM, which the
          * pod forwards (and its conntrack translates); iptables' REDIRECT, too, acts on a
