@@ -98,9 +98,6 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     private var routing: PolicyRouting { PolicyRouting(config: config) }
 
-    /// The pinned map of proxy listeners the proxy fills (for the TIME_WAIT hand-off).
-    public var proxyListenerMapPath: String { "\(options.pinRoot)/maps/ra_proxy_listeners" }
-
     // MARK: node
 
     /// Writes the node config; nothing node-wide is attached (node programs go per pod veth).
