@@ -25,16 +25,20 @@ extension CommandRunner {
 public struct ProcessRunner: CommandRunner {
     /// The namespace used when a call names none (the node's, in the lab); nil: this process's.
     public var defaultNetns: String?
+    /// Seconds a program may run before it is killed and its call fails (a wedged iptables must
+    /// not wedge the agent).
+    public var timeout: Double
     /// Creates a runner.
-    public init(defaultNetns: String? = nil) { self.defaultNetns = defaultNetns }
+    public init(defaultNetns: String? = nil, timeout: Double = 30) { self.defaultNetns = defaultNetns; self.timeout = timeout }
 
     /// Runs one program.
     public func run(_ program: String, _ arguments: [String], netns: String?, input: String?, environment: [String: String]) throws -> CommandResult {
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
         if let ns = netns ?? defaultNetns {
-            return try Command.capture("nsenter", ["--net=\(ns)", "--", try Command.resolve(program)] + arguments, environment: env, input: input)
+            return try Command.capture("nsenter", ["--net=\(ns)", "--", try Command.resolve(program)] + arguments, environment: env, input: input,
+                                       timeout: timeout)
         }
-        return try Command.capture(program, arguments, environment: env, input: input)
+        return try Command.capture(program, arguments, environment: env, input: input, timeout: timeout)
     }
 }

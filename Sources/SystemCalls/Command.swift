@@ -1,4 +1,6 @@
 import Foundation
+import CShim
+import Glibc
 
 /// The outcome of a finished subprocess.
 public struct CommandResult: Sendable {
@@ -29,27 +31,36 @@ public struct CommandError: Error, CustomStringConvertible {
 /// Runs programs to completion, capturing their output.
 public enum Command {
     /// Runs `executable` with `arguments`; `input` goes to stdin. Does not throw on a non-zero exit.
-    public static func capture(_ executable: String, _ arguments: [String], environment: [String: String]? = nil, input: String? = nil) throws -> CommandResult {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable.hasPrefix("/") ? executable : try resolve(executable))
-        p.arguments = arguments
-        if let environment { p.environment = environment }
-        let outPipe = Pipe(), errPipe = Pipe(), inPipe = Pipe()
-        p.standardOutput = outPipe
-        p.standardError = errPipe
-        p.standardInput = inPipe
-        try p.run()
-        if let input { inPipe.fileHandleForWriting.write(Data(input.utf8)) }
-        try? inPipe.fileHandleForWriting.close()
-        // stderr is drained on its own thread so a chatty child cannot block on a full pipe.
-        let errData = ResultSlot<Data>()
-        let errReader = errPipe.fileHandleForReading
-        DedicatedThread.detach { errData.fill(errReader.readDataToEndOfFile()) }
-        let outData = outPipe.fileHandleForReading.readDataToEndOfFile()
-        let errBytes = errData.wait()
-        p.waitUntilExit()
-        let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
-        return CommandResult(status: status, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errBytes, as: UTF8.self))
+    /// With `timeout` (seconds), the child runs in a process group of its own, and if it is still
+    /// running then the group is killed and the child reported as status 137.
+    public static func capture(_ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+                               input: String? = nil, timeout: Double? = nil) throws -> CommandResult {
+        let path = executable.hasPrefix("/") ? executable : try resolve(executable)
+        var stdin = try Pipe2(), stdout = try Pipe2(), stderr = try Pipe2()
+        let child: ChildProcess
+        do {
+            child = try ChildProcess.spawn(path, arguments, environment: environment,
+                                           stdin: stdin.read, stdout: stdout.write, stderr: stderr.write,
+                                           ownGroup: timeout != nil)
+        } catch {
+            stdin.closeBoth(); stdout.closeBoth(); stderr.closeBoth()
+            throw error
+        }
+        stdin.closeRead(); stdout.closeWrite(); stderr.closeWrite()
+        var io = ChildIO(input: Array((input ?? "").utf8), stdin: stdin.write, stdout: stdout.read, stderr: stderr.read)
+        let deadline = timeout.map { Monotonic.now() + $0 }
+        io.pump(until: deadline)
+        let timedOut = io.open
+        if timedOut {
+            child.signalGroup(SIGKILL)
+            // A descendant that left the group could still hold the pipes: stop reading soon regardless.
+            io.pump(until: Monotonic.now() + 1)
+        }
+        io.closeAll()
+        let status = child.wait()
+        var errText = String(decoding: io.err, as: UTF8.self)
+        if timedOut, let timeout { errText += "\nkilled: still running after \(timeout) s" }
+        return CommandResult(status: status, stdout: String(decoding: io.out, as: UTF8.self), stderr: errText)
     }
 
     /// Runs and throws ``CommandError`` on a non-zero exit; returns stdout.
@@ -72,3 +83,78 @@ public enum Command {
         throw CommandError(command: name, result: CommandResult(status: 127, stdout: "", stderr: "\(name): not found on PATH"))
     }
 }
+
+/// A close-on-exec pipe.
+private struct Pipe2 {
+    var read: Int32
+    var write: Int32
+
+    init() throws {
+        var fds: [Int32] = [0, 0]
+        try check("pipe", cshim_pipe_cloexec(&fds))
+        read = fds[0]
+        write = fds[1]
+    }
+
+    mutating func closeRead() { if read >= 0 { close(read); read = -1 } }
+    mutating func closeWrite() { if write >= 0 { close(write); write = -1 } }
+    mutating func closeBoth() { closeRead(); closeWrite() }
+}
+
+/// Moves bytes between us and a child: input to its stdin, its stdout and stderr into buffers,
+/// all three at once with poll, so a chatty child can never block on a full pipe.
+private struct ChildIO {
+    var input: [UInt8]
+    var written = 0
+    var fds: [Int32]  // stdin (write end), stdout, stderr; -1 once closed
+    var out: [UInt8] = []
+    var err: [UInt8] = []
+
+    init(input: [UInt8], stdin: Int32, stdout: Int32, stderr: Int32) {
+        self.input = input
+        fds = [stdin, stdout, stderr]
+        _ = fcntl(stdin, F_SETFL, fcntl(stdin, F_GETFL) | O_NONBLOCK)
+        if input.isEmpty { closeFD(0) }
+    }
+
+    /// True while the child may still produce output.
+    var open: Bool { fds[1] >= 0 || fds[2] >= 0 }
+
+    /// Runs until both output pipes reach end of file or `deadline` (monotonic seconds) passes.
+    mutating func pump(until deadline: Double?) {
+        while open {
+            var polled = fds.enumerated().map { i, fd in
+                pollfd(fd: fd, events: Int16(i == 0 ? POLLOUT : POLLIN), revents: 0)
+            }
+            let wait = deadline.map { Int32(max(0, min(1_000, ($0 - Monotonic.now()) * 1000))) } ?? -1
+            let n = Glibc.poll(&polled, nfds_t(polled.count), wait)
+            if n < 0 && cshim_errno() == EINTR { continue }
+            if n <= 0, let deadline, Monotonic.now() >= deadline { return }
+            for i in 0..<3 where fds[i] >= 0 && polled[i].revents != 0 { service(i) }
+        }
+    }
+
+    private mutating func service(_ i: Int) {
+        if i == 0 {
+            let n = input[written...].withUnsafeBytes { Glibc.write(fds[0], $0.baseAddress, $0.count) }
+            if n > 0 { written += n }
+            // EPIPE (the child closed its stdin) or all written: nothing more to send.
+            if written == input.count || (n < 0 && cshim_errno() != EAGAIN && cshim_errno() != EINTR) { closeFD(0) }
+            return
+        }
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let n = buffer.withUnsafeMutableBytes { Glibc.read(fds[i], $0.baseAddress, $0.count) }
+        if n > 0 {
+            if i == 1 { out += buffer[0..<n] } else { err += buffer[0..<n] }
+        } else if n == 0 || (cshim_errno() != EINTR && cshim_errno() != EAGAIN) {
+            closeFD(i)
+        }
+    }
+
+    mutating func closeFD(_ i: Int) {
+        if fds[i] >= 0 { close(fds[i]); fds[i] = -1 }
+    }
+
+    mutating func closeAll() { for i in 0..<3 { closeFD(i) } }
+}
+

@@ -6,7 +6,7 @@ import Dataplane
 /// A long-running helper process (app server, mesh proxy) with its output in a log file.
 public final class ManagedProcess: Sendable {
     /// The process.
-    public let process: Process
+    public let child: ChildProcess
     /// Where stdout and stderr go.
     public let logPath: String
 
@@ -15,18 +15,12 @@ public final class ManagedProcess: Sendable {
     public init(_ executable: String, _ arguments: [String], logPath: String, environment: [String: String]? = nil,
                 cgroup: String? = nil) throws {
         let (executable, arguments) = try ManagedProcess.inCgroup(cgroup, executable, arguments)
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = arguments
-        if let environment { p.environment = environment }
-        p.standardOutput = log
-        p.standardError = log
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        try? log.close()
-        self.process = p
+        let log = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard log >= 0 else { throw SystemError("open \(logPath)", code: errno) }
+        defer { close(log) }
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(null) }
+        child = try ChildProcess.spawn(executable, arguments, environment: environment, stdin: null, stdout: log, stderr: log)
         self.logPath = logPath
     }
 
@@ -39,26 +33,32 @@ public final class ManagedProcess: Sendable {
     }
 
     /// The pid.
-    public var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { child.pid }
 
     /// True while it runs.
-    public var isRunning: Bool { process.isRunning }
+    public var isRunning: Bool { child.isRunning }
+
+    /// The exit status once it has exited (the code, or 128 + signal), else nil.
+    public var exitStatus: Int32? { child.poll() }
+
+    /// Waits for exit; returns the status.
+    @discardableResult
+    public func wait() -> Int32 { child.wait() }
 
     /// SIGTERM, then SIGKILL after `grace` seconds; waits for exit.
     public func stop(grace: Double = 2) {
-        guard process.isRunning else { return }
-        kill(pid, SIGTERM)
-        let deadline = Date().addingTimeInterval(grace)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { kill(pid, SIGKILL) }
-        process.waitUntilExit()
+        guard child.isRunning else { return }
+        child.signal(SIGTERM)
+        let deadline = Monotonic.now() + grace
+        while child.isRunning && Monotonic.now() < deadline { usleep(10_000) }
+        child.signal(SIGKILL)
+        child.wait()
     }
 
     /// SIGKILL, then waits.
     public func kill9() {
-        guard process.isRunning else { return }
-        kill(pid, SIGKILL)
-        process.waitUntilExit()
+        child.signal(SIGKILL)
+        child.wait()
     }
 
     /// The log's contents.

@@ -113,7 +113,7 @@ struct AgentTests {
                     try lab.startAgent(on: node)
                 }
             }
-            load.process.waitUntilExit()
+            load.wait()
             let summary = try #require(try JSONSerialization.jsonObject(with: Data(load.log().utf8)) as? [String: Any])
             let ok = summary["ok"] as? Int ?? 0
             #expect(ok > 20 && summary["failed"] as? Int == 0, "\(summary) \(load.log())")
@@ -222,7 +222,7 @@ struct AgentTests {
             let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
             let b = try lab.addPod(on: node, name: "n1-plain")
             node.agent?.stop()
-            #expect(node.agent?.process.terminationStatus == 0, "graceful exit")
+            #expect(node.agent?.exitStatus == 0, "graceful exit")
             #expect(try lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort)).status == 200)
             #expect(lab.proxyRecords(node).filter { $0.listener == 15001 }.count == 1, "capture kept working while the agent was away")
             var args = lab.agentArguments(node, dataplane: dataplane)

@@ -8,6 +8,11 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <spawn.h>
+
+/// posix_spawn_file_actions_addclosefrom_np: the child closes every fd >= from (a GNU extension
+/// Swift does not see without _GNU_SOURCE).
+int cshim_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 
 /// setns(2): switch the calling thread into the namespace behind fd.
 int cshim_setns(int fd, int nstype);
