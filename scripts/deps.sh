@@ -4,7 +4,7 @@ set -euo pipefail
 PACKAGES=(
   libbpf-dev libelf-dev zlib1g-dev linux-libc-dev bpftool
   iptables ipset nftables iproute2 util-linux procps kmod
-  containernetworking-plugins python3-seccomp
+  containernetworking-plugins python3-seccomp python3-venv
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

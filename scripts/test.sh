@@ -4,8 +4,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export REDIRECT_BPF_OBJECT="$PWD/bpf/redirect.bpf.o"
+bash scripts/validate-manifests.sh
+manifests=$?
 swift test 2>&1 | tee /tmp/redirect-agent-test.log
 status=${PIPESTATUS[0]}
+[ "$manifests" -eq 0 ] || status=1
 leftover=$(ip netns list 2>/dev/null | grep -E '^ra[0-9a-f]{6}-' || true)
 procs=$(pgrep -af /run/redirect-lab/ra || true)
 mounts=$(grep ' /run/redirect-lab/' /proc/self/mounts || true)
