@@ -1,11 +1,30 @@
 import Foundation
 import Synchronization
 
-/// Reads JSON-lines records.
-public func readRecords<T: Decodable>(_ type: T.Type, from path: String) -> [T] {
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+/// A records file that cannot be read, or holds a line that is not a record.
+public struct RecordError: Error, CustomStringConvertible {
+    /// The file.
+    public var path: String
+    /// What is wrong.
+    public var reason: String
+    /// One line: the file and the reason.
+    public var description: String { "\(path): \(reason)" }
+}
+
+/// Reads JSON-lines records. A missing file or a complete line that does not decode is an error,
+/// never an empty answer (a check that something did not happen must not pass on nothing); a
+/// last line without its newline is still being written and is left for the next read.
+public func readRecords<T: Decodable>(_ type: T.Type, from path: String) throws -> [T] {
+    let text: String
+    do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        throw RecordError(path: path, reason: "cannot be read: \(error.localizedDescription)")
+    }
     let dec = JSONDecoder()
-    return text.split(separator: "\n").compactMap { try? dec.decode(T.self, from: Data($0.utf8)) }
+    return try text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().enumerated().map { i, line in
+        do { return try dec.decode(T.self, from: Data(line.utf8)) } catch {
+            throw RecordError(path: path, reason: "line \(i + 1) is not a \(T.self): \(line.prefix(200))")
+        }
+    }
 }
 
 /// Appends JSON-lines records to a file, thread-safe.

@@ -62,14 +62,14 @@ struct Demo: ParsableCommand {
         for pod in lab.pods {
             for v6 in options.ipv6 ? [false, true] : [false] {
                 let r = try lab.probe(pod, ipv6: v6)
-                let seen = lab.appRecords(pod).last { $0.path == "/healthz" }?.client ?? "?"
+                let seen = try lab.appRecords(pod).last { $0.path == "/healthz" }?.client ?? "?"
                 say("  \(pod.node.name) -> \(pod.name) \(v6 ? "IPv6" : "IPv4") /healthz: HTTP \(r.status) from \(seen)")
             }
         }
 
         say("\n== what the mesh proxy handled")
         for node in lab.nodes {
-            for r in lab.proxyRecords(node) {
+            for r in try lab.proxyRecords(node) {
                 say("  \(node.name) :\(r.listener)  \(r.client) -> \(r.originalDestination)  [\(r.method)] upstream \(r.upstream)\(r.error.map { " ERROR \($0)" } ?? "")")
             }
         }

@@ -42,7 +42,8 @@ public final class LabCapture: Sendable {
 
     /// Creates a dataplane per node with `config(node)` and prepares each node. With `viaAgent`,
     /// the node agents own the dataplanes: these instances only observe the same kernel objects
-    /// (same pins, same config), and enrolment goes through the agent's control socket.
+    /// (same pins) and write nothing, not even the node's configuration, so a test passes only if
+    /// the agent did the work; enrolment goes through the agent's control socket.
     public init(lab: Lab, mode: DataplaneMode, viaAgent: Bool = false, config: (LabNode) -> CaptureConfig = { _ in CaptureConfig() }) throws {
         self.lab = lab
         self.mode = mode
@@ -50,7 +51,7 @@ public final class LabCapture: Sendable {
         for node in lab.nodes {
             let c = try lab.identities(config(node), node)
             let dp = try LabCapture.make(mode: mode, node: node, config: c)
-            try dp.prepareNode()
+            if !viaAgent { try dp.prepareNode() }
             nodes.withLock { $0.dataplanes[node.name] = dp; $0.configs[node.name] = c }
         }
     }
@@ -77,7 +78,7 @@ public final class LabCapture: Sendable {
             return n.configs[node.name] ?? CaptureConfig()
         }
         let dp = try LabCapture.make(mode: mode, node: node, config: config)
-        try dp.prepareNode()
+        if !viaAgent { try dp.prepareNode() }
         nodes.withLock { $0.dataplanes[node.name] = dp }
     }
 

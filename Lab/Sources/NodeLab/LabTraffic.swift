@@ -74,11 +74,11 @@ extension Lab {
         try proxyControl(pod.node, "DEL \(pod.identity.uid)")
     }
 
-    /// The proxy's records on `node`.
-    public func proxyRecords(_ node: LabNode) -> [ProxyRecord] { readRecords(ProxyRecord.self, from: node.proxyRecordsPath) }
+    /// The proxy's records on `node` (throws ``RecordError`` when its file is missing or corrupt).
+    public func proxyRecords(_ node: LabNode) throws -> [ProxyRecord] { try readRecords(ProxyRecord.self, from: node.proxyRecordsPath) }
 
-    /// The app's records in `pod`.
-    public func appRecords(_ pod: LabPod) -> [AppRecord] { readRecords(AppRecord.self, from: pod.appRecordsPath) }
+    /// The app's records in `pod` (throws ``RecordError`` when its file is missing or corrupt).
+    public func appRecords(_ pod: LabPod) throws -> [AppRecord] { try readRecords(AppRecord.self, from: pod.appRecordsPath) }
 }
 
 extension Lab {

@@ -17,16 +17,16 @@ struct AdversarialTests {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         for istioRule in [true, false] {
             try withCaptureLab(setup, options: { $0.identities = !istioRule }) { cl throws in
-                let a = cl.meshed[0], dst = SocketAddress(cl.outsider(cl.n2).ipv4!, Lab.httpPort)
+                let a = cl.meshed[0], dst = SocketAddress(try cl.outsider(cl.n2).ip4, Lab.httpPort)
                 let r = try cl.lab.request(from: a, to: dst, mark: 0x539)
-                #expect(r.status == 200 && clientIP(r.body) == a.ipv4!.description)
-                let captured = cl.records(a.node, listener: 15001, to: dst)
+                #expect(r.status == 200 && clientIP(r.body) == a.ip4.description)
+                let captured = try cl.records(a.node, listener: 15001, to: dst)
                 if istioRule {
                     #expect(captured.isEmpty, "the presence this test looks for: Istio's rule lets a marked app through")
                 } else {
                     #expect(captured.count == 1, "a forged mark does not skip capture: \(captured)")
                     if setup.mode == .ebpf, !setup.viaAgent {
-                        let dp = cl.capture.dataplane(a.node) as! EBPFDataplane
+                        let dp = try ebpfDataplane(cl, a.node)
                         #expect(try dp.counters(cl.lab.podSpec(a))[.forgedMark, default: 0] == 1)
                     }
                 }
@@ -39,13 +39,13 @@ struct AdversarialTests {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(setup) { cl throws in
             let pod = cl.meshed[0]
-            let dst = SocketAddress(pod.ipv4!, Lab.httpPort)
+            let dst = SocketAddress(pod.ip4, Lab.httpPort)
             let probe = try cl.lab.probe(pod)
-            #expect(probe.status == 200 && cl.lab.appRecords(pod).last?.client.hasPrefix("169.254.7.127:") == true)
-            #expect(cl.records(pod.node, listener: 15006, to: dst).isEmpty, "the kubelet's probe bypasses the proxy")
+            #expect(try probe.status == 200 && cl.lab.appRecords(pod).last?.client.hasPrefix("169.254.7.127:") == true)
+            #expect(try cl.records(pod.node, listener: 15006, to: dst).isEmpty, "the kubelet's probe bypasses the proxy")
             let daemon = try cl.lab.hostGet(pod, cgroup: pod.node.daemonCgroupPath, path: "/whoami")
             #expect(daemon.status == 200)
-            let seen = cl.records(pod.node, listener: 15006, to: dst)
+            let seen = try cl.records(pod.node, listener: 15006, to: dst)
             #expect(seen.count == 1, "the daemon's connection went through the proxy: \(seen)")
             #expect(clientIP(daemon.body) != "169.254.7.127", "not SNATed to the probe IP: \(daemon.body)")
         }
@@ -55,10 +55,10 @@ struct AdversarialTests {
     func spoofedProbeIP(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(mode) { cl throws in
-            let attacker = cl.outsider(cl.n1), victim = cl.meshed[0]
-            let dst = SocketAddress(victim.ipv4!, Lab.httpPort), probeIP = IPAddress("169.254.7.127")!
+            let attacker = try cl.outsider(cl.n1), victim = cl.meshed[0]
+            let dst = SocketAddress(victim.ip4, Lab.httpPort), probeIP = IPAddress("169.254.7.127")!
             // Let the attacker receive replies to the probe IP, so a handshake can complete.
-            try cl.lab.ip(["-n", cl.n1.netnsName, "route", "add", "\(probeIP)/32", "via", attacker.ipv4!.description])
+            try cl.lab.ip(["-n", cl.n1.netnsName, "route", "add", "\(probeIP)/32", "via", attacker.ip4.description])
             try cl.lab.ip(["-n", attacker.netnsName, "route", "add", "local", "\(probeIP)/32", "dev", "lo"])
             func attempt() -> MiniHTTP.Response? {
                 try? attacker.netns.run {
@@ -76,24 +76,24 @@ struct AdversarialTests {
                 // reaches the app and the proxy never sees it.
                 _ = try cl.lab.inNamespace(cl.n1.netns, "iptables", ["-t", "raw", "-D", "PREROUTING", "-j", "ISTIO_PROBE_GUARD"])
                 #expect(attempt()?.status == 200)
-                #expect(cl.records(victim.node, listener: 15006, to: dst).isEmpty, "Istio's rule lets it through uncaptured")
+                #expect(try cl.records(victim.node, listener: 15006, to: dst).isEmpty, "Istio's rule lets it through uncaptured")
                 try cl.capture.dataplane(cl.n1).prepareNode()
                 func guardDrops() throws -> Int {
                     let out = try cl.lab.inNamespace(cl.n1.netns, "iptables", ["-t", "raw", "-L", "ISTIO_PROBE_GUARD", "-v", "-x", "-n"])
                     return out.split(separator: "\n").filter { $0.contains("DROP") }.compactMap { Int($0.split(separator: " ").first ?? "") }.reduce(0, +)
                 }
-                let before = cl.lab.appRecords(victim).count, dropped = try guardDrops()
+                let before = try cl.lab.appRecords(victim).count, dropped = try guardDrops()
                 #expect(attempt() == nil, "the node drops it")
                 #expect(try guardDrops() > dropped, "dropped by the guard, not lost for another reason")
-                #expect(cl.lab.appRecords(victim).count == before)
+                #expect(try cl.lab.appRecords(victim).count == before)
             } else {
                 #expect(attempt()?.status == 200)
-                #expect(cl.records(victim.node, listener: 15006, to: dst).count == 1, "captured: \(cl.records(victim.node))")
+                #expect(try cl.records(victim.node, listener: 15006, to: dst).count == 1, "captured: \((try? cl.records(victim.node)) ?? [])")
             }
             // The kubelet's own probes still pass, uncaptured.
-            let probes = cl.records(victim.node, listener: 15006, to: dst).count
+            let probes = try cl.records(victim.node, listener: 15006, to: dst).count
             #expect(try cl.lab.probe(victim).status == 200)
-            #expect(cl.records(victim.node, listener: 15006, to: dst).count == probes)
+            #expect(try cl.records(victim.node, listener: 15006, to: dst).count == probes)
         }
     }
 
@@ -105,8 +105,8 @@ struct AdversarialTests {
             let dst = SocketAddress(IPAddress("169.254.7.127")!, Lab.httpPort)
             _ = try? cl.lab.request(from: a, to: dst, timeout: 1)
             // The proxy writes its record once its own upstream attempt fails (up to 5 s).
-            try? waitFor("the proxy's record", seconds: 8) { !cl.records(a.node, listener: 15001, to: dst).isEmpty }
-            #expect(cl.records(a.node, listener: 15001, to: dst).count == 1, "\(cl.records(a.node))")
+            try? waitFor("the proxy's record", seconds: 8) { try !cl.records(a.node, listener: 15001, to: dst).isEmpty }
+            #expect(try cl.records(a.node, listener: 15001, to: dst).count == 1, "\((try? cl.records(a.node)) ?? [])")
         }
     }
 
@@ -122,13 +122,13 @@ struct AdversarialTests {
             let fake = try victim.netns.run { try Socket.listening(on: SocketAddress(IPAddress("0.0.0.0")!, 15006), transparent: true, mark: 0x539) }
             defer { fake.close() }
             try fake.setNonBlocking()
-            let r = try? cl.lab.request(from: cl.outsider(cl.n2), to: SocketAddress(victim.ipv4!, Lab.httpPort), timeout: 1)
+            let r = try? cl.lab.request(from: cl.outsider(cl.n2), to: SocketAddress(victim.ip4, Lab.httpPort), timeout: 1)
             let stolen = try fake.acceptAvailable()
             stolen?.close()
             switch mode {
             case .ebpf:
                 #expect(stolen == nil && r == nil, "the app's 15006 received a captured connection")
-                let dp = cl.capture.dataplane(victim.node) as! EBPFDataplane
+                let dp = try ebpfDataplane(cl, victim.node)
                 #expect(try dp.counters(cl.lab.podSpec(victim))[.dropNotProxy, default: 0] >= 1)
             default:
                 // iptables' REDIRECT cannot ask who owns the port: a documented limitation.
@@ -141,14 +141,14 @@ struct AdversarialTests {
     func injection(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(mode) { cl throws in
-            let victim = cl.meshed[0], attacker = cl.outsider(cl.n2)
+            let victim = cl.meshed[0], attacker = try cl.outsider(cl.n2)
             // Without timestamps, a crafted segment needs only the right sequence numbers (with them,
             // it would also need the peer's current clock, which an attacker who sniffs has too).
             try cl.lab.inNamespace(victim.netns, "sysctl", ["-qw", "net.ipv4.tcp_timestamps=0"])
             let conn = try attacker.netns.run { try Socket(tcp: AF_INET) }
             defer { conn.close() }
             try conn.setTimeout(seconds: 2)
-            try conn.connect(SocketAddress(victim.ipv4!, Lab.echoPort))
+            try conn.connect(SocketAddress(victim.ip4, Lab.echoPort))
             let clientPort = try conn.localAddress().port
             func line(_ step: String) throws -> String? {
                 do { return try conn.readLine() } catch { throw LabError("\(step): \(error)") }
@@ -156,8 +156,8 @@ struct AdversarialTests {
             try conn.writeAll("hello\n")
             #expect(try line("hello") == "hello")
             // The proxy's connection to the app: same client address, another port.
-            let inner = try proxySidePort(cl.lab, victim, client: attacker.ipv4!, excluding: clientPort)
-            let src = "\(attacker.ipv4!):\(inner)", dst = "\(victim.ipv4!):\(Lab.echoPort)"
+            let inner = try proxySidePort(cl.lab, victim, client: attacker.ip4, excluding: clientPort)
+            let src = "\(attacker.ip4):\(inner)", dst = "\(victim.ip4):\(Lab.echoPort)"
             // Learn the sequence numbers from the wire inside the victim.
             let sniffer = try ManagedProcess("/usr/bin/nsenter", ["--net=\(victim.netns.path)", "/usr/bin/python3", craftScript,
                                                                     "sniff", "--iface", "lo", "--src", src, "--dst", dst],
@@ -167,8 +167,10 @@ struct AdversarialTests {
             try conn.writeAll("ping\n")
             #expect(try line("ping") == "ping")
             try waitFor("a sniffed segment") { sniffer.log().contains("\"seq\"") }
-            let seen = try JSONSerialization.jsonObject(with: Data(sniffer.log().split(separator: "\n").last { $0.contains("\"seq\"") }!.utf8)) as! [String: Int]
-            var seq = seen["seq"]! + seen["len"]!, ack = seen["ack"]! + seen["len"]!
+            let sniffed = try #require(sniffer.log().split(separator: "\n").last { $0.contains("\"seq\"") })
+            let seen = try #require(try JSONSerialization.jsonObject(with: Data(sniffed.utf8)) as? [String: Int], "\(sniffed)")
+            let s0 = try #require(seen["seq"]), a0 = try #require(seen["ack"]), len = try #require(seen["len"])
+            var seq = s0 + len, ack = a0 + len
             let diag = { (try? cl.lab.inNamespace(victim.netns, "ss", ["-tnie"])) ?? "" }
             let received = { try bytesReceived(cl.lab, victim, local: dst, peer: src) }
             let before = try received()
@@ -186,7 +188,7 @@ struct AdversarialTests {
                 Issue.record("\(error): before \(before), now \((try? received()) ?? -1)\n\(diag())\n\((try? cl.lab.inNamespace(victim.netns, "nstat", ["-az"])) ?? "")")
             }
             if mode == .ebpf {
-                let dp = cl.capture.dataplane(victim.node) as! EBPFDataplane
+                let dp = try ebpfDataplane(cl, victim.node)
                 #expect(try dp.counters(cl.lab.podSpec(victim))[.dropNotProxy, default: 0] >= 1)
             }
         }
@@ -199,18 +201,18 @@ struct AdversarialTests {
             let a = cl.meshed[0], b = cl.meshed[2]
             for pod in [a, b] { try cl.lab.inNamespace(pod.netns, "sysctl", ["-qw", "net.ipv4.tcp_syncookies=2"]) }
             let before = try syncookiesSent(cl.lab, [a, b])
-            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            let dst = SocketAddress(b.ip4, Lab.httpPort)
             func counters() -> String {
                 guard mode == .ebpf else { return "" }
-                return [a, b].map { p in "\(p.name): \(((try? (cl.capture.dataplane(p.node) as! EBPFDataplane).counters(cl.lab.podSpec(p))) ?? [:]).filter { $0.value > 0 })" }.joined(separator: "; ")
+                return [a, b].map { p in "\(p.name): \(((try? (try ebpfDataplane(cl, p.node)).counters(cl.lab.podSpec(p))) ?? [:]).filter { $0.value > 0 })" }.joined(separator: "; ")
             }
             let r: MiniHTTP.Response
-            do { r = try cl.lab.request(from: a, to: dst) } catch { throw LabError("outbound: \(error) \(counters()) \(cl.allRecords)") }
-            #expect(r.status == 200 && clientIP(r.body) == a.ipv4!.description)
-            #expect(cl.records(a.node, listener: 15001, to: dst).count == 1)
-            let outsider = cl.outsider(cl.n2)
-            #expect(try cl.lab.request(from: outsider, to: SocketAddress(a.ipv4!, Lab.httpPort)).status == 200)
-            #expect(cl.records(a.node, listener: 15006).count == 1)
+            do { r = try cl.lab.request(from: a, to: dst) } catch { throw LabError("outbound: \(error) \(counters()) \(try cl.allRecords)") }
+            #expect(r.status == 200 && clientIP(r.body) == a.ip4.description)
+            #expect(try cl.records(a.node, listener: 15001, to: dst).count == 1)
+            let outsider = try cl.outsider(cl.n2)
+            #expect(try cl.lab.request(from: outsider, to: SocketAddress(a.ip4, Lab.httpPort)).status == 200)
+            #expect(try cl.records(a.node, listener: 15006).count == 1)
             #expect(try syncookiesSent(cl.lab, [a, b]) >= before + 2, "the handshakes did use cookies")
         }
     }
@@ -263,10 +265,10 @@ func syncookiesSent(_ lab: Lab, _ pods: [LabPod]) throws -> Int {
 }
 
 /// Polls `condition` for up to `seconds`.
-func waitFor(_ what: String, seconds: Double = 5, _ condition: () -> Bool) throws {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if condition() { return }
+func waitFor(_ what: String, seconds: Double = 5, _ condition: () throws -> Bool) throws {
+    let deadline = Monotonic.now() + seconds
+    while Monotonic.now() < deadline {
+        if try condition() { return }
         usleep(10_000)
     }
     throw LabError("timed out waiting for \(what)")

@@ -50,11 +50,11 @@ struct AgentTests {
             #expect(s.pods.first?.drift.isEmpty == true, "\(String(describing: s.pods.first?.drift))")
             #expect(s.pods.first?.attachment.contains(dataplane == "ebpf" ? "clsact eth0" : "iptables-") == true)
             // Traffic: the meshed pod is captured, the others are not.
-            let dst = SocketAddress(plain.ipv4!, Lab.httpPort)
+            let dst = SocketAddress(plain.ip4, Lab.httpPort)
             #expect(try lab.request(from: meshed, to: dst).status == 200)
             #expect(try lab.request(from: optOut, to: dst).status == 200)
-            let out = lab.proxyRecords(node).filter { $0.listener == 15001 }
-            #expect(out.count == 1 && out.first?.client.hasPrefix("\(meshed.ipv4!):") == true)
+            let out = try lab.proxyRecords(node).filter { $0.listener == 15001 }
+            #expect(out.count == 1 && out.first?.client.hasPrefix("\(meshed.ip4):") == true)
             if dataplane == "ebpf" {
                 #expect(try status(node).pods.first?.counters["outbound_captured"] == 1)
             }
@@ -81,15 +81,16 @@ struct AgentTests {
             #expect(s.features["bpf_syscall"] == false)
             let a = try lab.addMeshedPod(on: lab.nodes[0], name: "n1-pod1")
             let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
-            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            let dst = SocketAddress(b.ip4, Lab.httpPort)
             #expect(try lab.request(from: a, to: dst).status == 200)
-            #expect(lab.proxyRecords(lab.nodes[0]).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count == 1)
+            #expect(try lab.proxyRecords(lab.nodes[0]).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count == 1)
             #expect(try lab.probe(b).status == 200)
-            #expect(lab.appRecords(b).last?.client.hasPrefix("169.254.7.127:") == true)
+            #expect(try lab.appRecords(b).last?.client.hasPrefix("169.254.7.127:") == true)
             // Forced ebpf under the same limits: refuses, with the reason.
             let node = lab.nodes[0]
             var args = lab.agentArguments(node, dataplane: "ebpf")
-            args[args.firstIndex(of: "--state-dir")! + 1] = "\(node.directory)/agent-ebpf"
+            let stateDir = try #require(args.firstIndex(of: "--state-dir"))
+            args[stateDir + 1] = "\(node.directory)/agent-ebpf"
             let r = try Command.capture(wrapper[0], [wrapper[1], try LabBinaries.path("redirect-agent")] + args)
             #expect(r.status != 0)
             #expect(r.stderr.contains("--dataplane ebpf") && r.stderr.contains("bpf() syscall is denied"), "\(r.stderr)")
@@ -102,23 +103,31 @@ struct AgentTests {
         try withAgentLab(dataplane, nodes: 2) { lab throws in
             let a = try lab.addMeshedPod(on: lab.nodes[0], name: "n1-pod1")
             let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
-            let target = "\(b.ipv4!):\(Lab.echoPort)"
+            let target = "\(b.ip4):\(Lab.echoPort)"
             let load = try ManagedProcess(try LabBinaries.path("lab-app"), [
-                "client", "--netns", a.netns.path, "--target", target, "--mode", "short", "--duration", "6",
+                "client", "--netns", a.netns.path, "--target", target, "--mode", "short", "--duration", "20",
             ], logPath: "\(lab.directory)/load.json")
-            for _ in 0..<3 {
-                usleep(600_000)
+            // Each kill waits for connections made since the last restart, and must land while the
+            // client still runs: the restarts provably overlap the traffic.
+            let captured = { try lab.proxyRecords(lab.nodes[0]).filter { $0.listener == 15001 && $0.originalDestination == target }.count }
+            var seen = 0
+            for round in 1...3 {
+                try waitFor("connections before kill \(round)", seconds: 10) { try captured() > seen }
+                #expect(load.isRunning, "kill \(round) falls inside the traffic")
                 for node in lab.nodes {
                     node.agent?.kill9()
                     try lab.startAgent(on: node)
                 }
+                seen = try captured()
             }
+            try waitFor("connections after the last restart", seconds: 10) { try captured() > seen }
+            #expect(load.isRunning, "traffic outlasted the last restart")
             load.wait()
             let summary = try #require(try JSONSerialization.jsonObject(with: Data(load.log().utf8)) as? [String: Any])
             let ok = summary["ok"] as? Int ?? 0
-            #expect(ok > 20 && summary["failed"] as? Int == 0, "\(summary) \(load.log())")
-            let captured = lab.proxyRecords(lab.nodes[0]).filter { $0.listener == 15001 && $0.originalDestination == target }
-            #expect(captured.count == ok, "every connection went through the proxy: \(captured.count) of \(ok)")
+            #expect(ok > 0 && summary["failed"] as? Int == 0, "\(summary) \(load.log())")
+            let proxied = try captured()
+            #expect(proxied == ok, "every connection went through the proxy: \(proxied) of \(ok)")
             for node in lab.nodes {
                 let s = try status(node)
                 #expect(s.pods.count == 1 && s.pods.allSatisfy { $0.drift.isEmpty })
@@ -157,8 +166,8 @@ struct AgentTests {
             #expect(s.pods.map(\.pod) == ["default/n1-pod1"] && s.pods[0].drift.isEmpty)
             #expect(node.agent?.isRunning == true)
             let other = try lab.addMeshedPod(on: node, name: "n1-pod2")
-            #expect(try lab.request(from: good, to: SocketAddress(other.ipv4!, Lab.httpPort)).status == 200)
-            #expect(lab.proxyRecords(node).contains { $0.listener == 15001 })
+            #expect(try lab.request(from: good, to: SocketAddress(other.ip4, Lab.httpPort)).status == 200)
+            #expect(try lab.proxyRecords(node).contains { $0.listener == 15001 })
             // CHECK through the plugin passes for an intact pod.
             let chk = try runPlugin(["CNI_COMMAND": "CHECK", "CNI_CONTAINERID": good.identity.containerID, "CNI_IFNAME": "eth0", "CNI_NETNS": good.netns.path,
                                      "CNI_ARGS": good.identity.cniArgs], stdin: "{\"cniVersion\":\"1.0.0\",\"name\":\"lab-pods\",\"type\":\"redirect-cni\",\"agentSocket\":\"\(node.agentControlSocket)\",\"prevResult\":\(String(decoding: try JSONSerialization.data(withJSONObject: good.cniResult), as: UTF8.self))}")
@@ -185,8 +194,8 @@ struct AgentTests {
             #expect(node.agent?.isRunning == true)
             #expect(try status(node).proxyConnected, "the real proxy stays connected")
             let b = try lab.addMeshedPod(on: node, name: "n1-pod2")
-            #expect(try lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort)).status == 200)
-            #expect(lab.proxyRecords(node).contains { $0.listener == 15001 && $0.originalDestination.hasPrefix(b.ipv4!.description) })
+            #expect(try lab.request(from: a, to: SocketAddress(b.ip4, Lab.httpPort)).status == 200)
+            #expect(try lab.proxyRecords(node).contains { $0.listener == 15001 && $0.originalDestination.hasPrefix(b.ip4.description) })
         }
     }
 
@@ -196,7 +205,7 @@ struct AgentTests {
         try withAgentLab("iptables", nodes: 2) { lab throws in
             let a = try lab.addMeshedPod(on: lab.nodes[0], name: "n1-pod1")
             let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
-            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            let dst = SocketAddress(b.ip4, Lab.httpPort)
             for mode in ["ebpf", "iptables"] {
                 for node in lab.nodes {
                     node.agent?.stop()
@@ -204,11 +213,13 @@ struct AgentTests {
                 }
                 let s = try status(lab.nodes[0])
                 #expect(s.dataplane == mode && s.pods.count == 1 && s.pods[0].drift.isEmpty, "\(s.pods.map(\.drift))")
-                let rules = try lab.inNamespace(a.netns, "iptables-save", [])
-                #expect(rules.contains("ISTIO") == (mode == "iptables"), "iptables rules only in iptables mode")
-                let before = lab.proxyRecords(lab.nodes[0]).count
+                let marks = captureMarks(try podKernelState(lab, a))
+                expectCaptured(try podKernelState(lab, a), mode == "ebpf" ? .ebpf : .iptables)
+                #expect(marks.contains("ISTIO") == (mode == "iptables"), "iptables rules only in iptables mode: \(marks)")
+                #expect(marks.contains("tc_pod_") == (mode == "ebpf"), "BPF programs only in ebpf mode: \(marks)")
+                let before = try lab.proxyRecords(lab.nodes[0]).count
                 #expect(try lab.request(from: a, to: dst).status == 200)
-                #expect(lab.proxyRecords(lab.nodes[0]).count == before + 1, "captured after switching to \(mode)")
+                #expect(try lab.proxyRecords(lab.nodes[0]).count == before + 1, "captured after switching to \(mode)")
                 #expect(try lab.probe(b).status == 200)
             }
         }
@@ -221,17 +232,23 @@ struct AgentTests {
             let node = lab.nodes[0]
             let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
             let b = try lab.addPod(on: node, name: "n1-plain")
-            node.agent?.stop()
+            expectCaptured(try podKernelState(lab, a), dataplane == "ebpf" ? .ebpf : .iptables)
+            let nodeBefore = try nodeKernelState(lab, node)
+            #expect(nodeBefore.contains(dataplane == "ebpf" ? "tc_node_" : "ISTIO"), "the node's probe SNAT is visible: \(nodeBefore)")
+            // A long grace: the check is that SIGTERM alone ends it cleanly, however slowly.
+            node.agent?.stop(grace: 60)
             #expect(node.agent?.exitStatus == 0, "graceful exit")
-            #expect(try lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort)).status == 200)
-            #expect(lab.proxyRecords(node).filter { $0.listener == 15001 }.count == 1, "capture kept working while the agent was away")
+            #expect(try lab.request(from: a, to: SocketAddress(b.ip4, Lab.httpPort)).status == 200)
+            #expect(try lab.proxyRecords(node).filter { $0.listener == 15001 }.count == 1, "capture kept working while the agent was away")
             var args = lab.agentArguments(node, dataplane: dataplane)
             args[0] = "uninstall"
             args.removeLast(2) // --metrics-address
             let out = try Command.run(try LabBinaries.path("redirect-agent"), args)
             #expect(out.contains("1 pod"))
-            let state = try captureState(lab, a) + lab.inNamespace(node.netns, "iptables-save", [])
-            #expect(!state.contains("ISTIO") && !state.contains("lookup 100"), "\(state)")
+            let state = try podKernelState(lab, a)
+            #expect(captureMarks(state).isEmpty, "\(state)")
+            let nodeState = try nodeKernelState(lab, node)
+            #expect(!nodeState.contains("ISTIO") && !nodeState.contains("tc_node_") && !nodeState.contains("istio-inpod"), "\(nodeState)")
             #expect(!FileManager.default.fileExists(atPath: "\(node.bpfPinRoot)/maps"))
             #expect(!FileManager.default.fileExists(atPath: "\(node.agentDirectory)/state.json"))
             let tc = try lab.inNamespace(a.netns, "tc", ["filter", "show", "dev", "eth0", "ingress"])
@@ -246,7 +263,7 @@ struct AgentTests {
             let node = lab.nodes[0]
             let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
             let b = try lab.addPod(on: node, name: "n1-plain")
-            _ = try lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort))
+            _ = try lab.request(from: a, to: SocketAddress(b.ip4, Lab.httpPort))
             let r = try lab.get(from: node.netns, to: SocketAddress(IPAddress("127.0.0.1")!, 15029), path: "/metrics", timeout: 3)
             #expect(r.status == 200)
             #expect(r.body.contains("redirect_agent_enrollments_total 1") && r.body.contains("redirect_agent_pods 1"))
@@ -266,9 +283,9 @@ struct AgentTests {
             let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
             let s = try status(node)
             #expect(s.pods.first?.attachment.hasPrefix("tcx eth0") == true && s.pods.first?.drift.isEmpty == true, "\(s.pods)")
-            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            let dst = SocketAddress(b.ip4, Lab.httpPort)
             #expect(try lab.request(from: a, to: dst).status == 200)
-            #expect(lab.proxyRecords(node).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count == 1)
+            #expect(try lab.proxyRecords(node).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count == 1)
             #expect(try lab.inNamespace(a.netns, "tc", ["filter", "show", "dev", "eth0", "ingress"]).isEmpty, "no tc filter: tcx links only")
             try lab.removePod(a)
             let links = (try? FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links")) ?? []

@@ -30,19 +30,22 @@ struct CaptureLab {
     let lab: Lab
     let capture: LabCapture
     var meshed: [LabPod] { lab.pods.filter { !$0.name.hasSuffix("outsider") } }
-    func outsider(_ node: LabNode) -> LabPod { lab.pod("\(node.name)-outsider")! }
+    func outsider(_ node: LabNode) throws -> LabPod {
+        guard let pod = lab.pod("\(node.name)-outsider") else { throw LabError("no outsider pod on \(node.name)") }
+        return pod
+    }
     var n1: LabNode { lab.nodes[0] }
     var n2: LabNode { lab.nodes[1] }
 
     /// Proxy records on `node` whose original destination is `dst`.
-    func records(_ node: LabNode, listener: UInt16? = nil, to dst: SocketAddress? = nil) -> [ProxyRecord] {
-        lab.proxyRecords(node).filter { r in
-            (listener == nil || r.listener == listener!) && (dst == nil || r.originalDestination == dst!.description)
+    func records(_ node: LabNode, listener: UInt16? = nil, to dst: SocketAddress? = nil) throws -> [ProxyRecord] {
+        try lab.proxyRecords(node).filter { r in
+            (listener.map { r.listener == $0 } ?? true) && (dst.map { r.originalDestination == $0.description } ?? true)
         }
     }
 
     /// Every proxy record on both nodes.
-    var allRecords: [ProxyRecord] { lab.nodes.flatMap { lab.proxyRecords($0) } }
+    var allRecords: [ProxyRecord] { get throws { try lab.nodes.flatMap { try lab.proxyRecords($0) } } }
 }
 
 /// Builds a capture lab for `setup`, runs `body`, and always tears it down.
@@ -61,6 +64,11 @@ func withCaptureLab(_ setup: CaptureSetup, config: @escaping (LabNode) -> Captur
             for node in lab.nodes {
                 for i in 1...2 { try lab.addMeshedPod(on: node, name: "\(node.name)-pod\(i)") }
                 let c = config(node)
+                // The agent is told only the probe IPs; any other setting would silently not apply.
+                var rest = c
+                rest.probeIPv4 = CaptureConfig().probeIPv4
+                rest.probeIPv6 = CaptureConfig().probeIPv6
+                guard rest == CaptureConfig() else { throw LabError("a via-agent setup can only change the probe IPs, not \(c)") }
                 if c != CaptureConfig() {
                     let r = try AgentClient.call(ControlRequest(op: "set-probe-ips", probeIPv4: c.probeIPv4.description, probeIPv6: c.probeIPv6.description),
                                                  socket: node.agentControlSocket)
@@ -69,9 +77,10 @@ func withCaptureLab(_ setup: CaptureSetup, config: @escaping (LabNode) -> Captur
             }
         }
         for node in lab.nodes { try lab.addPod(on: node, name: "\(node.name)-outsider") }
-        capture = try LabCapture(lab: lab, mode: setup.mode, viaAgent: setup.viaAgent, config: config)
-        let cl = CaptureLab(lab: lab, capture: capture!)
-        for pod in cl.meshed { if setup.viaAgent { capture!.adopt(pod) } else { try capture!.enroll(pod) } }
+        let made = try LabCapture(lab: lab, mode: setup.mode, viaAgent: setup.viaAgent, config: config)
+        capture = made
+        let cl = CaptureLab(lab: lab, capture: made)
+        for pod in cl.meshed { if setup.viaAgent { made.adopt(pod) } else { try made.enroll(pod) } }
         try body(cl)
     }
 }
@@ -90,22 +99,77 @@ func clientIP(_ body: String) -> String? {
     return SocketAddress(parsing: addr)?.ip.description
 }
 
-/// The capture state of ours visible inside a pod: iptables chains, ip rules, table 100 routes.
-func captureState(_ lab: Lab, _ pod: LabPod) throws -> String {
-    var out = ""
-    for prog in ["iptables-save", "ip6tables-save"] {
-        out += (try? lab.inNamespace(pod.netns, prog, [])) ?? ""
+/// Everything of capture the kernel holds inside a pod's namespace, whichever dataplane made it:
+/// on every interface its qdiscs, tc filters and accept_local; tcx and other attachments
+/// (bpftool net); policy rules and table 100 in both families; the rules of both iptables
+/// backends in both families. A tool that fails is recorded with its error, never swallowed into
+/// an empty string, so an absence check cannot pass on nothing.
+func podKernelState(_ lab: Lab, _ pod: LabPod) throws -> String {
+    var queries: [(String, [String])] = []
+    for dev in try interfaces(lab, pod.netns) {
+        queries += [("tc", ["qdisc", "show", "dev", dev]), ("tc", ["filter", "show", "dev", dev, "ingress"]),
+                    ("tc", ["filter", "show", "dev", dev, "egress"]), ("cat", ["/proc/sys/net/ipv4/conf/\(dev)/accept_local"])]
     }
-    out += try lab.inNamespace(pod.netns, "ip", ["-4", "rule", "show"])
-    out += try lab.inNamespace(pod.netns, "ip", ["-6", "rule", "show"])
-    out += (try? lab.inNamespace(pod.netns, "ip", ["-4", "route", "show", "table", "100"])) ?? ""
-    out += (try? lab.inNamespace(pod.netns, "ip", ["-6", "route", "show", "table", "100"])) ?? ""
-    // Drop what changes by itself: iptables-save's timestamped comments and packet counters.
-    return out.split(separator: "\n")
-        .filter { !$0.hasPrefix("#") }
+    queries += [("bpftool", ["net", "show"]), ("ip", ["-4", "rule"]), ("ip", ["-6", "rule"]),
+                ("ip", ["-4", "route", "show", "table", "100"]), ("ip", ["-6", "route", "show", "table", "100"]),
+                ("iptables-nft-save", []), ("ip6tables-nft-save", []), ("iptables-legacy-save", []), ("ip6tables-legacy-save", [])]
+    return try queries.map { tool, args in "## \(tool) \(args.joined(separator: " "))\n" + (try kernelQuery(pod.netns, tool, args)) }
+        .joined(separator: "\n")
+}
+
+/// The same for a node's namespace: the probe SNAT and its guard in both backends, the ipsets, and
+/// what is attached to the node's interfaces (the host side of every pod's veth).
+func nodeKernelState(_ lab: Lab, _ node: LabNode) throws -> String {
+    var queries: [(String, [String])] = [("ipset", ["list", "-name"]), ("bpftool", ["net", "show"]),
+                                         ("iptables-nft-save", []), ("ip6tables-nft-save", []),
+                                         ("iptables-legacy-save", []), ("ip6tables-legacy-save", [])]
+    for dev in try interfaces(lab, node.netns) { queries.append(("tc", ["filter", "show", "dev", dev, "ingress"])) }
+    return try queries.map { tool, args in "## \(tool) \(args.joined(separator: " "))\n" + (try kernelQuery(node.netns, tool, args)) }
+        .joined(separator: "\n")
+}
+
+/// The non-loopback interfaces of a namespace, by name.
+func interfaces(_ lab: Lab, _ netns: NetworkNamespace) throws -> [String] {
+    try lab.inNamespace(netns, "ip", ["-o", "link", "show"]).split(separator: "\n").compactMap { line in
+        let name = line.split(separator: ":").dropFirst().first?.trimmingCharacters(in: .whitespaces)
+        return name.map { String($0.split(separator: "@")[0]) }
+    }.filter { $0 != "lo" }
+}
+
+/// One query's output with what changes by itself removed (save tools' timestamped comments and
+/// packet counters), or its exit status and error.
+private func kernelQuery(_ netns: NetworkNamespace, _ tool: String, _ args: [String]) throws -> String {
+    let r = try Command.capture("nsenter", ["--net=\(netns.path)", "--", try Command.resolve(tool)] + args)
+    // The kernel keeps a FIB table once created, empty after its last route goes: "no table" and
+    // "empty table" are the same state.
+    let noTable = r.status != 0 && r.stderr.contains("FIB table does not exist")
+    let text = r.status == 0 || noTable ? r.stdout : "exit \(r.status): \(r.stderr)"
+    return text.split(separator: "\n").filter { !$0.hasPrefix("#") }
         .map { $0.replacingOccurrences(of: #"\[\d+:\d+\]"#, with: "[0:0]", options: .regularExpression) }
         .joined(separator: "\n")
 }
+
+/// The marks of our capture found in a kernel state dump: iptables chains, BPF programs, the
+/// policy rule and its table, a raised accept_local. Empty for a pod with nothing of ours.
+func captureMarks(_ state: String) -> [String] {
+    var marks: [String] = []
+    for needle in ["ISTIO", "tc_pod_", "lookup 100", "local default", "fwmark 0x"] where state.contains(needle) { marks.append(needle) }
+    // An accept_local of 1 directly under its heading.
+    if state.range(of: #"accept_local\n1"#, options: .regularExpression) != nil { marks.append("accept_local 1") }
+    return marks
+}
+
+/// What a capture-state check expects of an enrolled pod in `mode`: proves the dump can see us
+/// before any check relies on not seeing us.
+func expectCaptured(_ state: String, _ mode: DataplaneMode, sourceLocation: SourceLocation = #_sourceLocation) {
+    let marks = captureMarks(state)
+    let expected = mode == .ebpf ? ["tc_pod_", "lookup 100", "accept_local 1"] : ["ISTIO", "lookup 100"]
+    #expect(Set(expected).isSubset(of: Set(marks)), "an enrolled pod's state lacks \(Set(expected).subtracting(marks)): \(state)",
+            sourceLocation: sourceLocation)
+}
+
+/// Kept for the conformance suite's wording: the same dump as ``podKernelState(_:_:)``.
+func captureState(_ lab: Lab, _ pod: LabPod) throws -> String { try podKernelState(lab, pod) }
 
 /// Whether the node still treats `ip` as in the mesh (the ipset in iptables mode, ra_pods in ebpf mode).
 func nodeHasMember(_ cl: CaptureLab, _ node: LabNode, _ ip: IPAddress) throws -> Bool {
@@ -113,4 +177,27 @@ func nodeHasMember(_ cl: CaptureLab, _ node: LabNode, _ ip: IPAddress) throws ->
     case let ebpf as EBPFDataplane: return try ebpf.maps.pod(ip) != nil
     default: return try cl.lab.inNamespace(node.netns, "ipset", ["list"]).contains(ip.description)
     }
+}
+
+extension LabPod {
+    /// The pod's IPv4 address; a pod without one fails the test with a recorded issue instead of
+    /// crashing the runner (a crash skips every teardown).
+    var ip4: IPAddress {
+        if let ipv4 { return ipv4 }
+        Issue.record("\(name) has no IPv4 address")
+        return IPAddress("192.0.2.1")!
+    }
+
+    /// The pod's IPv6 address; see ``ip4``.
+    var ip6: IPAddress {
+        if let ipv6 { return ipv6 }
+        Issue.record("\(name) has no IPv6 address")
+        return IPAddress("2001:db8::1")!
+    }
+}
+
+/// `node`'s dataplane as the eBPF one, or an error (never a crashing cast).
+func ebpfDataplane(_ cl: CaptureLab, _ node: LabNode) throws -> EBPFDataplane {
+    guard let dp = cl.capture.dataplane(node) as? EBPFDataplane else { throw LabError("\(node.name) does not run the ebpf dataplane") }
+    return dp
 }

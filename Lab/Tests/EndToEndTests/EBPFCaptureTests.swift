@@ -12,7 +12,7 @@ struct EBPFCaptureTests {
     func noIptables() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(.ebpf) { cl throws in
-            let dst = SocketAddress(cl.meshed[2].ipv4!, Lab.httpPort)
+            let dst = SocketAddress(cl.meshed[2].ip4, Lab.httpPort)
             #expect(try cl.lab.request(from: cl.meshed[0], to: dst).status == 200)
             let namespaces = cl.lab.nodes.map(\.netns) + cl.lab.pods.map(\.netns)
             for ns in namespaces {
@@ -50,24 +50,24 @@ struct EBPFCaptureTests {
     func spoofedProbeIsCaptured() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(.ebpf) { cl throws in
-            let attacker = cl.outsider(cl.n1), victim = cl.meshed[0]
+            let attacker = try cl.outsider(cl.n1), victim = cl.meshed[0]
             // Let the attacker receive replies to the probe IP, so a handshake can complete.
-            try cl.lab.ip(["-n", cl.n1.netnsName, "route", "add", "169.254.7.127/32", "via", attacker.ipv4!.description])
+            try cl.lab.ip(["-n", cl.n1.netnsName, "route", "add", "169.254.7.127/32", "via", attacker.ip4.description])
             try cl.lab.ip(["-n", attacker.netnsName, "route", "add", "local", "169.254.7.127/32", "dev", "lo"])
             let socket = try attacker.netns.run { try Socket(tcp: AF_INET) }
             try socket.setTransparent(ipv6: false)
             try socket.bind(SocketAddress(IPAddress("169.254.7.127")!, 0))
             try socket.setTimeout(seconds: 3)
-            try socket.connect(SocketAddress(victim.ipv4!, Lab.httpPort))
+            try socket.connect(SocketAddress(victim.ip4, Lab.httpPort))
             let r = try MiniHTTP.get(socket, host: "victim", path: "/whoami")
             #expect(r.status == 200)
-            let captured = cl.records(victim.node, listener: 15006, to: SocketAddress(victim.ipv4!, Lab.httpPort))
+            let captured = try cl.records(victim.node, listener: 15006, to: SocketAddress(victim.ip4, Lab.httpPort))
             #expect(captured.count == 1 && captured.first?.client.hasPrefix("169.254.7.127:") == true, "\(captured)")
-            let counters = try (cl.capture.dataplane(victim.node) as! EBPFDataplane).counters(cl.lab.podSpec(victim))
+            let counters = try (try ebpfDataplane(cl, victim.node)).counters(cl.lab.podSpec(victim))
             #expect(counters[.spoofedProbe, default: 0] >= 1 && counters[.inboundCaptured, default: 0] >= 1)
             // A genuine probe still passes.
             #expect(try cl.lab.probe(victim).status == 200)
-            #expect(try (cl.capture.dataplane(victim.node) as! EBPFDataplane).counters(cl.lab.podSpec(victim))[.probePass, default: 0] >= 1)
+            #expect(try (try ebpfDataplane(cl, victim.node)).counters(cl.lab.podSpec(victim))[.probePass, default: 0] >= 1)
         }
     }
 
@@ -76,9 +76,9 @@ struct EBPFCaptureTests {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(.ebpf) { cl throws in
             let a = cl.meshed[0], b = cl.meshed[2]
-            for _ in 0..<3 { _ = try cl.lab.request(from: a, to: SocketAddress(b.ipv4!, Lab.httpPort)) }
+            for _ in 0..<3 { _ = try cl.lab.request(from: a, to: SocketAddress(b.ip4, Lab.httpPort)) }
             _ = try cl.lab.probe(b)
-            let dpA = cl.capture.dataplane(a.node) as! EBPFDataplane, dpB = cl.capture.dataplane(b.node) as! EBPFDataplane
+            let dpA = try ebpfDataplane(cl, a.node), dpB = try ebpfDataplane(cl, b.node)
             let ca = try dpA.counters(cl.lab.podSpec(a)), cb = try dpB.counters(cl.lab.podSpec(b))
             #expect(ca[.outboundCaptured] == 3, "\(ca)")
             #expect(cb[.hbonePass] == 3 && cb[.probePass] == 1, "\(cb)")
@@ -94,7 +94,7 @@ struct EBPFCaptureTests {
             let a = cl.meshed[0], b = cl.meshed[2]
             let conn = try a.netns.run { try Socket(tcp: AF_INET) }
             try conn.setTimeout(seconds: 3)
-            try conn.connect(SocketAddress(b.ipv4!, Lab.echoPort))
+            try conn.connect(SocketAddress(b.ip4, Lab.echoPort))
             func roundTrip(_ text: String) throws -> String {
                 try conn.writeAll(text)
                 return String(decoding: try conn.read(max: 100), as: UTF8.self)
@@ -106,9 +106,9 @@ struct EBPFCaptureTests {
             for pod in cl.meshed {
                 #expect(try cl.capture.dataplane(pod.node).verify(cl.lab.podSpec(pod)).isEmpty, "\(pod.name) intact after restart")
             }
-            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            let dst = SocketAddress(b.ip4, Lab.httpPort)
             #expect(try cl.lab.request(from: a, to: dst).status == 200)
-            #expect(cl.records(a.node, listener: 15001, to: dst).count == 1, "new connections are still captured")
+            #expect(try cl.records(a.node, listener: 15001, to: dst).count == 1, "new connections are still captured")
         }
     }
 }

@@ -36,21 +36,21 @@ struct InterfaceCaptureTests {
     func addedLater(_ setup: CaptureSetup) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(setup) { cl throws in
-            let a = cl.meshed[0], outsider = cl.outsider(a.node)
+            let a = cl.meshed[0], outsider = try cl.outsider(a.node)
             let link = try SecondLink(lab: cl.lab, meshed: a, outsider: outsider)
             defer { link.remove() }
             let inbound = SocketAddress(SecondLink.meshedIP, Lab.httpPort)
             try waitFor("capture on net1", seconds: 5) { (try? cl.capture.dataplane(a.node).verify(cl.lab.podSpec(a)))?.isEmpty == true }
             // The proxy refuses it (net1's address is not one of the pod's, as ztunnel refuses a
             // destination it does not know): what matters is that it, not the app, got it.
-            let appBefore = cl.lab.appRecords(a).count
+            let appBefore = try cl.lab.appRecords(a).count
             _ = try? cl.lab.request(from: outsider, to: inbound, timeout: 2)
-            #expect(cl.lab.appRecords(a).count == appBefore, "the app was not reached directly")
-            #expect(cl.records(a.node, listener: 15006, to: inbound).count == 1, "inbound on net1 went through the proxy: \(cl.records(a.node))")
+            #expect(try cl.lab.appRecords(a).count == appBefore, "the app was not reached directly")
+            #expect(try cl.records(a.node, listener: 15006, to: inbound).count == 1, "inbound on net1 went through the proxy: \((try? cl.records(a.node)) ?? [])")
             let outbound = SocketAddress(SecondLink.outsiderIP, Lab.httpPort)
             let o = try cl.lab.request(from: a, to: outbound)
             #expect(o.status == 200, "\(o.body)")
-            #expect(cl.records(a.node, listener: 15001, to: outbound).count == 1, "outbound on net1 went through the proxy: \(cl.records(a.node))")
+            #expect(try cl.records(a.node, listener: 15001, to: outbound).count == 1, "outbound on net1 went through the proxy: \((try? cl.records(a.node)) ?? [])")
         }
     }
 
@@ -58,23 +58,23 @@ struct InterfaceCaptureTests {
     func unwatchedInterface() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(.ebpf) { cl throws in
-            let a = cl.meshed[0], outsider = cl.outsider(a.node)
-            let dp = cl.capture.dataplane(a.node) as! EBPFDataplane
+            let a = cl.meshed[0], outsider = try cl.outsider(a.node)
+            let dp = try ebpfDataplane(cl, a.node)
             let spec = cl.lab.podSpec(a)
             let link = try SecondLink(lab: cl.lab, meshed: a, outsider: outsider)
             defer { link.remove() }
             let target = SocketAddress(SecondLink.meshedIP, Lab.httpPort)
             // The presence: out of the mesh, the app answers over net1 and its record shows it.
             try dp.remove(spec)
-            let before = cl.lab.appRecords(a).count
+            let before = try cl.lab.appRecords(a).count
             #expect(try cl.lab.request(from: outsider, to: target).status == 200)
-            #expect(cl.lab.appRecords(a).count == before + 1)
+            #expect(try cl.lab.appRecords(a).count == before + 1)
             try dp.enroll(spec)
             #expect(try dp.verify(spec).isEmpty, "enrolment attached to net1 as well")
             // The window the guard is for, as before the watcher has seen net1: no tc programs on
             // it, and the sk_lookup program not told that it carries them.
             _ = try cl.lab.inNamespace(a.netns, "tc", ["qdisc", "del", "dev", "net1", "clsact"])
-            let index = try #require(try dp.maps.pod(a.ipv4!)).pod_index
+            let index = try #require(try dp.maps.pod(a.ip4)).pod_index
             let published = try dp.maps.interfaces(podIndex: index)
             let net1 = try a.netns.run { Int32(if_nametoindex("net1")) }
             #expect(Set(published.map(\.1)).contains(net1), "net1 was published at enrolment")
@@ -82,23 +82,23 @@ struct InterfaceCaptureTests {
             #expect(try dp.verify(spec).contains { $0.contains("net1") }, "verify reports the missing programs")
             // Counted on index 0: net1's address is not one the runtime gave the pod.
             let dropped = try dp.maps.counters(podIndex: 0)[.dropUnwatched, default: 0]
-            let proxied = cl.records(a.node, to: target).count
+            let proxied = try cl.records(a.node, to: target).count
             let r = try? cl.lab.request(from: outsider, to: target, timeout: 1)
             #expect(r == nil, "no answer over an unwatched interface: \(String(describing: r?.body))")
-            #expect(cl.lab.appRecords(a).count == before + 1, "the app saw nothing")
-            #expect(cl.records(a.node, to: target).count == proxied, "nor the proxy")
+            #expect(try cl.lab.appRecords(a).count == before + 1, "the app saw nothing")
+            #expect(try cl.records(a.node, to: target).count == proxied, "nor the proxy")
             #expect(try dp.maps.counters(podIndex: 0)[.dropUnwatched, default: 0] > dropped, "the SYN was dropped and counted")
             // The pod's own address over net1 is guarded the same way.
-            let own = SocketAddress(a.ipv4!, Lab.httpPort)
-            _ = try cl.lab.inNamespace(outsider.netns, "ip", ["route", "add", "\(a.ipv4!)/32", "dev", "net1"])
+            let own = SocketAddress(a.ip4, Lab.httpPort)
+            _ = try cl.lab.inNamespace(outsider.netns, "ip", ["route", "add", "\(a.ip4)/32", "dev", "net1"])
             #expect((try? cl.lab.request(from: outsider, to: own, timeout: 1)) == nil)
-            #expect(cl.lab.appRecords(a).count == before + 1, "the app saw nothing")
-            _ = try cl.lab.inNamespace(outsider.netns, "ip", ["route", "del", "\(a.ipv4!)/32", "dev", "net1"])
+            #expect(try cl.lab.appRecords(a).count == before + 1, "the app saw nothing")
+            _ = try cl.lab.inNamespace(outsider.netns, "ip", ["route", "del", "\(a.ip4)/32", "dev", "net1"])
             try dp.enroll(spec)
             #expect(try dp.verify(spec).isEmpty, "repaired")
             _ = try? cl.lab.request(from: outsider, to: target, timeout: 2)
-            #expect(cl.records(a.node, to: target).count == proxied + 1, "captured again once attached")
-            #expect(cl.lab.appRecords(a).count == before + 1)
+            #expect(try cl.records(a.node, to: target).count == proxied + 1, "captured again once attached")
+            #expect(try cl.lab.appRecords(a).count == before + 1)
         }
     }
 
@@ -108,24 +108,24 @@ struct InterfaceCaptureTests {
         try withCaptureLab(mode) { cl throws in
             // The outsider plays a VM behind the pod's net1 (a KubeVirt tap) and reaches a server
             // elsewhere through the pod.
-            let a = cl.meshed[0], vm = cl.outsider(a.node)
+            let a = cl.meshed[0], vm = try cl.outsider(a.node)
             let dp = cl.capture.dataplane(a.node)
             let link = try SecondLink(lab: cl.lab, meshed: a, outsider: vm)
             defer { link.remove() }
-            let server = SocketAddress(cl.outsider(cl.n2).ipv4!, Lab.httpPort)
+            let server = SocketAddress(try cl.outsider(cl.n2).ip4, Lab.httpPort)
             _ = try cl.lab.inNamespace(vm.netns, "ip", ["route", "add", "\(server.ip)/32", "via", "\(SecondLink.meshedIP)", "dev", "net1"])
             try waitFor("capture on net1", seconds: 5) { (try? dp.verify(cl.lab.podSpec(a)))?.isEmpty == true }
             // Without the annotation the VM's traffic is inbound to a pod that does not forward: it goes nowhere.
             #expect((try? cl.lab.request(from: vm, to: server, timeout: 1)) == nil)
-            #expect(cl.records(a.node, listener: 15001, to: server).isEmpty)
+            #expect(try cl.records(a.node, listener: 15001, to: server).isEmpty)
             var spec = cl.lab.podSpec(a)
             spec.rerouteInterfaces = ["net1"]
             try dp.enroll(spec)
             #expect(try dp.verify(spec).isEmpty)
             let r = try cl.lab.request(from: vm, to: server)
             #expect(r.status == 200)
-            #expect(clientIP(r.body) == a.ipv4!.description, "the server saw the pod's proxy, not the VM: \(r.body)")
-            #expect(cl.records(a.node, listener: 15001, to: server).count == 1, "\(cl.records(a.node))")
+            #expect(clientIP(r.body) == a.ip4.description, "the server saw the pod's proxy, not the VM: \(r.body)")
+            #expect(try cl.records(a.node, listener: 15001, to: server).count == 1, "\((try? cl.records(a.node)) ?? [])")
         }
     }
 }

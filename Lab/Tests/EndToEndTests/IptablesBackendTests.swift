@@ -25,14 +25,14 @@ struct IptablesBackendTests {
                 return dp
             }
             #expect(planes.allSatisfy { $0.backend == .legacy })
-            let a = lab.pods.first { $0.node === n1 }!, b = lab.pods.first { $0.node === n2 }!
+            let a = try #require(lab.pods.first { $0.node === n1 }), b = try #require(lab.pods.first { $0.node === n2 })
             for pod in [a, b] {
                 try planes[pod.node.index - 1].enroll(lab.podSpec(pod))
                 try lab.enrollInProxy(pod, spoofSource: true)
             }
-            let dst = SocketAddress(b.ipv4!, Lab.httpPort)
+            let dst = SocketAddress(b.ip4, Lab.httpPort)
             #expect(try lab.request(from: a, to: dst).status == 200)
-            #expect(lab.proxyRecords(n1).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count == 1)
+            #expect(try lab.proxyRecords(n1).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count == 1)
             #expect(try lab.probe(b).status == 200 && lab.appRecords(b).last?.client.hasPrefix("169.254.7.127:") == true)
             let legacyRules = try lab.inNamespace(a.netns, "iptables-legacy-save", [])
             let nftRules = try lab.inNamespace(a.netns, "iptables-nft-save", [])

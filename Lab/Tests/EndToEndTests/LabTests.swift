@@ -32,7 +32,7 @@ struct LabTests {
                     let r = try lab.request(from: a, to: SocketAddress(ip, Lab.httpPort))
                     #expect(r.status == 200)
                     #expect(r.body.contains("\"pod\":\"\(target.name)\""))
-                    let client = ip.isIPv6 ? "[\(a.ipv6!)]" : a.ipv4!.description
+                    let client = ip.isIPv6 ? "[\(a.ip6)]" : a.ip4.description
                     #expect(r.body.contains("\"client\":\"\(client):"), "the app sees the pod's own address: \(r.body)")
                 }
             }
@@ -62,12 +62,12 @@ struct LabTests {
             for pod in lab.pods { try lab.enrollInProxy(pod, spoofSource: false) }
             let a = lab.pods[0]
             for target in [lab.pods[1], lab.pods[2]] {
-                let dst = SocketAddress(target.ipv4!, Lab.httpPort)
+                let dst = SocketAddress(target.ip4, Lab.httpPort)
                 let r = try lab.requestViaProxy(from: a, to: dst)
                 #expect(r.status == 200 && r.body.contains(target.name))
-                let out = lab.proxyRecords(a.node).filter { $0.listener == 15001 && $0.originalDestination == dst.description }
-                #expect(out.count == 1 && out.first?.method == "explicit" && out.first?.upstream == "\(target.ipv4!):15008")
-                let inbound = lab.proxyRecords(target.node).filter { $0.listener == 15008 && $0.originalDestination == dst.description }
+                let out = try lab.proxyRecords(a.node).filter { $0.listener == 15001 && $0.originalDestination == dst.description }
+                #expect(out.count == 1 && out.first?.method == "explicit" && out.first?.upstream == "\(target.ip4):15008")
+                let inbound = try lab.proxyRecords(target.node).filter { $0.listener == 15008 && $0.originalDestination == dst.description }
                 #expect(inbound.count == 1 && inbound.first?.error == nil)
             }
         }
@@ -80,7 +80,7 @@ struct LabTests {
             let a = lab.pods[0], b = lab.pods[2]
             for mode in ["short", "long"] {
                 let out = try Command.run(try LabBinaries.path("lab-app"), [
-                    "client", "--netns", a.netns.path, "--target", "\(b.ipv4!):\(Lab.echoPort)",
+                    "client", "--netns", a.netns.path, "--target", "\(b.ip4):\(Lab.echoPort)",
                     "--mode", mode, "--duration", "0.3", "--limit", "50",
                 ])
                 let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
