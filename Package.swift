@@ -62,11 +62,9 @@ let tests: [Target] = [
     // Generators of hostile input for the property-based tests.
     .target(name: "HostileInput", dependencies: [.product(name: "PropertyBased", package: "swift-property-based")], path: "Tests/HostileInput"),
     .testTarget(name: "ArchitectureTests"),
-    // The deployment manifest against the hardening a node agent should carry.
-    .testTarget(name: "DeploymentTests", dependencies: [.product(name: "Yams", package: "Yams")]),
     .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
     .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
-    .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden")]),
+    .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden"), .copy("IstioReference")]),
     .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "AgentAPI", .product(name: "Yams", package: "Yams"),
                                                       "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")]),
     .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),

@@ -43,7 +43,7 @@ struct FakeNode {
     }
 
     func plugins(_ file: String) throws -> [String] {
-        let o = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(conf)/\(file)"))) as! [String: Any]
+        let o = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(conf)/\(file)"))) as? [String: Any])
         return (o["plugins"] as? [[String: Any]] ?? []).compactMap { $0["type"] as? String }
     }
 

@@ -23,7 +23,7 @@ struct DeployManifestTests {
             let text = try String(contentsOfFile: "\(root)/Sources/RedirectAgent/\(f)", encoding: .utf8)
             let re = try NSRegularExpression(pattern: #"env\("([A-Z0-9_]+)"\)"#)
             for m in re.matches(in: text, range: NSRange(text.startIndex..., in: text)) {
-                names.insert(String(text[Range(m.range(at: 1), in: text)!]))
+                if let r = Range(m.range(at: 1), in: text) { names.insert(String(text[r])) }
             }
         }
         return names
@@ -41,7 +41,7 @@ struct DeployManifestTests {
     func container(_ name: String) throws -> [String: Any] { try #require(try containers().first { $0["name"] as? String == name }) }
 
     func env(_ c: [String: Any]) -> [String: String] {
-        Dictionary(uniqueKeysWithValues: (c["env"] as? [[String: Any]] ?? []).map { ($0["name"] as! String, "\($0["value"] ?? "")") })
+        Dictionary(uniqueKeysWithValues: (c["env"] as? [[String: Any]] ?? []).map { ($0["name"] as? String ?? "?", "\($0["value"] ?? "")") })
     }
 
     @Test("every object the install needs is there")
@@ -77,21 +77,22 @@ struct DeployManifestTests {
         let metricsPort = try #require(e["REDIRECT_METRICS_ADDRESS"]?.split(separator: ":").last.flatMap { Int($0) })
         let probe = try #require(((agent["readinessProbe"] as? [String: Any])?["httpGet"] as? [String: Any]))
         #expect(probe["port"] as? Int == metricsPort && probe["path"] as? String == "/healthz")
-        let mounts = Dictionary(uniqueKeysWithValues: (agent["volumeMounts"] as? [[String: Any]] ?? []).map { ($0["mountPath"] as! String, $0) })
-        let pinParent = (e["REDIRECT_PIN_ROOT"]! as NSString).deletingLastPathComponent
-        #expect(mounts[pinParent] != nil, "bpffs mounted where the pins go")
-        #expect(mounts[e["REDIRECT_STATE_DIR"]!] != nil, "state dir mounted")
-        #expect(mounts[(e["REDIRECT_ZDS_SOCKET"]! as NSString).deletingLastPathComponent] != nil, "ZDS socket dir mounted")
+        let mounts = Dictionary(uniqueKeysWithValues: (agent["volumeMounts"] as? [[String: Any]] ?? []).map { ($0["mountPath"] as? String ?? "?", $0) })
+        let pinRoot = try #require(e["REDIRECT_PIN_ROOT"]), stateDir = try #require(e["REDIRECT_STATE_DIR"])
+        let zds = try #require(e["REDIRECT_ZDS_SOCKET"])
+        #expect(mounts[(pinRoot as NSString).deletingLastPathComponent] != nil, "bpffs mounted where the pins go")
+        #expect(mounts[stateDir] != nil, "state dir mounted")
+        #expect(mounts[(zds as NSString).deletingLastPathComponent] != nil, "ZDS socket dir mounted")
         #expect(mounts["/var/run/netns"]?["mountPropagation"] as? String == "HostToContainer")
         // The control socket is at the same path on the host and in the container, because the
         // CNI plugin runs on the host.
-        let volumes = Dictionary(uniqueKeysWithValues: (try daemonSetPod["volumes"] as? [[String: Any]] ?? []).map { ($0["name"] as! String, $0) })
-        let stateVolume = try #require(mounts[e["REDIRECT_STATE_DIR"]!]?["name"] as? String)
+        let volumes = Dictionary(uniqueKeysWithValues: (try daemonSetPod["volumes"] as? [[String: Any]] ?? []).map { ($0["name"] as? String ?? "?", $0) })
+        let stateVolume = try #require(mounts[stateDir]?["name"] as? String)
         #expect((volumes[stateVolume]?["hostPath"] as? [String: Any])?["path"] as? String == e["REDIRECT_STATE_DIR"])
         let install = try container("install-cni")
         let args = install["command"] as? [String] ?? []
         func arg(_ flag: String) -> String? { args.firstIndex(of: flag).map { args[$0 + 1] } }
-        #expect(arg("--agent-socket")?.hasPrefix(e["REDIRECT_STATE_DIR"]! + "/") == true)
+        #expect(arg("--agent-socket")?.hasPrefix(stateDir + "/") == true)
         let installMounts = Set((install["volumeMounts"] as? [[String: Any]] ?? []).compactMap { $0["mountPath"] as? String })
         for flag in ["--cni-conf-dir", "--cni-bin-dir", "--state-dir"] { #expect(installMounts.contains(arg(flag) ?? "?"), "\(flag) is mounted") }
     }
@@ -108,9 +109,9 @@ struct DeployManifestTests {
             #expect(["run", "install-cni"].contains(cmd.dropFirst().first ?? ""))
         }
         let install = try container("install-cni")["command"] as? [String] ?? []
-        let plugin = install[install.firstIndex(of: "--plugin-binary")! + 1]
+        let plugin = install[try #require(install.firstIndex(of: "--plugin-binary")) + 1]
         #expect(dockerfile.contains("/usr/local/bin/redirect-cni") && plugin == "/usr/local/bin/redirect-cni")
-        #expect(dockerfile.contains(env(try container("agent"))["REDIRECT_BPF_OBJECT"]!))
+        #expect(dockerfile.contains(try #require(env(try container("agent"))["REDIRECT_BPF_OBJECT"])))
         #expect(package.contains("name: \"redirect-agent\"") && package.contains("name: \"redirect-cni\""))
         #expect(FileManager.default.fileExists(atPath: "\(root)/bpf/redirect.bpf.c"))
     }

@@ -4,12 +4,14 @@ import SystemCalls
 import Testing
 
 /// The exact iptables-restore input for each configuration, against files checked in under
-/// Golden/. Regenerate after an intended change with `UPDATE_GOLDEN=1 swift test --filter Golden`.
+/// Golden/. Regenerate after an intended change with `UPDATE_GOLDEN=1 swift test --filter Golden`:
+/// that run writes the files and fails, so an update can never pass as a test run; review the diff,
+/// then run again without it. Istio's own rulesets are compared in ``IstioEquivalenceTests``.
 @Suite("iptables rules: golden files")
 struct IptablesGoldenTests {
     static func config(_ edit: (inout CaptureConfig) throws -> Void = { _ in }) -> CaptureConfig {
         var c = CaptureConfig()
-        try! edit(&c)
+        do { try edit(&c) } catch { Issue.record("configuration edit failed: \(error)") }
         return c
     }
 
@@ -30,10 +32,12 @@ struct IptablesGoldenTests {
 
     @Test("restore input matches the golden file", arguments: cases.map(\.0))
     func golden(_ name: String) throws {
-        let rendered = Self.cases.first { $0.0 == name }!.1
+        let rendered = try #require(Self.cases.first { $0.0 == name }).1
         let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Golden/\(name).golden").path
-        if ProcessInfo.processInfo.environment["UPDATE_GOLDEN"] == "1" {
+        if ProcessInfo.processInfo.environment["UPDATE_GOLDEN"] != nil {
             try rendered.write(toFile: path, atomically: true, encoding: .utf8)
+            Issue.record("\(name).golden rewritten (UPDATE_GOLDEN is set): review the diff, then run without UPDATE_GOLDEN")
+            return
         }
         let expected = try String(contentsOfFile: path, encoding: .utf8)
         #expect(rendered == expected, "\(name) differs from its golden file")

@@ -1,42 +1,13 @@
 import Foundation
 import Testing
-import Yams
 
-/// The DaemonSet carries what a node agent should: resources, probes, a seccomp profile, a read-only
-/// root, no privilege escalation and only the capabilities it explains. (Schema validity is checked
-/// by kubernetes-validate in scripts/validate-manifests.sh.)
-@Suite struct ManifestPolicyTests {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    static let manifestPath = root.appendingPathComponent("deploy/redirect-agent.yaml").path
-
-    /// The documents of the manifest, decoded.
-    static func documents() throws -> [[String: Any]] {
-        let text = try String(contentsOfFile: manifestPath, encoding: .utf8)
-        return try Yams.load_all(yaml: text).compactMap { $0 as? [String: Any] }
-    }
-
-    static func daemonSet() throws -> [String: Any] {
-        let ds = try documents().first { $0["kind"] as? String == "DaemonSet" }
-        return try #require(ds, "no DaemonSet in \(manifestPath)")
-    }
-
-    static func podSpec() throws -> [String: Any] {
-        let template = try #require((try daemonSet()["spec"] as? [String: Any])?["template"] as? [String: Any])
-        return try #require(template["spec"] as? [String: Any])
-    }
-
-    static func containers() throws -> [[String: Any]] {
-        try #require(try podSpec()["containers"] as? [[String: Any]])
-    }
-
-    @Test("the manifest is read: two containers, agent and install-cni")
-    func sees() throws {
-        #expect(try Self.containers().compactMap { $0["name"] as? String } == ["agent", "install-cni"])
-    }
-
+/// The hardening a node agent's DaemonSet should carry: resources, probes, a seccomp profile, a
+/// read-only root, no privilege escalation and only the capabilities it explains. (Schema validity
+/// is checked by kubernetes-validate in scripts/validate-manifests.sh.)
+extension DeployManifestTests {
     @Test("every container has CPU and memory requests and limits, requests within limits")
     func resources() throws {
-        for c in try Self.containers() {
+        for c in try containers() {
             let name = c["name"] as? String ?? "?"
             let r = c["resources"] as? [String: Any]
             for kind in ["requests", "limits"] {
@@ -52,7 +23,7 @@ import Yams
 
     @Test("the agent has readiness and liveness probes on the /healthz it serves")
     func probes() throws {
-        let agent = try #require(try Self.containers().first { $0["name"] as? String == "agent" })
+        let agent = try #require(try containers().first { $0["name"] as? String == "agent" })
         let env = (agent["env"] as? [[String: Any]]) ?? []
         let metrics = env.first { $0["name"] as? String == "REDIRECT_METRICS_ADDRESS" }?["value"] as? String
         let port = try #require(metrics?.split(separator: ":").last.flatMap { Int($0) }, "REDIRECT_METRICS_ADDRESS must be set with a port")
@@ -65,8 +36,8 @@ import Yams
 
     @Test("seccomp RuntimeDefault, read-only root, no privilege escalation, nothing privileged, ALL dropped")
     func hardening() throws {
-        let podSeccomp = ((try Self.podSpec()["securityContext"] as? [String: Any])?["seccompProfile"] as? [String: Any])?["type"] as? String
-        for c in try Self.containers() {
+        let podSeccomp = ((try daemonSetPod["securityContext"] as? [String: Any])?["seccompProfile"] as? [String: Any])?["type"] as? String
+        for c in try containers() {
             let name = c["name"] as? String ?? "?"
             let sc = c["securityContext"] as? [String: Any] ?? [:]
             let seccomp = (sc["seccompProfile"] as? [String: Any])?["type"] as? String ?? podSeccomp
@@ -85,13 +56,13 @@ import Yams
     func capabilities() throws {
         let expected = ["agent": ["NET_ADMIN", "SYS_ADMIN", "BPF", "PERFMON", "SYS_RESOURCE"],
                         "install-cni": ["CHOWN", "FOWNER", "DAC_OVERRIDE"]]
-        for c in try Self.containers() {
+        for c in try containers() {
             let name = c["name"] as? String ?? "?"
             let add = ((c["securityContext"] as? [String: Any])?["capabilities"] as? [String: Any])?["add"] as? [String] ?? []
             #expect(Set(add) == Set(expected[name] ?? []), "\(name): capabilities \(add)")
         }
         // Each "- CAP" line of an add list follows a comment naming it (a comment may name several).
-        let lines = try String(contentsOfFile: Self.manifestPath, encoding: .utf8).split(separator: "\n").map(String.init)
+        let lines = try String(contentsOfFile: "\(root)/deploy/redirect-agent.yaml", encoding: .utf8).split(separator: "\n").map(String.init)
         let allCaps = Set(expected.values.joined())
         var explained = Set<String>()
         var comments: [String] = []
@@ -109,7 +80,7 @@ import Yams
 
     @Test("what a read-only root still lets the agent write is mounted: state, ZDS, bpffs, the xtables lock")
     func writablePaths() throws {
-        let agent = try #require(try Self.containers().first { $0["name"] as? String == "agent" })
+        let agent = try #require(try containers().first { $0["name"] as? String == "agent" })
         let mounts = Set(((agent["volumeMounts"] as? [[String: Any]]) ?? []).compactMap { $0["mountPath"] as? String })
         let env = Dictionary(uniqueKeysWithValues: ((agent["env"] as? [[String: Any]]) ?? []).compactMap { e in
             (e["name"] as? String).map { ($0, e["value"] as? String ?? "") } })
@@ -121,7 +92,7 @@ import Yams
 
     @Test("the docs show the image pinned by digest")
     func digest() throws {
-        let doc = try String(contentsOfFile: Self.root.appendingPathComponent("deploy/README.md").path, encoding: .utf8)
+        let doc = try String(contentsOfFile: "\(root)/deploy/README.md", encoding: .utf8)
         #expect(doc.range(of: #"redirect-agent@sha256:[0-9a-f<]"#, options: .regularExpression) != nil)
     }
 }
