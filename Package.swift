@@ -54,7 +54,7 @@ let lab: [Target] = [
     ], path: "Lab/Sources/LabApp"),
     // `redirect-lab`: demo, bench, cleanup.
     .executableTarget(name: "LabCLI", dependencies: [
-        "NodeLab", "Dataplane", "AgentAPI", "BPFLoader", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        "NodeLab", "MeshProxy", "Dataplane", "AgentAPI", "BPFLoader", .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], path: "Lab/Sources/LabCLI"),
 ]
 

@@ -53,6 +53,7 @@ final class LoadStats: Sendable {
         var ok = 0
         var failed = 0
         var bytes = 0
+        var connections = 0
         var firstError: String?
     }
     private let totals = Mutex(Totals())
@@ -67,13 +68,16 @@ final class LoadStats: Sendable {
         }
     }
 
+    /// Counts a connection that was established (what a capturing proxy must have recorded).
+    func connected() { totals.withLock { $0.connections += 1 } }
+
     func summary(mode: String, seconds: Double) -> String {
         let t = totals.withLock { $0 }
         let (ok, failed, bytes, firstError) = (t.ok, t.failed, t.bytes, t.firstError)
         let sorted = t.latencies.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1e6 }
         var d: [String: Any] = [
-            "mode": mode, "ok": ok, "failed": failed, "seconds": seconds,
+            "mode": mode, "ok": ok, "failed": failed, "seconds": seconds, "connections": t.connections,
             "rate": Double(ok) / max(seconds, 1e-9),
             "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99),
             "gbps": Double(bytes) * 8 / max(seconds, 1e-9) / 1e9,
@@ -94,6 +98,7 @@ struct Worker {
 
     func open() throws -> Socket {
         let s = try Socket.connected(to: via ?? target, timeout: 5)
+        stats.connected()
         if via != nil { try s.writeAll("CONNECT \(target)\n") }
         return s
     }

@@ -40,6 +40,9 @@ struct BenchReport {
         Modes: **direct** (no capture, client to the app), **explicit** (no capture, the client talks to its node's proxy
         with CONNECT: the limit any capture can reach), **iptables** (Istio's in-pod rules), **ebpf** (tc clsact)\(result.modes.contains("ebpf-tcx") ? ", **ebpf-tcx** (tcx links)" : "").
         Every proxied path goes client → proxy (15001) → peer proxy (15008) → app through the stand-in proxy.
+        Capture is verified on every client run: the client's proxy recorded \(result.traffic.map(\.proxied).reduce(0, +)) connections
+        in all, exactly the ones the client made in each proxied mode (found by capture, or by CONNECT in explicit mode) and none
+        in direct mode; a run where that fails stops the benchmark.
 
         """
         for placement in ["same-node", "cross-node"] {

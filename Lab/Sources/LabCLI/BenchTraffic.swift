@@ -1,6 +1,7 @@
 import BPFLoader
 import Dataplane
 import Foundation
+import MeshProxy
 import NodeLab
 import SystemCalls
 
@@ -17,6 +18,9 @@ struct TrafficSample: Codable {
     var p99us: Double
     var ok: Int
     var failed: Int
+    /// Connections the client made, and how many of them the client's proxy recorded.
+    var connections: Int
+    var proxied: Int
 }
 
 /// A traffic mode: how its pods are set up and how the client reaches the server.
@@ -80,17 +84,58 @@ final class TrafficBench {
         return try EBPFDataplane(config: CaptureConfig(), options: o, runner: runner)
     }
 
-    /// One client run; returns the parsed summary.
+    /// Records on the client's node for connections from `mode`'s client to `target`, with how
+    /// they were found (`explicit`, or a capture method).
+    func proxied(_ mode: TrafficMode, target: String) throws -> [ProxyRecord] {
+        try lab.proxyRecords(mode.client.node).filter {
+            $0.listener == 15001 && $0.pod == mode.client.identity.uid && $0.originalDestination == target
+        }
+    }
+
+    /// One client run; returns the parsed summary. Throws unless the proxy recorded exactly the
+    /// connections the client made (none in the direct mode): a mode whose capture failed must
+    /// never look fast in the report.
     func measure(_ mode: TrafficMode, placement: String, kind: String, duration: Double, round: Int) throws -> TrafficSample {
-        let server = mode.servers[placement]!
-        let target = "\(server.ipv4!):\(Lab.echoPort)"
+        guard let server = mode.servers[placement], let ip = server.ipv4 else { throw LabError("no \(placement) server for \(mode.name)") }
+        let target = "\(ip):\(Lab.echoPort)"
+        let before = try proxied(mode, target: target).count
         var args = ["client", "--netns", mode.client.netns.path, "--target", target, "--mode", kind, "--duration", "\(duration)"]
         if mode.explicit { args += ["--via", "127.0.0.1:15001"] }
         let out = try Command.run(try LabBinaries.path("lab-app"), args)
         guard let j = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else { throw LabError("client printed no JSON: \(out)") }
         func d(_ k: String) -> Double { (j[k] as? Double) ?? Double(j[k] as? Int ?? 0) }
+        let connections = j["connections"] as? Int ?? -1
+        let records = try recordsSettled(mode, target: target, before: before, expected: mode.name == "direct" ? 0 : connections)
+        try checkCaptured(mode, records: records, connections: connections)
         return TrafficSample(round: round, mode: mode.name, placement: placement, kind: kind, rate: d("rate"), gbps: d("gbps"),
-                             p50us: d("p50_us"), p90us: d("p90_us"), p99us: d("p99_us"), ok: j["ok"] as? Int ?? 0, failed: j["failed"] as? Int ?? 0)
+                             p50us: d("p50_us"), p90us: d("p90_us"), p99us: d("p99_us"), ok: j["ok"] as? Int ?? 0, failed: j["failed"] as? Int ?? 0,
+                             connections: connections, proxied: records.count)
+    }
+
+    /// The records added since `before`, once their count reaches `expected` or stops growing
+    /// (the proxy writes a record when it has its upstream, which can trail the client by a little).
+    private func recordsSettled(_ mode: TrafficMode, target: String, before: Int, expected: Int) throws -> [ProxyRecord] {
+        let deadline = Monotonic.now() + 5
+        var last = -1
+        while true {
+            let added = Array(try proxied(mode, target: target).dropFirst(before))
+            if added.count == expected && expected > 0 { return added }
+            if Monotonic.now() >= deadline || (added.count == last && expected == 0) { return added }
+            last = added.count
+            usleep(50_000)
+        }
+    }
+
+    private func checkCaptured(_ mode: TrafficMode, records: [ProxyRecord], connections: Int) throws {
+        guard connections > 0 else { throw LabError("\(mode.name): the client made no connection") }
+        let expected = mode.name == "direct" ? 0 : connections
+        guard records.count == expected else {
+            throw LabError("\(mode.name): the proxy recorded \(records.count) of the client's \(connections) connections (expected \(expected))")
+        }
+        // The explicit mode's connections say CONNECT; a capture mode's must have been captured.
+        if let bad = records.first(where: { r in r.error != nil || (r.method == "explicit") != mode.explicit }) {
+            throw LabError("\(mode.name): a connection was not proxied as this mode does it: \(bad)")
+        }
     }
 
     /// Rounds of A B C ... so drift hits every mode alike.

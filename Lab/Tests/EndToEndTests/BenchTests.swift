@@ -19,6 +19,11 @@ struct BenchTests {
         let traffic = try #require(json["traffic"] as? [[String: Any]])
         #expect(traffic.count == modes.count * 2 * 3, "every mode x placement x kind measured once")
         #expect(traffic.allSatisfy { ($0["failed"] as? Int) == 0 && ($0["ok"] as? Int ?? 0) > 0 }, "no failed connection")
+        // The bench's own capture check, read back: every proxied mode's runs were all recorded, direct's none.
+        for t in traffic {
+            let made = t["connections"] as? Int ?? 0, proxied = t["proxied"] as? Int ?? -1
+            #expect(made > 0 && proxied == (t["mode"] as? String == "direct" ? 0 : made), "\(t)")
+        }
         #expect((json["enrollment"] as? [[String: Any]])?.isEmpty == false)
         let report = try String(contentsOfFile: "\(out)/README.md", encoding: .utf8)
         #expect(report.contains("## Against the targets") && report.contains("ebpf / iptables"))
