@@ -287,8 +287,9 @@ struct AgentTests {
             #expect(try lab.request(from: a, to: dst).status == 200)
             #expect(try lab.proxyRecords(node).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count == 1)
             #expect(try lab.inNamespace(a.netns, "tc", ["filter", "show", "dev", "eth0", "ingress"]).isEmpty, "no tc filter: tcx links only")
+            #expect(try !FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links").isEmpty, "the pod's link pins are seen")
             try lab.removePod(a)
-            let links = (try? FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links")) ?? []
+            let links = try FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links")
             #expect(links.isEmpty, "\(links)")
         }
     }

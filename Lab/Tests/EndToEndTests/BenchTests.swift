@@ -30,6 +30,6 @@ struct BenchTests {
         for plot in ["traffic.svg", "latency.svg", "enrollment.svg"] {
             #expect((try? String(contentsOfFile: "\(out)/\(plot)", encoding: .utf8))?.hasPrefix("<svg") == true, "\(plot)")
         }
-        #expect(namespaces(prefix: "ra").filter { $0.contains("-b") }.isEmpty, "bench pods removed")
+        #expect(try namespaces(prefix: "ra").filter { $0.contains("-b") }.isEmpty, "bench pods removed")
     }
 }

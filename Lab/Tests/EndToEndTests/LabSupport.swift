@@ -14,8 +14,8 @@ func withLab<T>(_ configure: (inout LabOptions) -> Void = { _ in }, _ body: (Lab
 }
 
 /// Namespaces whose name starts with `prefix`.
-func namespaces(prefix: String) -> [String] {
-    let out = (try? Command.run("ip", ["netns", "list"])) ?? ""
+func namespaces(prefix: String) throws -> [String] {
+    let out = try Command.run("ip", ["netns", "list"])
     return out.split(separator: "\n").map { String($0.split(separator: " ")[0]) }.filter { $0.hasPrefix(prefix) }
 }
 
@@ -27,7 +27,9 @@ func labUnavailableReason() -> String? {
 }
 
 /// The pids of processes whose command line mentions `text`.
-func processes(mentioning text: String) -> [String] {
-    let out = (try? Command.capture("pgrep", ["-f", text]).stdout) ?? ""
-    return out.split(separator: "\n").map(String.init)
+func processes(mentioning text: String) throws -> [String] {
+    // pgrep exits 1 when nothing matches: that is an answer, anything else is a failure.
+    let r = try Command.capture("pgrep", ["-f", text])
+    guard r.status == 0 || r.status == 1 else { throw LabError("pgrep failed: \(r.stderr)") }
+    return r.stdout.split(separator: "\n").map(String.init)
 }

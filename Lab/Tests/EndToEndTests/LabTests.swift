@@ -97,13 +97,13 @@ struct LabTests {
         #expect(throws: Boom.self) {
             try withLab { lab in
                 runID = lab.options.runID
-                #expect(namespaces(prefix: runID).count == 6)
-                #expect(processes(mentioning: lab.directory).count >= 6)
+                #expect(try namespaces(prefix: runID).count == 6)
+                #expect(try processes(mentioning: lab.directory).count >= 6)
                 throw Boom()
             }
         }
-        #expect(namespaces(prefix: runID).isEmpty)
-        #expect(processes(mentioning: "\(Lab.runRoot)/\(runID)").isEmpty)
+        #expect(try namespaces(prefix: runID).isEmpty)
+        #expect(try processes(mentioning: "\(Lab.runRoot)/\(runID)").isEmpty)
         #expect(!FileManager.default.fileExists(atPath: "\(Lab.runRoot)/\(runID)"))
         let links = try Command.run("ip", ["-o", "link", "show"])
         #expect(!links.contains("to-n"), "no inter-node veth leaked into the root namespace")
