@@ -94,6 +94,7 @@ public final class IptablesDataplane: Dataplane, Sendable {
                     let have = r.installed(in: try podCommand(pod, backend.save(ipv6: v6), []))
                     let input = r.podRemoval(present: have.jumps, chains: have.chains)
                     if !input.isEmpty { try podCommand(pod, backend.restore(ipv6: v6), ["--noflush"], input: input) }
+                    try removeEmptyTables(pod, ipv6: v6)
                 } catch { failures.append("\(error)") }
             }
             do { try routing.remove(netns: pod.netns) } catch { failures.append("\(error)") }
@@ -193,6 +194,15 @@ public final class IptablesDataplane: Dataplane, Sendable {
             return String(line[q.upperBound...].dropLast())
         }
         return nil
+    }
+
+    /// With the nft backend, deletes the tables our rules made that are empty again, so a removed
+    /// pod's namespace is left as it was (legacy tables are the kernel's and cannot be deleted).
+    private func removeEmptyTables(_ pod: PodSpec, ipv6: Bool) throws {
+        guard backend == .nft else { return }
+        for table in IptablesRules.emptyTables(in: try podCommand(pod, backend.save(ipv6: ipv6), [])) {
+            try podCommand(pod, "nft", ["delete", "table", ipv6 ? "ip6" : "ip", table])
+        }
     }
 
     private func lockFile(_ pod: PodSpec) -> String { "\(lockDirectory)/\(pod.uid).lock" }

@@ -169,6 +169,29 @@ public struct IptablesRules: Sendable {
 
     // MARK: reading iptables-save
 
+    /// Tables of an iptables-save dump that hold nothing: only built-in chains, each with policy
+    /// ACCEPT, and no rule. Deleting one changes no packet's fate (iptables-nft creates it again when
+    /// a rule needs it); it is what adding our rules to a fresh namespace left behind.
+    public static func emptyTables(in save: String) -> [String] {
+        let builtin: Set<String> = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
+        var empty: [String] = []
+        var table: String?, clean = true
+        for raw in save.split(separator: "\n") {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.hasPrefix("*") { table = String(line.dropFirst()); clean = true; continue }
+            if line == "COMMIT" {
+                if let table, clean { empty.append(table) }
+                table = nil
+                continue
+            }
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            let f = line.split(separator: " ")
+            let accepting = line.hasPrefix(":") && f.count >= 2 && builtin.contains(String(f[0].dropFirst())) && f[1] == "ACCEPT"
+            if !accepting { clean = false }
+        }
+        return empty
+    }
+
     /// What of ours an iptables-save dump holds.
     public struct Installed: Sendable, Equatable {
         /// Jumps from built-in chains into ours, in any table.

@@ -184,3 +184,60 @@ func withAgentLabAsync(_ dataplane: String, _ body: (Lab) async throws -> Void) 
     try lab.up()
     try await body(lab)
 }
+
+@Suite("Agent concurrency: many runtimes' requests at once", .serialized)
+struct AgentConcurrencyTests {
+    @Test("20 concurrent ADDs, CHECKs and DELs: every pod enrolled once, captured, then left as it was", arguments: ["ebpf", "iptables"])
+    func concurrentAdds(_ dataplane: String) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab(dataplane) { lab throws in
+            let node = lab.nodes[0]
+            // Unlabelled pods: the CNI chain leaves them alone; the test plays 20 runtimes at once.
+            let pods = try (0..<20).map { try lab.addPod(on: node, name: "n1-c\($0)") }
+            var clean: [String: String] = [:]
+            for p in pods { clean[p.name] = try podKernelState(lab, p) }
+            func all(_ op: String) -> [String: ControlResponse?] {
+                let answers = ConcurrentAnswers()
+                let group = DispatchGroup()
+                for p in pods {
+                    let req = lab.podRequest(p, meshed: true), socket = node.agentControlSocket
+                    group.enter()
+                    DedicatedThread.detach {
+                        answers.set(p.name, try? AgentClient.call(ControlRequest(op: op, pod: req), socket: socket, timeout: 30))
+                        group.leave()
+                    }
+                }
+                _ = group.wait(timeout: .now() + 120)
+                return answers.value
+            }
+            let added = all("add")
+            #expect(added.count == 20 && added.values.allSatisfy { $0?.enrolled == true }, "\(added.filter { $0.value?.enrolled != true })")
+            let s = try status(node)
+            #expect(Set(s.pods.map(\.uid)) == Set(pods.map(\.identity.uid)) && s.pods.allSatisfy { $0.drift.isEmpty }, "\(s.pods.map(\.drift))")
+            for p in pods { expectCaptured(try podKernelState(lab, p), dataplane == "ebpf" ? .ebpf : .iptables) }
+            let checked = all("check")
+            #expect(checked.values.allSatisfy { $0?.ok == true }, "\(checked.filter { $0.value?.ok != true })")
+            // Every pod is really captured: one connection each to its neighbour goes through the proxy.
+            let before = try lab.proxyRecords(node).count
+            for (i, p) in pods.enumerated() {
+                #expect(try lab.request(from: p, to: SocketAddress(pods[(i + 1) % pods.count].ip4, Lab.httpPort)).status == 200)
+            }
+            #expect(try lab.proxyRecords(node).count - before >= pods.count, "every pod's connection was captured")
+            let removed = all("del")
+            #expect(removed.values.allSatisfy { $0?.ok == true }, "\(removed.filter { $0.value?.ok != true })")
+            #expect(try status(node).pods.isEmpty)
+            for p in pods {
+                let after = try podKernelState(lab, p)
+                #expect(after == clean[p.name], "\(p.name) after DEL differs from before ADD")
+            }
+        }
+    }
+}
+
+/// Answers collected from many threads.
+private final class ConcurrentAnswers: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: [String: ControlResponse?] = [:]
+    var value: [String: ControlResponse?] { lock.withLock { stored } }
+    func set(_ k: String, _ v: ControlResponse?) { lock.withLock { stored[k] = v } }
+}
