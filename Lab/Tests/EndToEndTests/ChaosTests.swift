@@ -6,15 +6,20 @@ import Testing
 
 @Suite("Crash consistency: kill -9 at random points of enrolment", .serialized)
 struct ChaosTests {
-    @Test("200 ADD/DEL cycles with kill -9 at random points: afterwards every pod's kernel state matches the state file")
-    func killDuringEnrolment() throws {
+    @Test("200 ADD/DEL cycles with kill -9 at random points, traffic running: no connection fails or skips capture, every pod's kernel state matches the state file",
+          arguments: ["ebpf", "iptables"])
+    func killDuringEnrolment(_ dataplane: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withAgentLab("ebpf") { lab throws in
+        try withAgentLab(dataplane) { lab throws in
             let node = lab.nodes[0]
             // Unlabelled pods: the CNI chain leaves them alone; the test drives the agent directly.
             let pods = try (0..<6).map { try lab.addPod(on: node, name: "n1-c\($0)") }
             var clean: [String: String] = [:]
             for p in pods { clean[p.name] = try podKernelState(lab, p) }
+            // Two meshed pods (enrolled through the CNI chain) talk all through the chaos.
+            let client = try lab.addMeshedPod(on: node, name: "n1-steady-a"), server = try lab.addMeshedPod(on: node, name: "n1-steady-b")
+            let traffic = SteadyTraffic(client: client, target: "\(server.ip4):\(Lab.echoPort)")
+            traffic.start()
             var rng = SystemRandomNumberGenerator()
             var kills = 0, cycles = 0
             for _ in 0..<200 {
@@ -34,8 +39,12 @@ struct ChaosTests {
                 }
                 cycles += 1
             }
+            let load = traffic.stop()
+            #expect(load.runs > 1 && load.connections > 0 && load.failed == 0, "traffic during the chaos: \(load)")
+            let proxied = try lab.proxyRecords(node).filter { $0.listener == 15001 && $0.originalDestination == traffic.target }.count
+            #expect(proxied == load.connections, "every connection made during the chaos was captured: \(proxied) of \(load.connections)")
             let s = try status(node)
-            let enrolled = Set(s.pods.map(\.uid))
+            let enrolled = Set(s.pods.map(\.uid)).subtracting([client.identity.uid, server.identity.uid])
             var orphans: [String] = []
             for p in pods {
                 let kernel = try podKernelState(lab, p)
@@ -49,9 +58,9 @@ struct ChaosTests {
                 }
             }
             #expect(orphans.isEmpty, "kernel state left in pods the state file does not list: \(orphans)")
-            // Pins: one sk_lookup link per enrolled pod, nothing else.
-            let links = (try? FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links")) ?? []
-            #expect(Set(links.map { $0.replacingOccurrences(of: "-sklookup", with: "") }) == enrolled, "link pins \(links) vs enrolled \(enrolled)")
+            // Pins (ebpf): one sk_lookup link per enrolled pod, nothing else.
+            let links = dataplane == "ebpf" ? try FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links") : []
+            if dataplane == "ebpf" { #expect(Set(links.map { $0.replacingOccurrences(of: "-sklookup", with: "") }) == enrolled.union([client.identity.uid, server.identity.uid]), "link pins \(links) vs enrolled \(enrolled) and the two steady pods") }
             #expect(s.pods.allSatisfy { $0.drift.isEmpty }, "\(s.pods.map(\.drift))")
             // Every enrolled pod is really captured: a connection from it goes through the proxy.
             if let p = pods.first(where: { enrolled.contains($0.identity.uid) }), let dst = pods.first(where: { $0 !== p })?.ipv4 {
@@ -59,8 +68,57 @@ struct ChaosTests {
                 _ = try? lab.request(from: p, to: SocketAddress(dst, Lab.httpPort))
                 #expect(try lab.proxyRecords(node).count > before, "\(p.name) is captured")
             }
-            print("chaos: \(cycles) cycles, \(kills) kills, \(enrolled.count) pods enrolled at the end, \(orphans.count) orphans")
+            print("chaos (\(dataplane)): \(cycles) cycles, \(kills) kills, \(enrolled.count) pods enrolled at the end, \(orphans.count) orphans; traffic \(load)")
             #expect(kills > 20, "the kills happened (\(kills))")
+        }
+    }
+}
+
+/// A load client run again and again (2 s each) from `client` to `target` until stopped, with its
+/// totals summed: the traffic spans whatever happens meanwhile.
+final class SteadyTraffic: @unchecked Sendable {
+    struct Totals: CustomStringConvertible {
+        var runs = 0, ok = 0, failed = 0, connections = 0
+        var errors: [String] = []
+        var description: String { "\(runs) runs, \(connections) connections, \(ok) ok, \(failed) failed \(errors.prefix(3))" }
+    }
+    let client: LabPod
+    let target: String
+    private let lock = NSLock()
+    private var totals = Totals()
+    private var stopping = false
+    private let done = DispatchSemaphore(value: 0)
+
+    init(client: LabPod, target: String) { self.client = client; self.target = target }
+
+    func start() {
+        DedicatedThread.detach { [self] in
+            while !lock.withLock({ stopping }) { runOnce() }
+            done.signal()
+        }
+    }
+
+    /// Stops after the current run and returns the totals.
+    func stop() -> Totals {
+        lock.withLock { stopping = true }
+        done.wait()
+        return lock.withLock { totals }
+    }
+
+    private func runOnce() {
+        let args = ["client", "--netns", client.netns.path, "--target", target, "--mode", "short", "--duration", "2"]
+        do {
+            let out = try Command.run(try LabBinaries.path("lab-app"), args)
+            let j = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] ?? [:]
+            lock.withLock {
+                totals.runs += 1
+                totals.ok += j["ok"] as? Int ?? 0
+                totals.failed += j["failed"] as? Int ?? 0
+                totals.connections += j["connections"] as? Int ?? 0
+                if let e = j["error"] as? String { totals.errors.append(e) }
+            }
+        } catch {
+            lock.withLock { totals.runs += 1; totals.failed += 1; totals.errors.append("\(error)") }
         }
     }
 }
