@@ -26,6 +26,10 @@ public struct CaptureConfig: Sendable, Equatable, Codable {
     public var markMask: UInt32 = 0xfff
     /// The connmark that routes replies back to the proxy's transparent sockets.
     public var connMark: UInt32 = 0x111
+    /// A mark the iptables listener guard puts on SYNs before the socket lookup, to tell "a socket
+    /// without the proxy's mark" from "no full socket" (TIME_WAIT): every mask bit that is in neither
+    /// the proxy's mark nor the connection mark.
+    public var guardSentinelMark: UInt32 { markMask & ~(proxyMark | connMark) }
     /// The policy routing table for those replies.
     public var routeTable: Int = 100
     /// The `ip rule` priority.

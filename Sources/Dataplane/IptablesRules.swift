@@ -15,6 +15,8 @@ public struct IptablesRules: Sendable {
     public var prerouting: String { "\(config.chainPrefix)_PRERT" }
     /// Our output chain.
     public var output: String { "\(config.chainPrefix)_OUTPUT" }
+    /// Our input chain (mangle), which keeps the proxy's ports for the proxy's own listeners.
+    public var input: String { "\(config.chainPrefix)_INPUT" }
     /// Our node post-routing chain.
     public var postrouting: String { "\(config.chainPrefix)_POSTRT" }
     /// Our node chain that drops packets from elsewhere claiming the probe IP (raw PREROUTING).
@@ -40,7 +42,10 @@ public struct IptablesRules: Sendable {
     /// - packets from outside that belong to the proxy's loopback connections to the app (connmark
     ///   0x111), or that conntrack finds invalid, are dropped: spoofed segments never reach an app socket;
     /// - an app's new connection to the probe IP is captured like any other (Istio accepts it);
-    /// - with a proxy cgroup, only the proxy's sockets skip capture, not any socket with the mark.
+    /// - with a proxy cgroup, only the proxy's sockets skip capture, not any socket with the mark;
+    /// - a connection to the proxy's ports (captured or direct) reaches only a listener with the
+    ///   proxy's mark: an app that binds 15001, 15006 or 15008 first gets no SYN (Istio delivers
+    ///   captured connections to whoever listens there).
     func podTables(ipv6: Bool) -> [(table: String, rules: [(chain: String, rule: String)])] {
         let c = config
         let mark = "0x\(hex(c.proxyMark))/0x\(hex(c.markMask))"
@@ -56,7 +61,7 @@ public struct IptablesRules: Sendable {
             (prerouting, "! -i lo -m connmark --mark \(conn) -j DROP"),
             (prerouting, "! -i lo -p tcp -m conntrack --ctstate INVALID -j DROP"),
             (output, "-m connmark --mark \(conn) -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
-        ]
+        ] + listenerGuard(mark: mark)
         var nat: [(String, String)] = [(prerouting, "-s \(probe) -p tcp -m tcp -j ACCEPT")]
         // As Istio: TCP arriving on a virtual interface (a VM's tap) is the VM's outbound traffic.
         nat += reroute.map { (prerouting, "-i \($0) -p tcp -j REDIRECT --to-ports \(c.outboundPort)") }
@@ -84,17 +89,54 @@ public struct IptablesRules: Sendable {
         return tables
     }
 
+    /// SYNs (and DNS datagrams, with DNS capture) to the proxy's ports: the kernel's socket lookup
+    /// copies the receiving socket's mark onto the packet, and without the proxy's mark it is dropped.
+    /// After nat, so a captured connection is checked on the port it was redirected to.
+    ///
+    /// A SYN that meets a TIME_WAIT socket (a client reusing its 4-tuple) has no socket mark to copy:
+    /// a sentinel mark set first survives the lookup, and such SYNs (and SYNs no socket takes, which
+    /// the kernel resets) pass with their mark cleared.
+    func listenerGuard(mark: String) -> [(String, String)] {
+        let c = config
+        let tcp = [c.outboundPort, c.inboundPort, c.tunnelPort] + (c.dnsCapture ? [c.dnsPort] : [])
+        let syn = "-p tcp -m tcp --syn -m multiport --dports \(tcp.map(String.init).joined(separator: ","))"
+        let mask = "0x\(hex(c.markMask))"
+        let sentinel = "0x\(hex(c.guardSentinelMark))/\(mask)"
+        var rules: [(String, String)] = [
+            (input, "\(syn) -j MARK --set-xmark \(sentinel)"),
+            (input, "\(syn) -m socket --nowildcard --restore-skmark"),
+            (input, "\(syn) -m mark ! --mark \(mark) -m mark ! --mark \(sentinel) -j DROP"),
+            (input, "\(syn) -m mark --mark \(sentinel) -j MARK --set-xmark 0x0/\(mask)"),
+        ]
+        if c.dnsCapture {
+            rules += [
+                (input, "-p udp -m udp --dport \(c.dnsPort) -m socket --nowildcard --restore-skmark"),
+                (input, "-p udp -m udp --dport \(c.dnsPort) -m mark ! --mark \(mark) -j DROP"),
+            ]
+        }
+        return rules
+    }
+
+    /// The built-in chain each of our pod chains hangs from.
+    private var podHooks: [(from: String, to: String)] { [("PREROUTING", prerouting), ("OUTPUT", output), ("INPUT", input)] }
+
+    /// Our chains a table uses: pre-routing and output always (as Istio declares them), input where it has rules.
+    private func podChains(_ t: (table: String, rules: [(chain: String, rule: String)])) -> [(from: String, to: String)] {
+        podHooks.filter { $0.to != input || t.rules.contains { $0.chain == input } }
+    }
+
     /// The jumps a pod needs.
     public func podJumps(ipv6: Bool) -> [Jump] {
-        podTables(ipv6: ipv6).flatMap { t in [Jump(t.table, "PREROUTING", prerouting), Jump(t.table, "OUTPUT", output)] }
+        podTables(ipv6: ipv6).flatMap { t in podChains(t).map { Jump(t.table, $0.from, $0.to) } }
     }
 
     /// Restore input that (re)writes our pod chains and adds the jumps not in `present`.
     public func pod(ipv6: Bool, present: Set<Jump> = []) -> String {
         var out = ""
         for t in podTables(ipv6: ipv6) {
-            out += "*\(t.table)\n:\(prerouting) - [0:0]\n:\(output) - [0:0]\n"
-            for j in [Jump(t.table, "PREROUTING", prerouting), Jump(t.table, "OUTPUT", output)] where !present.contains(j) {
+            let chains = podChains(t)
+            out += "*\(t.table)\n" + chains.map { ":\($0.to) - [0:0]\n" }.joined()
+            for j in chains.map({ Jump(t.table, $0.from, $0.to) }) where !present.contains(j) {
                 out += "-A \(j.from) -j \(j.to)\n"
             }
             for r in t.rules { out += "-A \(r.chain) \(r.rule)\n" }
@@ -105,7 +147,7 @@ public struct IptablesRules: Sendable {
 
     /// Restore input that removes our pod chains and the jumps in `present`; empty when nothing is there.
     public func podRemoval(present: Set<Jump>, chains: Set<String>) -> String {
-        removal(tables: ["mangle", "nat", "raw"], ours: [prerouting, output], present: present, chains: chains)
+        removal(tables: ["mangle", "nat", "raw"], ours: [prerouting, output, input], present: present, chains: chains)
     }
 
     // MARK: node
@@ -207,7 +249,7 @@ public struct IptablesRules: Sendable {
     /// Parses an iptables-save dump for our chains, jumps and rule counts.
     public func installed(in save: String) -> Installed {
         var result = Installed()
-        let ours = Set([prerouting, output, postrouting, probeGuard])
+        let ours = Set([prerouting, output, input, postrouting, probeGuard])
         var table = ""
         for raw in save.split(separator: "\n") {
             let line = raw.trimmingCharacters(in: .whitespaces)

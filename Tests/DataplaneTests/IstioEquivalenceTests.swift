@@ -29,6 +29,23 @@ struct IstioEquivalenceTests {
                        reason: "segments conntrack cannot place would reach app sockets without passing NAT"),
             Deliberate(table: "nat", chain: "ISTIO_OUTPUT", rule: "-d \(probe) -p tcp -j ACCEPT", ours: false,
                        reason: "any process in the pod could open uncaptured connections to the probe IP"),
+        ] + listenerGuard
+    }
+
+    /// The listener guard (DNS capture on, as in Istio's files): the proxy's ports reach only marked listeners.
+    static var listenerGuard: [Deliberate] {
+        let why = "an app that binds the proxy's port first would receive captured connections"
+        let syn = "-p tcp --syn -m multiport --dports 15001,15006,15008,15053"
+        let tw = "a SYN meeting TIME_WAIT has no socket mark: a sentinel tells it apart"
+        return [
+            Deliberate(table: "mangle", chain: "INPUT", rule: "-j ISTIO_INPUT", ours: true, reason: why),
+            Deliberate(table: "mangle", chain: "ISTIO_INPUT", rule: "\(syn) -j MARK --set-xmark 0xac6/0xfff", ours: true, reason: tw),
+            Deliberate(table: "mangle", chain: "ISTIO_INPUT", rule: "\(syn) -m socket --nowildcard --restore-skmark", ours: true, reason: why),
+            Deliberate(table: "mangle", chain: "ISTIO_INPUT", rule: "\(syn) -m mark ! --mark 0x539/0xfff -m mark ! --mark 0xac6/0xfff -j DROP", ours: true, reason: why),
+            Deliberate(table: "mangle", chain: "ISTIO_INPUT", rule: "\(syn) -m mark --mark 0xac6/0xfff -j MARK --set-xmark 0x0/0xfff", ours: true, reason: tw),
+            Deliberate(table: "mangle", chain: "ISTIO_INPUT", rule: "-p udp --dport 15053 -m socket --nowildcard --restore-skmark", ours: true, reason: why),
+            Deliberate(table: "mangle", chain: "ISTIO_INPUT", rule: "-p udp --dport 15053 -m mark ! --mark 0x539/0xfff -j DROP", ours: true, reason: why),
+            Deliberate(table: "mangle", chain: "ISTIO_INPUT", rule: "", ours: true, reason: "the guard's chain"),
         ]
     }
 
