@@ -96,6 +96,64 @@ struct AgentRobustnessTests {
         }
     }
 
+    @Test("random hostile CNI configurations and environments (property-based): the plugin always answers CNI JSON, the agent and the enrolled pod are untouched")
+    func randomHostileCNI() async throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try await withAgentLabAsync("ebpf") { lab in
+            let node = lab.nodes[0]
+            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let before = try podKernelState(lab, a)
+            let real = lab.podRequest(a, meshed: true)
+            // JSON values of every type, hostile strings among them, for each configuration field.
+            let value = Gen<String>.oneOf(
+                Hostile.text.map { Self.jsonString($0) }.eraseToAnySequence(),
+                Gen<String?>.element(of: ["\"1.0.0\"", "\"0.4.0\"", "\"9.9.9\"", "5", "1.0", "null", "true", "[]", "{}", "-1", "1e308", "0", "0.001",
+                                          "[\"1.0.0\"]", "{\"a\":1}", String(repeating: "[", count: 20_000)]).map { $0 ?? "null" }.eraseToAnySequence())
+            // Valid values often enough that requests get past the plugin to the agent.
+            let version = Gen<String>.oneOf(Gen.always("\"1.0.0\"").eraseToAnySequence(), value.eraseToAnySequence())
+            let timeout = Gen<String>.oneOf(Gen.always("5").eraseToAnySequence(), value.eraseToAnySequence())
+            let socket = Gen<String>.oneOf(Gen.always(Self.jsonString(node.agentControlSocket)).eraseToAnySequence(), value.eraseToAnySequence())
+            let ips = Hostile.ips.map { list in "[" + list.map { "{\"address\":\(Self.jsonString($0))}" }.joined(separator: ",") + "]" }
+            let prev = Gen<String>.oneOf(ips.map { "{\"cniVersion\":\"1.0.0\",\"ips\":\($0)}" }.eraseToAnySequence(), value.eraseToAnySequence())
+            let netns = Gen<String>.oneOf(Hostile.text.eraseToAnySequence(), Gen.always(real.netns).eraseToAnySequence())
+            let commands = Gen<String?>.element(of: ["ADD", "DEL", "CHECK", "VERSION", "GC", "", "add"]).map { $0 ?? "" }
+            var answered = 0
+            var codes: [Int: Int] = [:]
+            await propertyCheck(count: 150, input: commands, version, socket, prev, timeout, netns, Hostile.text) { command, version, sock, prevResult, timeout, ns, text in
+                let conf = "{\"cniVersion\":\(version),\"name\":\"lab-pods\",\"type\":\"redirect-cni\",\"agentSocket\":\(sock)," +
+                    "\"agentTimeoutSeconds\":\(timeout),\"prevResult\":\(prevResult)}"
+                // Never the enrolled pod's UID: a hostile request may not change that pod.
+                let uid = text == real.uid ? text + "x" : text
+                let env = ["CNI_COMMAND": command, "CNI_CONTAINERID": text, "CNI_IFNAME": text, "CNI_NETNS": ns,
+                           "CNI_ARGS": "K8S_POD_NAME=\(text);K8S_POD_NAMESPACE=\(text);K8S_POD_UID=\(uid);POD_LABELS=istio.io/dataplane-mode:ambient"]
+                // A quarter of the time the configuration itself is raw hostile text.
+                let stdin = text.count % 4 != 1 ? conf : text + conf.prefix(text.count)
+                let (status, out, stdout) = try rawPlugin(env, stdin: stdin)
+                #expect(status == 0 || status == 1, "the plugin exits 0 or 1, never by a signal: \(status) for \(env) \(stdin.prefix(300))")
+                // A successful DEL or CHECK prints nothing (the spec); everything else prints one JSON object.
+                let silent = status == 0 && (command == "DEL" || command == "CHECK") && stdout.isEmpty
+                #expect(out != nil || silent, "stdout is one JSON object: \(stdout.prefix(200)) for \(env) \(stdin.prefix(300))")
+                if status == 1 { #expect(out?["code"] is Int && out?["msg"] is String, "a CNI error: \(out ?? [:])") }
+                codes[status == 0 ? 0 : out?["code"] as? Int ?? -1, default: 0] += 1
+                answered += 1
+            }
+            #expect(answered >= 150)
+            // The generator reached every layer: success, a bad configuration, an unsupported version,
+            // and the agent itself refusing (so hostile requests did arrive at the agent).
+            for code in [0, 1, 6, 100] { #expect(codes[code, default: 0] > 0, "outcome \(code) never seen: \(codes)") }
+            print("hostile CNI outcomes (exit 0, or CNI error code: count): \(codes.sorted { $0.key < $1.key })")
+            #expect(node.agent?.isRunning == true)
+            #expect(try podKernelState(lab, a) == before)
+            #expect(try status(node).pods.map(\.uid) == [real.uid])
+        }
+    }
+
+    /// `s` as a JSON string literal.
+    static func jsonString(_ s: String) -> String {
+        String(decoding: (try? JSONSerialization.data(withJSONObject: [s], options: [.fragmentsAllowed])) ?? Data("[\"\"]".utf8), as: UTF8.self)
+            .dropFirst().dropLast().description
+    }
+
     @Test("enrolling twice, then removing, leaves the pod's namespace as it was: pre-existing qdiscs stay, ours go, accept_local restored")
     func repeatedEnrolment() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
@@ -240,4 +298,13 @@ private final class ConcurrentAnswers: @unchecked Sendable {
     private var stored: [String: ControlResponse?] = [:]
     var value: [String: ControlResponse?] { lock.withLock { stored } }
     func set(_ k: String, _ v: ControlResponse?) { lock.withLock { stored[k] = v } }
+}
+
+/// Runs the plugin with exactly `env` (and PATH); returns its exit status, its stdout as a JSON
+/// object (nil when stdout is not one), and stdout itself.
+func rawPlugin(_ env: [String: String], stdin: String) throws -> (Int32, [String: Any]?, String) {
+    var full = env
+    full["PATH"] = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    let r = try Command.capture(try LabBinaries.path("redirect-cni"), [], environment: full, input: stdin, timeout: 60)
+    return (r.status, (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any], r.stdout)
 }
