@@ -105,6 +105,8 @@ func callAgent(_ req: ControlRequest, socket: String, timeout: Double) throws ->
     return r
 }
 
+// A runtime that closes our stdout early gets an error, not a killed plugin.
+signal(SIGPIPE, SIG_IGN)
 do {
     exit(try run())
 } catch let f as CNIFailure {

@@ -17,6 +17,7 @@ ssize_t cshim_splice(int fd_in, int fd_out, size_t len) {
     return splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_MOVE);
 }
 int cshim_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) { return posix_spawn_file_actions_addclosefrom_np(actions, from); }
+int cshim_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 int cshim_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 int cshim_set_pipe_size(int fd, int size) { return fcntl(fd, F_SETPIPE_SZ, size); }
 int cshim_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig); }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 
 /// `redirect-agent`: the node agent's command line.
 struct RedirectAgentCommand: ParsableCommand {
@@ -8,4 +9,7 @@ struct RedirectAgentCommand: ParsableCommand {
         subcommands: [Run.self, Status.self, Uninstall.self, InstallCNI.self, NetPol.self])
 }
 
+// A peer that goes away mid-write (a control client, a program that exits before reading all its
+// stdin) is an EPIPE to handle, never a signal that kills the agent. Children get SIGPIPE back.
+signal(SIGPIPE, SIG_IGN)
 RedirectAgentCommand.main()

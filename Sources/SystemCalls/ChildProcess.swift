@@ -33,7 +33,7 @@ public final class ChildProcess: Sendable {
             posix_spawn_file_actions_adddup2(&actions, fd, target)
         }
         cshim_spawn_add_closefrom(&actions, 3)
-        // The agent ignores SIGPIPE and may block signals on its threads; a child must not inherit either.
+        // Our executables ignore SIGPIPE and threads may block signals; a child must inherit neither.
         var all = sigset_t(), none = sigset_t()
         sigfillset(&all)
         sigemptyset(&none)

@@ -32,29 +32,26 @@ public struct CommandError: Error, CustomStringConvertible {
 public enum Command {
     /// Runs `executable` with `arguments`; `input` goes to stdin. Does not throw on a non-zero exit.
     /// With `timeout` (seconds), the child runs in a process group of its own, and if it is still
-    /// running then the group is killed and the child reported as status 137.
+    /// running then the group is killed and the child reported as status 137. Once the child has
+    /// exited, its output is read for at most one more second (something it started may hold the
+    /// pipes open). At most ``outputLimit`` bytes of each stream are kept.
     public static func capture(_ executable: String, _ arguments: [String], environment: [String: String]? = nil,
                                input: String? = nil, timeout: Double? = nil) throws -> CommandResult {
         let path = executable.hasPrefix("/") ? executable : try resolve(executable)
-        var stdin = try Pipe2(), stdout = try Pipe2(), stderr = try Pipe2()
-        let child: ChildProcess
-        do {
-            child = try ChildProcess.spawn(path, arguments, environment: environment,
-                                           stdin: stdin.read, stdout: stdout.write, stderr: stderr.write,
+        var pipes: [Pipe2] = []
+        defer { for i in pipes.indices { pipes[i].closeBoth() } }
+        for _ in 0..<3 { pipes.append(try Pipe2()) }
+        let child = try ChildProcess.spawn(path, arguments, environment: environment,
+                                           stdin: pipes[0].read, stdout: pipes[1].write, stderr: pipes[2].write,
                                            ownGroup: timeout != nil)
-        } catch {
-            stdin.closeBoth(); stdout.closeBoth(); stderr.closeBoth()
-            throw error
-        }
-        stdin.closeRead(); stdout.closeWrite(); stderr.closeWrite()
-        var io = ChildIO(input: Array((input ?? "").utf8), stdin: stdin.write, stdout: stdout.read, stderr: stderr.read)
-        let deadline = timeout.map { Monotonic.now() + $0 }
-        io.pump(until: deadline)
-        let timedOut = io.open
+        pipes[0].closeRead(); pipes[1].closeWrite(); pipes[2].closeWrite()
+        var io = ChildIO(input: Array((input ?? "").utf8), stdin: pipes[0].take(\.write), stdout: pipes[1].take(\.read),
+                         stderr: pipes[2].take(\.read), exit: cshim_pidfd_open(child.pid))
+        defer { io.closeAll() }
+        let timedOut = io.pump(until: timeout.map { Monotonic.now() + $0 }) == .deadline
         if timedOut {
             child.signalGroup(SIGKILL)
-            // A descendant that left the group could still hold the pipes: stop reading soon regardless.
-            io.pump(until: Monotonic.now() + 1)
+            _ = io.pump(until: Monotonic.now() + 1)
         }
         io.closeAll()
         let status = child.wait()
@@ -62,6 +59,9 @@ public enum Command {
         if timedOut, let timeout { errText += "\nkilled: still running after \(timeout) s" }
         return CommandResult(status: status, stdout: String(decoding: io.out, as: UTF8.self), stderr: errText)
     }
+
+    /// The most bytes of stdout, and of stderr, a captured command keeps (the rest is read and dropped).
+    public static let outputLimit = 32 << 20
 
     /// Runs and throws ``CommandError`` on a non-zero exit; returns stdout.
     @discardableResult
@@ -96,23 +96,34 @@ private struct Pipe2 {
         write = fds[1]
     }
 
+    /// Hands one end over: this value no longer closes it.
+    mutating func take(_ end: WritableKeyPath<Pipe2, Int32>) -> Int32 {
+        let fd = self[keyPath: end]
+        self[keyPath: end] = -1
+        return fd
+    }
+
     mutating func closeRead() { if read >= 0 { close(read); read = -1 } }
     mutating func closeWrite() { if write >= 0 { close(write); write = -1 } }
     mutating func closeBoth() { closeRead(); closeWrite() }
 }
 
 /// Moves bytes between us and a child: input to its stdin, its stdout and stderr into buffers,
-/// all three at once with poll, so a chatty child can never block on a full pipe.
+/// all at once with poll, so a chatty child can never block on a full pipe; a pidfd tells when the
+/// child itself has exited.
 private struct ChildIO {
+    enum Outcome { case finished, exited, deadline }
+
     var input: [UInt8]
     var written = 0
-    var fds: [Int32]  // stdin (write end), stdout, stderr; -1 once closed
+    var fds: [Int32]  // stdin (write end), stdout, stderr, the child's pidfd; -1 once closed
     var out: [UInt8] = []
     var err: [UInt8] = []
+    var exitedAt: Double?
 
-    init(input: [UInt8], stdin: Int32, stdout: Int32, stderr: Int32) {
+    init(input: [UInt8], stdin: Int32, stdout: Int32, stderr: Int32, exit: Int32) {
         self.input = input
-        fds = [stdin, stdout, stderr]
+        fds = [stdin, stdout, stderr, exit]
         _ = fcntl(stdin, F_SETFL, fcntl(stdin, F_GETFL) | O_NONBLOCK)
         if input.isEmpty { closeFD(0) }
     }
@@ -120,41 +131,51 @@ private struct ChildIO {
     /// True while the child may still produce output.
     var open: Bool { fds[1] >= 0 || fds[2] >= 0 }
 
-    /// Runs until both output pipes reach end of file or `deadline` (monotonic seconds) passes.
-    mutating func pump(until deadline: Double?) {
+    /// Runs until both output pipes reach end of file (`finished`), a second after the child exited
+    /// with a pipe still open (`exited`), or `deadline` (monotonic seconds) passes (`deadline`).
+    mutating func pump(until deadline: Double?) -> Outcome {
         while open {
-            var polled = fds.enumerated().map { i, fd in
-                pollfd(fd: fd, events: Int16(i == 0 ? POLLOUT : POLLIN), revents: 0)
-            }
-            let wait = deadline.map { Int32(max(0, min(1_000, ($0 - Monotonic.now()) * 1000))) } ?? -1
-            let n = Glibc.poll(&polled, nfds_t(polled.count), wait)
-            if n < 0 && cshim_errno() == EINTR { continue }
-            if n <= 0, let deadline, Monotonic.now() >= deadline { return }
-            for i in 0..<3 where fds[i] >= 0 && polled[i].revents != 0 { service(i) }
+            let now = Monotonic.now()
+            if let deadline, now >= deadline { return .deadline }
+            if let exitedAt, now >= exitedAt + 1 { return .exited }
+            let limits = [deadline, exitedAt.map { $0 + 1 }, now + 1].compactMap { $0 }
+            let wait = Int32(max(0, ((limits.min() ?? now + 1) - now) * 1000).rounded(.up))
+            var polled = fds.enumerated().map { i, fd in pollfd(fd: fd, events: Int16(i == 0 ? POLLOUT : POLLIN), revents: 0) }
+            if Glibc.poll(&polled, nfds_t(polled.count), wait) < 0 { continue } // EINTR: go round
+            for i in 0..<4 where fds[i] >= 0 && polled[i].revents != 0 { service(i) }
         }
+        return .finished
     }
 
     private mutating func service(_ i: Int) {
-        if i == 0 {
+        switch i {
+        case 0:
             let n = input[written...].withUnsafeBytes { Glibc.write(fds[0], $0.baseAddress, $0.count) }
             if n > 0 { written += n }
             // EPIPE (the child closed its stdin) or all written: nothing more to send.
             if written == input.count || (n < 0 && cshim_errno() != EAGAIN && cshim_errno() != EINTR) { closeFD(0) }
-            return
+        case 3:
+            exitedAt = Monotonic.now()
+            closeFD(3)
+        default:
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fds[i], $0.baseAddress, $0.count) }
+            if n > 0 {
+                if i == 1 { keep(&out, buffer[0..<n]) } else { keep(&err, buffer[0..<n]) }
+            } else if n == 0 || (cshim_errno() != EINTR && cshim_errno() != EAGAIN) {
+                closeFD(i)
+            }
         }
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        let n = buffer.withUnsafeMutableBytes { Glibc.read(fds[i], $0.baseAddress, $0.count) }
-        if n > 0 {
-            if i == 1 { out += buffer[0..<n] } else { err += buffer[0..<n] }
-        } else if n == 0 || (cshim_errno() != EINTR && cshim_errno() != EAGAIN) {
-            closeFD(i)
-        }
+    }
+
+    private func keep(_ sink: inout [UInt8], _ bytes: ArraySlice<UInt8>) {
+        let room = Command.outputLimit - sink.count
+        if room > 0 { sink += bytes.prefix(room) }
     }
 
     mutating func closeFD(_ i: Int) {
         if fds[i] >= 0 { close(fds[i]); fds[i] = -1 }
     }
 
-    mutating func closeAll() { for i in 0..<3 { closeFD(i) } }
+    mutating func closeAll() { for i in fds.indices { closeFD(i) } }
 }
-

@@ -33,4 +33,5 @@ struct Cleanup: ParsableCommand {
     func run() throws { Lab.sweep() }
 }
 
+signal(SIGPIPE, SIG_IGN)
 RedirectLab.main()

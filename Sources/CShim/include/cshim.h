@@ -14,6 +14,9 @@
 /// Swift does not see without _GNU_SOURCE).
 int cshim_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 
+/// pidfd_open(2): a descriptor that polls readable once the process has exited.
+int cshim_pidfd_open(pid_t pid);
+
 /// setns(2): switch the calling thread into the namespace behind fd.
 int cshim_setns(int fd, int nstype);
 /// unshare(CLONE_NEWNET): the calling thread gets a new, empty network namespace.
