@@ -72,7 +72,9 @@ public final class EBPFDataplane: Dataplane, Sendable {
         pod.rerouteInterfaces.contains(name) ? "tc_pod_ingress_reroute" : "tc_pod_ingress"
     }
 
-    /// Loads the programs (reusing pinned maps), pins them, and writes the config.
+    /// Loads the programs (reusing pinned maps) and pins them. Writes nothing into the maps: the
+    /// config goes in with ``prepareNode()``, so an instance that only reads (`status`, `uninstall`,
+    /// a test observing an agent) never overwrites a running agent's probe IPs.
     public init(config: CaptureConfig, options: EBPFOptions, runner: CommandRunner, logger: Logger = Logger(label: "dataplane.ebpf")) throws {
         self.current = Mutex(config)
         self.options = options
@@ -85,7 +87,6 @@ public final class EBPFDataplane: Dataplane, Sendable {
         object = try BPFObject(path: options.objectPath, mapPinDirectory: "\(options.pinRoot)/maps")
         programs = try object.pinnedPrograms(in: "\(options.pinRoot)/progs", names: Self.programNames)
         maps = try MapSync(object: object)
-        try maps.write(Self.kernelConfig(config))
         watcher.onChange { [weak self] pod in self?.interfacesChanged(pod) }
         logger.info("ebpf dataplane loaded", metadata: ["pins": "\(options.pinRoot)", "attach": "\(options.attach.rawValue)"])
     }

@@ -198,10 +198,18 @@ public final class IptablesDataplane: Dataplane, Sendable {
 
     /// With the nft backend, deletes the tables our rules made that are empty again, so a removed
     /// pod's namespace is left as it was (legacy tables are the kernel's and cannot be deleted).
+    /// A table goes only if nft itself shows nothing in it but ACCEPT base chains: no rule, and no
+    /// set, map or object that iptables-save cannot show. One that vanished meanwhile is fine.
     private func removeEmptyTables(_ pod: PodSpec, ipv6: Bool) throws {
         guard backend == .nft else { return }
+        let family = ipv6 ? "ip6" : "ip"
         for table in IptablesRules.emptyTables(in: try podCommand(pod, backend.save(ipv6: ipv6), [])) {
-            try podCommand(pod, "nft", ["delete", "table", ipv6 ? "ip6" : "ip", table])
+            let listed = try runner.run("nft", ["list", "table", family, table], netns: pod.netns, input: nil, environment: [:])
+            guard listed.status == 0, IptablesRules.onlyAcceptingBaseChains(nftTable: listed.stdout) else { continue }
+            let r = try runner.run("nft", ["delete", "table", family, table], netns: pod.netns, input: nil, environment: [:])
+            if r.status != 0 && !r.stderr.contains("No such file or directory") {
+                throw CommandError(command: "nft delete table \(family) \(table) (in \(pod.netns))", result: r)
+            }
         }
     }
 

@@ -211,6 +211,20 @@ public struct IptablesRules: Sendable {
 
     // MARK: reading iptables-save
 
+    /// Whether `nft list table` output holds nothing but base chains with policy accept: no rule,
+    /// set, map, flowtable, object or comment.
+    public static func onlyAcceptingBaseChains(nftTable text: String) -> Bool {
+        for raw in text.split(separator: "\n") {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line == "}" { continue }
+            if line.hasPrefix("table ") && line.hasSuffix("{") { continue }
+            if line.hasPrefix("chain ") && line.hasSuffix("{") { continue }
+            if line.hasPrefix("type ") && line.hasSuffix("policy accept;") { continue }
+            return false
+        }
+        return true
+    }
+
     /// Tables of an iptables-save dump that hold nothing: only built-in chains, each with policy
     /// ACCEPT, and no rule. Deleting one changes no packet's fate (iptables-nft creates it again when
     /// a rule needs it); it is what adding our rules to a fresh namespace left behind.

@@ -43,6 +43,14 @@ struct IptablesGoldenTests {
         #expect(rendered == expected, "\(name) differs from its golden file")
     }
 
+    @Test("the listener guard's sentinel mark is a real mark, distinct from the proxy's and the connection mark")
+    func sentinel() {
+        let c = CaptureConfig()
+        #expect(c.guardSentinelMark != 0)
+        #expect(c.guardSentinelMark & c.markMask != c.proxyMark & c.markMask)
+        #expect(c.guardSentinelMark & c.markMask != c.connMark & c.markMask)
+    }
+
     @Test("empty tables are those with only ACCEPT built-in chains and no rule")
     func emptyTables() {
         let save = """
@@ -66,6 +74,12 @@ struct IptablesGoldenTests {
         """
         #expect(IptablesRules.emptyTables(in: save) == ["mangle"])
         #expect(IptablesRules.emptyTables(in: "").isEmpty)
+        // nft's own view must agree before anything is deleted: a set iptables-save cannot show keeps the table.
+        let bare = "table ip mangle {\n\tchain PREROUTING {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n\t}\n}\n"
+        #expect(IptablesRules.onlyAcceptingBaseChains(nftTable: bare))
+        let withSet = bare.replacingOccurrences(of: "table ip mangle {\n", with: "table ip mangle {\n\tset blocked {\n\t\ttype ipv4_addr\n\t}\n")
+        #expect(!IptablesRules.onlyAcceptingBaseChains(nftTable: withSet))
+        #expect(!IptablesRules.onlyAcceptingBaseChains(nftTable: bare.replacingOccurrences(of: "policy accept;", with: "policy drop;")))
     }
 
     @Test("a second apply adds no duplicate jump; only the missing one is added")

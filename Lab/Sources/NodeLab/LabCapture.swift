@@ -125,6 +125,11 @@ public final class LabCapture: Sendable {
             return
         }
         try dataplane(node).setProbeIPs(v4: v4, v6: v6, pods: enrolledPods(on: node).map(lab.podSpec))
+        // A later restartDataplane starts from what the node runs now, as an agent restart does.
+        nodes.withLock { n in
+            n.configs[node.name]?.probeIPv4 = v4
+            n.configs[node.name]?.probeIPv6 = v6
+        }
     }
 
     /// Records a pod the agent enrolled on its own (through the CNI plugin).

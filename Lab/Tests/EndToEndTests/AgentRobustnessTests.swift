@@ -261,12 +261,16 @@ struct AgentConcurrencyTests {
                     let req = lab.podRequest(p, meshed: true), socket = node.agentControlSocket
                     group.enter()
                     DedicatedThread.detach {
-                        answers.set(p.name, try? AgentClient.call(ControlRequest(op: op, pod: req), socket: socket, timeout: 30))
+                        do { answers.set(p.name, try AgentClient.call(ControlRequest(op: op, pod: req), socket: socket, timeout: 30)) } catch {
+                            answers.set(p.name, ControlResponse(ok: false, error: "\(error)"))
+                        }
                         group.leave()
                     }
                 }
-                _ = group.wait(timeout: .now() + 120)
-                return answers.value
+                #expect(group.wait(timeout: .now() + 120) == .success, "every \(op) answered within 120 s")
+                let got = answers.value
+                #expect(got.count == pods.count, "\(op): \(got.count) answers")
+                return got
             }
             let added = all("add")
             #expect(added.count == 20 && added.values.allSatisfy { $0?.enrolled == true }, "\(added.filter { $0.value?.enrolled != true })")
@@ -276,11 +280,12 @@ struct AgentConcurrencyTests {
             let checked = all("check")
             #expect(checked.values.allSatisfy { $0?.ok == true }, "\(checked.filter { $0.value?.ok != true })")
             // Every pod is really captured: one connection each to its neighbour goes through the proxy.
-            let before = try lab.proxyRecords(node).count
             for (i, p) in pods.enumerated() {
-                #expect(try lab.request(from: p, to: SocketAddress(pods[(i + 1) % pods.count].ip4, Lab.httpPort)).status == 200)
+                let dst = SocketAddress(pods[(i + 1) % pods.count].ip4, Lab.httpPort)
+                #expect(try lab.request(from: p, to: dst).status == 200)
+                let mine = try lab.proxyRecords(node).filter { $0.listener == 15001 && $0.pod == p.identity.uid && $0.originalDestination == dst.description }
+                #expect(mine.count == 1, "\(p.name)'s connection was captured by its own proxy entry")
             }
-            #expect(try lab.proxyRecords(node).count - before >= pods.count, "every pod's connection was captured")
             let removed = all("del")
             #expect(removed.values.allSatisfy { $0?.ok == true }, "\(removed.filter { $0.value?.ok != true })")
             #expect(try status(node).pods.isEmpty)

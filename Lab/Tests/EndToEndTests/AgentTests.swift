@@ -246,7 +246,7 @@ struct AgentTests {
             let out = try Command.run(try LabBinaries.path("redirect-agent"), args)
             #expect(out.contains("1 pod"))
             let state = try podKernelState(lab, a)
-            #expect(captureMarks(state).isEmpty, "\(state)")
+            expectClean(state)
             let nodeState = try nodeKernelState(lab, node)
             #expect(!nodeState.contains("ISTIO") && !nodeState.contains("tc_node_") && !nodeState.contains("istio-inpod"), "\(nodeState)")
             #expect(!FileManager.default.fileExists(atPath: "\(node.bpfPinRoot)/maps"))

@@ -30,6 +30,8 @@ struct BenchTests {
         for plot in ["traffic.svg", "latency.svg", "enrollment.svg"] {
             #expect((try? String(contentsOfFile: "\(out)/\(plot)", encoding: .utf8))?.hasPrefix("<svg") == true, "\(plot)")
         }
-        #expect(try namespaces(prefix: "ra").filter { $0.contains("-b") }.isEmpty, "bench pods removed")
+        // The bench's bare pods are `<run id>-b<n>` (other suites' labs run meanwhile under their own ids).
+        let left = try namespaces(prefix: "ra").filter { $0.range(of: #"^ra[0-9a-f]{6}-b[0-9]+$"#, options: .regularExpression) != nil }
+        #expect(left.isEmpty, "bench pods removed: \(left)")
     }
 }

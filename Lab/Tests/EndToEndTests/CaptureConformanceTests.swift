@@ -134,7 +134,7 @@ struct CaptureConformanceTests {
             #expect(try cl.allRecords.isEmpty)
             expectCaptured(try captureState(cl.lab, cl.meshed[0]), setup.mode)
             let state = try captureState(cl.lab, a)
-            #expect(captureMarks(state).isEmpty, "\(state)")
+            expectClean(state)
         }
     }
 
@@ -146,7 +146,7 @@ struct CaptureConformanceTests {
             expectCaptured(try captureState(cl.lab, pod), setup.mode)
             try cl.capture.remove(pod)
             let state = try captureState(cl.lab, pod)
-            #expect(captureMarks(state).isEmpty, "\(state)")
+            expectClean(state)
             #expect(try !nodeHasMember(cl, pod.node, pod.ip4) && !nodeHasMember(cl, pod.node, pod.ip6))
             #expect(try nodeHasMember(cl, other.node, other.ip4), "the other pod's entry stays")
             let r = try cl.lab.request(from: pod, to: SocketAddress(cl.meshed[2].ip4, Lab.httpPort))
@@ -215,7 +215,7 @@ struct CaptureConformanceTests {
             var noIP = cl.lab.podSpec(try cl.outsider(cl.n1))
             noIP.ips = []
             #expect(throws: DataplaneError.self) { try dp.enroll(noIP) }
-            #expect(captureMarks(try captureState(cl.lab, cl.outsider(cl.n1))).isEmpty)
+            expectClean(try captureState(cl.lab, cl.outsider(cl.n1)))
 
             let pod = cl.meshed[0]
             let before = try captureState(cl.lab, pod)
@@ -226,7 +226,7 @@ struct CaptureConformanceTests {
 
             try cl.capture.remove(pod)
             try dp.remove(cl.lab.podSpec(pod))
-            #expect(captureMarks(try captureState(cl.lab, pod)).isEmpty)
+            expectClean(try captureState(cl.lab, pod))
         }
     }
 

@@ -159,6 +159,13 @@ func captureMarks(_ state: String) -> [String] {
     return marks
 }
 
+/// An absence check: none of our marks, and every tool answered (a failed dump shows nothing).
+func expectClean(_ state: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(captureMarks(state).isEmpty, "capture left behind: \(captureMarks(state)) in \(state)", sourceLocation: sourceLocation)
+    let failures = state.split(separator: "\n").filter { $0.hasPrefix("exit ") }
+    #expect(failures.isEmpty, "a dump tool failed, so absence proves nothing: \(failures)", sourceLocation: sourceLocation)
+}
+
 /// What a capture-state check expects of an enrolled pod in `mode`: proves the dump can see us
 /// before any check relies on not seeing us.
 func expectCaptured(_ state: String, _ mode: DataplaneMode, sourceLocation: SourceLocation = #_sourceLocation) {

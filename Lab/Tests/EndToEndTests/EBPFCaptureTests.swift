@@ -19,11 +19,13 @@ struct EBPFCaptureTests {
             for pod in cl.lab.pods {
                 let state = try podKernelState(cl.lab, pod)
                 #expect(!state.contains("ISTIO") && !state.contains("-j REDIRECT") && !state.contains("-j SNAT"), "\(pod.name): \(state)")
+                #expect(!state.split(separator: "\n").contains { $0.hasPrefix("exit ") }, "every dump tool answered: \(state)")
             }
             for node in cl.lab.nodes {
                 let state = try nodeKernelState(cl.lab, node)
                 #expect(state.contains("tc_node_"), "the node's programs are visible: \(state)")
                 #expect(!state.contains("ISTIO") && !state.contains("-j SNAT") && !state.contains("istio"), "\(node.name): \(state)")
+                #expect(!state.split(separator: "\n").contains { $0.hasPrefix("exit ") }, "every dump tool answered: \(state)")
             }
         }
     }
