@@ -146,9 +146,14 @@ public final class EBPFDataplane: Dataplane, Sendable {
             }
             try LinkAttach.skLookup(try program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
             try routing.apply(netns: pod.netns, families: families(of: pod))
-            if try attachOnNode(hostIfindex: attached.hostIfindex) { entry.flags |= UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) }
+            // The node side too is recorded before it changes: a kill between attaching and recording
+            // would leave the host veth's qdisc and filters where no removal looks.
+            if try !onNode({ try NetlinkRouting.hasClsact(ifindex: attached.hostIfindex) }) {
+                entry.flags |= UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue)
+            }
             entry.hostIfindex = UInt32(attached.hostIfindex)
             try maps.upsert(entry)
+            _ = try attachOnNode(hostIfindex: attached.hostIfindex)
         } catch {
             try? remove(pod)
             if earlier == nil { releaseIndex(index) }

@@ -58,6 +58,17 @@ struct ChaosTests {
                 }
             }
             #expect(orphans.isEmpty, "kernel state left in pods the state file does not list: \(orphans)")
+            if dataplane == "ebpf" {
+                // The node side: a clsact qdisc and the node programs on the host veth of exactly the
+                // enrolled pods (the chaos pods left enrolled and the two steady ones), nowhere else.
+                var qdiscs: [String] = [], filters: [String] = []
+                for dev in try interfaces(lab, node.netns) {
+                    if try lab.inNamespace(node.netns, "tc", ["qdisc", "show", "dev", dev]).contains("clsact") { qdiscs.append(dev) }
+                    if try lab.inNamespace(node.netns, "tc", ["filter", "show", "dev", dev, "ingress"]).contains("tc_node_ingress") { filters.append(dev) }
+                }
+                #expect(qdiscs.count == enrolled.count + 2 && filters.sorted() == qdiscs.sorted(),
+                        "host veths with clsact \(qdiscs), with node programs \(filters), pods enrolled \(enrolled.count) + 2")
+            }
             // Pins (ebpf): one sk_lookup link per enrolled pod, nothing else.
             let links = dataplane == "ebpf" ? try FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links") : []
             if dataplane == "ebpf" { #expect(Set(links.map { $0.replacingOccurrences(of: "-sklookup", with: "") }) == enrolled.union([client.identity.uid, server.identity.uid]), "link pins \(links) vs enrolled \(enrolled) and the two steady pods") }
