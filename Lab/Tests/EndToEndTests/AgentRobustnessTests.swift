@@ -74,11 +74,7 @@ struct AgentRobustnessTests {
     @Test("random hostile requests (property-based) never crash the agent or touch the enrolled pod")
     func randomHostileRequests() async throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try await withAgentLabAsync("ebpf") { lab in
-            let node = lab.nodes[0]
-            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
-            let before = try podKernelState(lab, a)
-            let real = lab.podRequest(a, meshed: true)
+        try await withVictimLab { lab, node, a, before, real async throws in
             // Hostile fields mixed with the victim's real namespace and addresses, never its UID.
             let netns = Gen<String>.oneOf(Hostile.text.eraseToAnySequence(), Gen.always(real.netns).eraseToAnySequence(),
                                           Gen.always("/proc/1/ns/net").eraseToAnySequence())
@@ -99,11 +95,7 @@ struct AgentRobustnessTests {
     @Test("random hostile CNI configurations and environments (property-based): the plugin always answers CNI JSON, the agent and the enrolled pod are untouched")
     func randomHostileCNI() async throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try await withAgentLabAsync("ebpf") { lab in
-            let node = lab.nodes[0]
-            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
-            let before = try podKernelState(lab, a)
-            let real = lab.podRequest(a, meshed: true)
+        try await withVictimLab { lab, node, a, before, real async throws in
             // JSON values of every type, hostile strings among them, for each configuration field.
             let value = Gen<String>.oneOf(
                 Hostile.text.map { Self.jsonString($0) }.eraseToAnySequence(),
@@ -232,6 +224,16 @@ struct AgentRobustnessTests {
 }
 
 /// ``withAgentLab(_:wrapper:extra:nodes:_:)`` for async bodies (property checks are async).
+/// An ebpf agent lab with one enrolled pod (the victim of hostile input): its node, the pod, its
+/// kernel state and its real request, for checking afterwards that nothing of it changed.
+func withVictimLab(_ body: (Lab, LabNode, LabPod, String, PodRequest) async throws -> Void) async throws {
+    try await withAgentLabAsync("ebpf") { lab in
+        let node = lab.nodes[0]
+        let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
+        try await body(lab, node, a, try podKernelState(lab, a), lab.podRequest(a, meshed: true))
+    }
+}
+
 func withAgentLabAsync(_ dataplane: String, _ body: (Lab) async throws -> Void) async throws {
     var options = LabOptions()
     options.podsPerNode = 0
