@@ -37,22 +37,23 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
         let skl = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nil)
         let assign = libbpf_probe_bpf_helper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_sk_assign, nil)
         let skc = libbpf_probe_bpf_helper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_skc_lookup_tcp, nil)
-        var fs = BPFFS.isMounted(bpffsPath)
-        if !fs { fs = (try? BPFFS.ensureMounted(bpffsPath)) != nil && BPFFS.isMounted(bpffsPath) }
+        var fsProblem: String?
+        do { try BPFFS.ensureMounted(bpffsPath) } catch { fsProblem = "\(error)" }
         var f = KernelFeatures(bpfSyscall: sysOK, tcPrograms: tc == 1, skLookupPrograms: skl == 1,
-                               skAssignHelper: assign == 1, skcLookupHelper: skc == 1, bpffs: fs, missing: nil)
+                               skAssignHelper: assign == 1, skcLookupHelper: skc == 1,
+                               bpffs: fsProblem == nil && BPFFS.isMounted(bpffsPath), missing: nil)
         f.tcx = sysOK && kernelAtLeast(6, 6)
-        f.missing = f.reason(tcResult: tc)
+        f.missing = f.reason(tcResult: tc, bpffsProblem: fsProblem)
         return f
     }
 
-    private func reason(tcResult: Int32) -> String? {
+    private func reason(tcResult: Int32, bpffsProblem: String?) -> String? {
         if !bpfSyscall { return "the bpf() syscall is denied (\(String(cString: strerror(abs(tcResult)))))" }
         if !tcPrograms { return "tc (sched_cls) BPF programs cannot be loaded" }
         if !skLookupPrograms { return "sk_lookup BPF programs are not supported (kernel 5.9+ needed)" }
         if !skAssignHelper { return "the bpf_sk_assign helper is not available to tc programs (kernel 5.7+ needed)" }
         if !skcLookupHelper { return "the bpf_skc_lookup_tcp helper is not available to tc programs" }
-        if !bpffs { return "no bpffs can be mounted at the pin directory" }
+        if !bpffs { return bpffsProblem ?? "no bpffs can be mounted at the pin directory" }
         return nil
     }
 }

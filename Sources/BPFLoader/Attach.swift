@@ -1,6 +1,7 @@
 import CShim
 import Foundation
 import Glibc
+import SystemCalls
 
 /// How programs are attached to interfaces.
 public enum AttachMode: String, Sendable, Codable, CaseIterable {
@@ -104,12 +105,31 @@ public enum LinkAttach {
 /// bpffs mounts.
 public enum BPFFS {
     /// Mounts bpffs at `path` unless one is already there; returns true when it mounted.
+    ///
+    /// Refuses when the mount holding `path` only receives propagation (a slave, as a container
+    /// sees a hostPath volume with `mountPropagation: HostToContainer`): a bpffs mounted there
+    /// never reaches the node, so the pins would go with the container and a restarted agent
+    /// would find none of its maps while the old programs stay attached to the old ones.
     @discardableResult
     public static func ensureMounted(_ path: String) throws -> Bool {
         if cshim_is_bpffs(path) != 0 { return false }
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        if let holder = MountInfo.mount(containing: path, in: try MountInfo.current()), let why = refusal(path, holder: holder) {
+            throw BPFError(why, code: EPERM)
+        }
         if cshim_mount_bpffs(path) != 0 { throw BPFError("mount bpffs at \(path)", code: cshim_errno()) }
         return true
+    }
+
+    /// Why mounting bpffs at `path` below `holder` would lose pins, or nil when it is safe: a
+    /// shared mount propagates to the node, a private one is taken as the node's own namespace.
+    public static func refusal(_ path: String, holder: MountEntry) -> String? {
+        let slave = holder.optionalFields.contains { $0.hasPrefix("master:") }
+        guard slave && !holder.isShared else { return nil }
+        return "refusing to mount bpffs at \(path): the mount holding it (\(holder.mountPoint)) only receives propagation "
+            + "from the node, so the pins would stay in this mount namespace and be lost when the agent restarts; "
+            + "mount bpffs at /sys/fs/bpf on the node (systemd's sys-fs-bpf.mount does), or give the agent the node's "
+            + "bpffs with mountPropagation: Bidirectional"
     }
 
     /// Whether `path` is on a bpffs.

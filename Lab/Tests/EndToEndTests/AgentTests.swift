@@ -97,6 +97,46 @@ struct AgentTests {
         }
     }
 
+    @Test("an agent that would mount bpffs where it never reaches the node (HostToContainer) refuses ebpf; auto says why; a shared mount is fine")
+    func privateBPFFS() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab({ o in o.podsPerNode = 0; o.nodes = 1 }) { lab throws in
+            let node = lab.nodes[0]
+            let dir = "\(node.directory)/mounts"
+            // A private mount namespace, as a container has: `src` stands for the node's directory
+            // (shared), `slave` for the container's view of it with HostToContainer propagation.
+            let script = "set -e; d=$0; mkdir -p $d/src $d/slave; mount -t tmpfs lab $d/src; mount --make-shared $d/src; "
+                + "mount --bind $d/src $d/slave; mount --make-slave $d/slave; exec \"$@\""
+            func agent(_ mode: String, pinParent: String) throws -> (executable: String, arguments: [String]) {
+                var args = lab.agentArguments(node, dataplane: mode)
+                for (flag, value) in [("--pin-root", "\(dir)/\(pinParent)/pins"), ("--state-dir", "\(node.directory)/agent-\(mode)-\(pinParent)"),
+                                      ("--metrics-address", "127.0.0.1:0")] {
+                    let i = try #require(args.firstIndex(of: flag))
+                    args[i + 1] = value
+                }
+                return ("/usr/bin/unshare", ["-m", "--propagation", "private", "sh", "-c", script, dir, try LabBinaries.path("redirect-agent")] + args)
+            }
+            // Presence first: on the shared mount the agent mounts bpffs itself and runs ebpf.
+            let shared = try agent("ebpf", pinParent: "src")
+            let ok = try ManagedProcess(shared.executable, shared.arguments, logPath: "\(node.directory)/agent-shared.log")
+            defer { ok.stop() }
+            try waitFor("the agent on a shared mount to start", seconds: 10) { ok.log().contains("READY dataplane=ebpf") || !ok.isRunning }
+            #expect(ok.log().contains("READY dataplane=ebpf"), "\(ok.log())")
+            ok.stop()
+            // Below the slave mount: ebpf refuses with the reason, auto falls back and says it.
+            let forced = try agent("ebpf", pinParent: "slave")
+            let r = try Command.capture(forced.executable, forced.arguments, timeout: 15)
+            #expect(r.status != 0)
+            #expect(r.stderr.contains("--dataplane ebpf") && r.stderr.contains("refusing to mount bpffs at \(dir)/slave")
+                    && r.stderr.contains("Bidirectional"), "\(r.stderr)")
+            let auto = try agent("auto", pinParent: "slave")
+            let fallback = try ManagedProcess(auto.executable, auto.arguments, logPath: "\(node.directory)/agent-auto.log")
+            defer { fallback.stop() }
+            try waitFor("the auto agent to start", seconds: 10) { fallback.log().contains("READY") || !fallback.isRunning }
+            #expect(fallback.log().contains("READY dataplane=iptables") && fallback.log().contains("refusing to mount bpffs"), "\(fallback.log())")
+        }
+    }
+
     @Test("kill -9 under steady traffic, restart, repeat: no failed connection, none skipped capture, same pods", arguments: ["ebpf", "iptables"])
     func killNineUnderTraffic(_ dataplane: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
