@@ -68,7 +68,7 @@ let tests: [Target] = [
     .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "AgentAPI", .product(name: "Yams", package: "Yams"),
                                                       "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")]),
     .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
-    .testTarget(name: "EndToEndTests", dependencies: ["NodeLab", "Dataplane", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain",
+    .testTarget(name: "EndToEndTests", dependencies: ["NodeLab", "Dataplane", "BPFLoader", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain",
                                                       "RedirectAgent", "CNIPlugin", "LabCLI",
                                                       "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")],
                   path: "Lab/Tests/EndToEndTests"),

@@ -63,6 +63,16 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_ifaces SEC(".maps");
 
+/* Which interfaces of which enrolled namespaces carry our tc programs (struct ra_netns_iface),
+ * written by the agent as it attaches; read by the netfilter egress guard. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, RA_MAX_IFACE_ENTRIES);
+    __type(key, struct ra_netns_iface);
+    __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_egress_ifaces SEC(".maps");
+
 /* Set on this CPU while a tc program asks the kernel for a socket: the kernel's listener lookup
  * runs the namespace's sk_lookup program for those calls too, and it must tell them from the
  * stack's own lookups. Safe per CPU: tc programs and the lookups they make run with bottom

@@ -4,6 +4,8 @@
  *   tc_pod_ingress  pod's own interface, ingress
  *   tc_pod_ingress_reroute  ingress of an interface whose inbound is outbound (a VM's tap)
  *   sk_lookup_pod   the pod's namespace, every interface (TIME_WAIT hand-off; SYNs no tc program saw)
+ *   nf_pod_egress   the pod's namespace, netfilter POST_ROUTING (Linux 6.4+): nothing leaves through an
+ *                   interface the tc programs do not watch yet
  *   tc_node_egress  host side of the pod's veth, egress, in the node's namespace (probe SNAT)
  *   tc_node_ingress host side of the pod's veth, ingress (probe SNAT replies)
  * Behaviour matches Istio's in-pod iptables rules; see README.md for the decisions. */
@@ -16,6 +18,7 @@
 #include "counters.h"
 #include "sockets.h"
 #include "nat.h"
+#include "netfilter.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -416,4 +419,26 @@ int tc_node_ingress(struct __sk_buff *skb)
     if (ra_rewrite_addr(skb, &f, 0, &orig) < 0)
         return TC_ACT_SHOT;
     return TC_ACT_OK;
+}
+
+/* nf_pod_egress: namespace-wide, every packet the pod sends or forwards, after routing. The tc
+ * programs capture per interface, so an interface that appears after enrolment carries none until
+ * the agent's watcher attaches them (milliseconds); this closes that window. A packet may leave
+ * only over loopback or an interface published in ra_egress_ifaces for this namespace (the agent
+ * publishes an interface after its tc programs are attached, and withdraws it before they go);
+ * anything else is dropped and counted, whatever its protocol. */
+SEC("netfilter")
+int nf_pod_egress(struct bpf_nf_ctx *ctx)
+{
+    const struct nf_hook_state *state = ctx->state;
+    struct net_device *out = state->out;
+    if (!out || (out->flags & RA_IFF_LOOPBACK))
+        return RA_NF_ACCEPT;
+    struct ra_netns_iface k = { .netns = state->net->ns.inum, .ifindex = out->ifindex };
+    if (bpf_map_lookup_elem(&ra_egress_ifaces, &k))
+        return RA_NF_ACCEPT;
+    k.ifindex = 0;
+    __u32 *pod = bpf_map_lookup_elem(&ra_egress_ifaces, &k);
+    ra_count(pod ? *pod : 0, RA_DROP_UNWATCHED);
+    return RA_NF_DROP;
 }

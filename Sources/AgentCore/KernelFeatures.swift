@@ -20,6 +20,9 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
     public var bpffs: Bool
     /// tcx attachment (BPF_TCX_INGRESS/EGRESS links) exists: Linux 6.6 or later.
     public var tcx: Bool = false
+    /// Netfilter BPF programs load (Linux 6.4+): pods get the egress guard that closes the window
+    /// before a new interface carries the tc programs. Without it ebpf still runs, with that window.
+    public var netfilterPrograms: Bool = false
     /// Why ebpf cannot be used; nil when it can.
     public var missing: String?
 
@@ -43,6 +46,7 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
                                skAssignHelper: assign == 1, skcLookupHelper: skc == 1,
                                bpffs: fsProblem == nil && BPFFS.isMounted(bpffsPath), missing: nil)
         f.tcx = sysOK && kernelAtLeast(6, 6)
+        f.netfilterPrograms = sysOK && BPFObject.netfilterProgramsSupported
         f.missing = f.reason(tcResult: tc, bpffsProblem: fsProblem)
         return f
     }

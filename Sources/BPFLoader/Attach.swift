@@ -98,6 +98,34 @@ public enum LinkAttach {
         try bpfCheck("pin link \(pinPath)", bpf_obj_pin(link, pinPath))
     }
 
+    /// The netfilter hook the egress guard uses: after routing, so the output device is known.
+    public static let netfilterPostRouting: UInt32 = 4 // NF_INET_POST_ROUTING
+    /// Its priority among the namespace's netfilter hooks; the guard depends on nothing they do.
+    public static let netfilterPriority: Int32 = 0
+
+    /// Attaches a netfilter program at POST_ROUTING of `family` (NFPROTO_IPV4 2, NFPROTO_IPV6 10) in
+    /// the calling thread's network namespace and pins the link. A pinned link that already runs
+    /// `program` is kept; one that runs another (an upgrade) is replaced with no gap: netfilter
+    /// links cannot change their program, so the new link goes in before the old pin goes.
+    public static func netfilter(_ program: BPFProgram, family: UInt32, pinPath: String) throws {
+        if FileManager.default.fileExists(atPath: pinPath), let current = try? pinnedLinkProgramID(pinPath), current == (try program.id()) { return }
+        let link = try bpfCheck("netfilter attach \(program.name) (family \(family))",
+                                cshim_link_create_netfilter(program.fd, family, netfilterPostRouting, netfilterPriority))
+        defer { close(link) }
+        try FileManager.default.createDirectory(atPath: (pinPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        unlink(pinPath)
+        try bpfCheck("pin link \(pinPath)", bpf_obj_pin(link, pinPath))
+    }
+
+    /// The id of the program a pinned link runs.
+    public static func pinnedLinkProgramID(_ pinPath: String) throws -> UInt32 {
+        let link = try bpfCheck("open link \(pinPath)", bpf_obj_get(pinPath))
+        defer { close(link) }
+        var id: UInt32 = 0
+        try bpfCheck("link info \(pinPath)", cshim_link_prog_id(link, &id))
+        return id
+    }
+
     /// Removes a pinned link: the attachment goes when the last reference does.
     public static func unpin(_ pinPath: String) { unlink(pinPath) }
 }

@@ -22,6 +22,7 @@ public final class BPFObject: @unchecked Sendable {
         guard let obj = cshim_bpf_object_open(path, mapPinDirectory) else {
             throw BPFError("open \(path)", code: cshim_errno() == 0 ? ENOENT : cshim_errno())
         }
+        Self.prepareNetfilterPrograms(obj)
         let err = bpf_object__load(obj)
         if err < 0 {
             bpf_object__close(obj)
@@ -30,6 +31,28 @@ public final class BPFObject: @unchecked Sendable {
         self.object = obj
         self.path = path
         self.mapPinDirectory = mapPinDirectory
+    }
+
+    /// Whether the kernel loads netfilter programs (Linux 6.4+), probed once.
+    public static let netfilterProgramsSupported: Bool = cshim_probe_netfilter_program() == 0
+
+    /// libbpf 1.1 cannot tell a "netfilter" section's type: set it, or leave the program out
+    /// where the kernel has no such programs (the rest of the object still loads).
+    private static func prepareNetfilterPrograms(_ obj: OpaquePointer) {
+        var prog = bpf_object__next_program(obj, nil)
+        while let p = prog {
+            if let section = bpf_program__section_name(p), String(cString: section) == "netfilter" {
+                if !netfilterProgramsSupported || cshim_program_set_netfilter(p) != 0 { bpf_program__set_autoload(p, false) }
+            }
+            prog = bpf_object__next_program(obj, p)
+        }
+    }
+
+    /// Whether the program named `name` was loaded (a netfilter program is left out on kernels
+    /// before 6.4).
+    public func isLoaded(_ name: String) -> Bool {
+        guard let p = bpf_object__find_program_by_name(object, name) else { return false }
+        return bpf_program__fd(p) >= 0
     }
 
     deinit {

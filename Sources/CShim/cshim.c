@@ -124,6 +124,41 @@ int cshim_link_create_tcx(int prog_fd, int ifindex, int ingress) {
     return bpf_link_create(prog_fd, ifindex, (enum bpf_attach_type)(ingress ? 46 : 47), NULL);
 }
 
+/* Linux 6.4's netfilter programs, by number: libbpf 1.1 and the 6.1 uapi headers predate them. */
+#define CSHIM_PROG_TYPE_NETFILTER 32
+#define CSHIM_ATTACH_NETFILTER 45
+
+int cshim_program_set_netfilter(struct bpf_program *prog) {
+    int err = bpf_program__set_type(prog, (enum bpf_prog_type)CSHIM_PROG_TYPE_NETFILTER);
+    return err ? err : bpf_program__set_expected_attach_type(prog, (enum bpf_attach_type)CSHIM_ATTACH_NETFILTER);
+}
+
+int cshim_probe_netfilter_program(void) {
+    struct bpf_insn insns[] = {
+        { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+        { .code = BPF_JMP | BPF_EXIT },
+    };
+    LIBBPF_OPTS(bpf_prog_load_opts, o, .expected_attach_type = (enum bpf_attach_type)CSHIM_ATTACH_NETFILTER);
+    int fd = bpf_prog_load((enum bpf_prog_type)CSHIM_PROG_TYPE_NETFILTER, "ra_probe_nf", "GPL", insns, 2, &o);
+    if (fd < 0) return fd;
+    close(fd);
+    return 0;
+}
+
+int cshim_link_create_netfilter(int prog_fd, uint32_t pf, uint32_t hooknum, int32_t priority) {
+    /* bpf_attr.link_create as Linux 6.4 lays it out: prog_fd, target_fd, attach_type, flags,
+     * then netfilter { pf, hooknum, priority, flags }. */
+    uint32_t attr[16];
+    memset(attr, 0, sizeof(attr));
+    attr[0] = (uint32_t)prog_fd;
+    attr[2] = CSHIM_ATTACH_NETFILTER;
+    attr[4] = pf;
+    attr[5] = hooknum;
+    attr[6] = (uint32_t)priority;
+    int fd = (int)syscall(__NR_bpf, BPF_LINK_CREATE, attr, sizeof(attr));
+    return fd < 0 ? -errno : fd;
+}
+
 int cshim_prog_test_run_skb(int prog_fd, const void *data, uint32_t size, void *out, uint32_t *out_size,
                             uint32_t mark, uint32_t ifindex, uint32_t *retval, uint32_t *mark_out) {
     struct __sk_buff ctx_in, ctx_out;
@@ -148,6 +183,15 @@ int cshim_prog_id(int prog_fd, uint32_t *id) {
     memset(&info, 0, sizeof(info));
     int err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
     if (!err) *id = info.id;
+    return err;
+}
+
+int cshim_link_prog_id(int link_fd, uint32_t *id) {
+    struct bpf_link_info info;
+    uint32_t len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    int err = bpf_obj_get_info_by_fd(link_fd, &info, &len);
+    if (!err) *id = info.prog_id;
     return err;
 }
 

@@ -65,7 +65,19 @@ public final class EBPFDataplane: Dataplane, Sendable {
     private let attachLock = Mutex(())
 
     /// The programs, by attach point.
-    public static let programNames = ["tc_pod_ingress", "tc_pod_ingress_reroute", "tc_pod_egress", "sk_lookup_pod", "tc_node_ingress", "tc_node_egress"]
+    public static let programNames = ["tc_pod_ingress", "tc_pod_ingress_reroute", "tc_pod_egress", "sk_lookup_pod", "tc_node_ingress", "tc_node_egress",
+                                      egressGuardProgram]
+
+    /// The namespace-wide egress guard: a netfilter program, so Linux 6.4 or later.
+    public static let egressGuardProgram = "nf_pod_egress"
+
+    /// The programs this kernel loads: all but the egress guard before Linux 6.4.
+    public static var availableProgramNames: [String] {
+        programNames.filter { $0 != egressGuardProgram || BPFObject.netfilterProgramsSupported }
+    }
+
+    /// Whether pods get the egress guard here.
+    public var hasEgressGuard: Bool { programs[Self.egressGuardProgram] != nil }
 
     /// The ingress program for interface `name` of `pod`: inbound on a rerouted interface is outbound.
     static func ingressProgram(_ pod: PodSpec, _ name: String) -> String {
@@ -85,7 +97,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             throw DataplaneError(.unsupported, "\(options.pinRoot) is not on a bpffs")
         }
         object = try BPFObject(path: options.objectPath, mapPinDirectory: "\(options.pinRoot)/maps")
-        programs = try object.pinnedPrograms(in: "\(options.pinRoot)/progs", names: Self.programNames)
+        programs = try object.pinnedPrograms(in: "\(options.pinRoot)/progs", names: Self.availableProgramNames)
         maps = try MapSync(object: object)
         watcher.onChange { [weak self] pod in self?.interfacesChanged(pod) }
         logger.info("ebpf dataplane loaded", metadata: ["pins": "\(options.pinRoot)", "attach": "\(options.attach.rawValue)"])
@@ -142,9 +154,10 @@ public final class EBPFDataplane: Dataplane, Sendable {
             try attachInPod(pod, attached)
             try attachLock.withLock { _ in // the watcher may react to this pod's links already
                 let carrying = try attachOthers(pod, primary: attached.podIfindex)
-                try publishInterfaces(pod, index: index, attached: carrying) // before sk_lookup, which reads it
+                try publishInterfaces(pod, index: index, attached: carrying) // before sk_lookup and the guard, which read it
             }
             try LinkAttach.skLookup(try program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
+            try attachEgressGuard(pod)
             try routing.apply(netns: pod.netns, families: families(of: pod))
             // The node side too is recorded before it changes: a kill between attaching and recording
             // would leave the host veth's qdisc and filters where no removal looks.
@@ -172,6 +185,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             do { try detachOnNode(entry) } catch { failures.append("\(error)") }
         }
         LinkAttach.unpin(linkPin(pod))
+        for family in guardFamilies { LinkAttach.unpin(guardPin(pod, family)) } // before the programs it waits for go
         if FileManager.default.fileExists(atPath: pod.netns) {
             let flags = entry?.flags ?? 0
             let ours = PodCleanup(destroyClsact: flags & UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) != 0,
@@ -213,6 +227,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             for i in carrying where !published.contains(i) { drift.append("ra_ifaces: interface \(i) not published for sk_lookup") }
         }
         if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
+        drift += try egressGuardDrift(pod, index: entries.first?.1?.pod_index)
         if let e = entries.first?.1 {
             let host = try onNode { (TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: true), TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: false)) }
             if host.0 == nil || host.1 == nil { drift.append("host veth ifindex \(e.host_ifindex): node programs missing") }
@@ -253,8 +268,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         try maps.removeInterfaces(keepingIndexes: Set(try maps.allPods().map { $0.1.pod_index }))
         let links = "\(options.pinRoot)/links"
         for f in (try? FileManager.default.contentsOfDirectory(atPath: links)) ?? [] {
-            let uid = f.components(separatedBy: "-sklookup").first ?? f
-            let owner = f.hasSuffix("-sklookup") ? uid : String(f.split(separator: "-tcx-").first ?? "")
+            let owner = Self.linkOwner(f)
             if !uids.contains(owner) {
                 LinkAttach.unpin("\(links)/\(f)")
                 removed.append("link \(f)")
@@ -396,9 +410,11 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     /// Tells the sk_lookup program which interfaces of the pod carry the tc programs, keyed by
     /// every local address of the pod's namespace (see ra_iface_key).
+    /// The egress guard's map gets the same interfaces, keyed by the namespace.
     private func publishInterfaces(_ pod: PodSpec, index: UInt32, attached: [Int32]) throws {
         let addresses = try NetworkNamespace(path: pod.netns).run { try Netlink.addresses() }
         try maps.setInterfaces(podIndex: index, addresses: addresses, ifindexes: attached)
+        try maps.setEgressInterfaces(netns: try NetworkNamespace(path: pod.netns).inode(), podIndex: index, ifindexes: attached)
     }
 
     /// Attaches wherever programs are missing, then publishes the interfaces that carry them.
@@ -460,6 +476,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         guard let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return }
         try watcher.watch(pod)
         try attachLock.withLock { _ in try attachAndPublish(pod, e) }
+        try attachEgressGuard(pod) // a pod enrolled by an agent from before the guard gets it now
     }
 
     /// On the node: the probe SNAT programs on the host side of the pod's veth (always clsact:
@@ -488,7 +505,54 @@ public final class EBPFDataplane: Dataplane, Sendable {
         return try body()
     }
 
+    // MARK: the egress guard
+
+    /// Both families' POST_ROUTING hooks: NFPROTO_IPV4 and NFPROTO_IPV6.
+    private var guardFamilies: [UInt32] { [2, 10] }
+
+    /// Where the pod's egress guard links are pinned (IPv4, IPv6); empty before Linux 6.4.
+    public func egressGuardPins(_ pod: PodSpec) -> [String] { hasEgressGuard ? guardFamilies.map { guardPin(pod, $0) } : [] }
+
+    private func guardPin(_ pod: PodSpec, _ family: UInt32) -> String {
+        "\(options.pinRoot)/links/\(pod.uid)-nf-\(family == 2 ? "ipv4" : "ipv6")"
+    }
+
+    /// Attaches the netfilter egress guard in the pod's namespace (the link goes into the namespace
+    /// of the thread that creates it). After the interfaces are published: before that, the guard
+    /// would drop the pod's own traffic. Nothing on kernels before 6.4 (see README: the window).
+    private func attachEgressGuard(_ pod: PodSpec) throws {
+        guard let guardProgram = programs[Self.egressGuardProgram] else { return }
+        let pins = guardFamilies.map { ($0, guardPin(pod, $0)) }
+        try NetworkNamespace(path: pod.netns).run {
+            for (family, pin) in pins { try LinkAttach.netfilter(guardProgram, family: family, pinPath: pin) }
+        }
+    }
+
+    /// The guard's links and the namespace's published interfaces, where the kernel has the guard.
+    private func egressGuardDrift(_ pod: PodSpec, index: UInt32?) throws -> [String] {
+        guard let guardProgram = programs[Self.egressGuardProgram] else { return [] }
+        var drift: [String] = []
+        let id = try guardProgram.id()
+        for family in guardFamilies where (try? LinkAttach.pinnedLinkProgramID(guardPin(pod, family))) != id {
+            drift.append("egress guard link \(guardPin(pod, family)) missing or not running program \(id)")
+        }
+        guard let index else { return drift }
+        let netns = try NetworkNamespace(path: pod.netns).inode()
+        let published = Set(try maps.egressInterfaces(podIndex: index).filter { $0.netns == netns }.map(\.ifindex))
+        if !published.contains(0) { drift.append("ra_egress_ifaces: namespace \(netns) not published") }
+        let carrying = try NetworkNamespace(path: pod.netns).run { try Netlink.links().filter { !$0.isLoopback && $0.isEthernet }.map(\.index) }
+        for i in carrying where !published.contains(i) { drift.append("ra_egress_ifaces: interface \(i) not published for the egress guard") }
+        return drift
+    }
+
     // MARK: helpers
+
+    /// The pod UID a link pin belongs to (UIDs hold dashes, so the known suffixes are cut off).
+    static func linkOwner(_ pin: String) -> String {
+        if pin.hasSuffix("-sklookup") { return String(pin.dropLast("-sklookup".count)) }
+        for marker in ["-tcx-", "-nf-"] { if let r = pin.range(of: marker, options: .backwards) { return String(pin[..<r.lowerBound]) } }
+        return pin
+    }
 
     private func linkPin(_ pod: PodSpec) -> String { "\(options.pinRoot)/links/\(pod.uid)-sklookup" }
 
@@ -517,7 +581,7 @@ extension EBPFDataplane {
     /// Run-time statistics of every program (for the benchmark's per-packet cost).
     public func programStats() throws -> [String: (runTimeNs: UInt64, runs: UInt64)] {
         var out: [String: (runTimeNs: UInt64, runs: UInt64)] = [:]
-        for name in Self.programNames { out[name] = try program(name).stats() }
+        for name in Self.availableProgramNames { out[name] = try program(name).stats() }
         return out
     }
 

@@ -68,6 +68,8 @@ public final class MapSync: Sendable {
     public let proxyListeners: BPFMap
     /// ra_ifaces.
     public let interfaces: BPFMap
+    /// ra_egress_ifaces.
+    public let egressInterfaces: BPFMap
 
     /// Uses the maps of a loaded object.
     public init(object: BPFObject) throws {
@@ -77,6 +79,7 @@ public final class MapSync: Sendable {
         probeFlows = try object.map("ra_probe_flows")
         proxyListeners = try object.map("ra_proxy_listeners")
         interfaces = try object.map("ra_ifaces")
+        egressInterfaces = try object.map("ra_egress_ifaces")
     }
 
     // MARK: config
@@ -133,6 +136,29 @@ public final class MapSync: Sendable {
             for k in try interfaces.keys(ra_iface_key.self) {
                 if let owner = try interfaces.lookup(k, as: UInt32.self), indexes.contains(owner) { _ = try interfaces.delete(k) }
             }
+            for k in try egressInterfaces.keys(ra_netns_iface.self) {
+                if let owner = try egressInterfaces.lookup(k, as: UInt32.self), indexes.contains(owner) { _ = try egressInterfaces.delete(k) }
+            }
+        }
+    }
+
+    /// Makes ra_egress_ifaces hold exactly `ifindexes` of namespace `netns` for pod `index`, with
+    /// the namespace's own marker (ifindex 0). Additions go first: an interface still carrying the
+    /// programs is never briefly missing.
+    public func setEgressInterfaces(netns: UInt32, podIndex index: UInt32, ifindexes: [Int32]) throws {
+        let want = Set([0] + ifindexes.map { UInt32(bitPattern: $0) })
+        for i in want { try egressInterfaces.update(ra_netns_iface(netns: netns, ifindex: i), index) }
+        for k in try egressInterfaces.keys(ra_netns_iface.self) where !(k.netns == netns && want.contains(k.ifindex)) {
+            if try egressInterfaces.lookup(k, as: UInt32.self) == index { _ = try egressInterfaces.delete(k) }
+        }
+    }
+
+    /// The ra_egress_ifaces entries of pod `index`, as (namespace inode, ifindex); ifindex 0 is the
+    /// namespace's marker.
+    public func egressInterfaces(podIndex index: UInt32) throws -> [(netns: UInt32, ifindex: Int32)] {
+        try egressInterfaces.keys(ra_netns_iface.self).compactMap { k in
+            guard try egressInterfaces.lookup(k, as: UInt32.self) == index else { return nil }
+            return (k.netns, Int32(bitPattern: k.ifindex))
         }
     }
 
@@ -152,10 +178,13 @@ public final class MapSync: Sendable {
         }
     }
 
-    /// Deletes the ra_ifaces entries of pods whose index is not in `keep`.
+    /// Deletes the ra_ifaces and ra_egress_ifaces entries of pods whose index is not in `keep`.
     public func removeInterfaces(keepingIndexes keep: Set<UInt32>) throws {
         for k in try interfaces.keys(ra_iface_key.self) {
             if let owner = try interfaces.lookup(k, as: UInt32.self), !keep.contains(owner) { _ = try interfaces.delete(k) }
+        }
+        for k in try egressInterfaces.keys(ra_netns_iface.self) {
+            if let owner = try egressInterfaces.lookup(k, as: UInt32.self), !keep.contains(owner) { _ = try egressInterfaces.delete(k) }
         }
     }
 

@@ -28,6 +28,14 @@ public struct NetworkNamespace: Sendable, Hashable, CustomStringConvertible {
         return "\(st.st_dev):\(st.st_ino)"
     }
 
+    /// The namespace's inode number: the kernel's `ns.inum`, which BPF programs read to tell
+    /// namespaces apart.
+    public func inode() throws -> UInt32 {
+        var st = stat()
+        try check("stat \(path)", stat(path, &st))
+        return UInt32(truncatingIfNeeded: st.st_ino)
+    }
+
     /// True when the namespace file exists.
     public var exists: Bool { FileManager.default.fileExists(atPath: path) }
 

@@ -47,7 +47,7 @@ struct EBPFCaptureTests {
             let entries = pods.components(separatedBy: "\"pod_index\"").count - 1
             #expect(entries == 4, "two pods on n1, one entry per address: \(entries)")
             let progs = try FileManager.default.contentsOfDirectory(atPath: "\(cl.n1.bpfPinRoot)/progs")
-            #expect(Set(progs) == Set(EBPFDataplane.programNames))
+            #expect(Set(progs) == Set(EBPFDataplane.availableProgramNames))
         }
     }
 

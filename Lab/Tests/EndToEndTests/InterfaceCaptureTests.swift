@@ -1,3 +1,4 @@
+import BPFLoader
 import Dataplane
 import Foundation
 import MapSync
@@ -94,12 +95,45 @@ struct InterfaceCaptureTests {
             #expect((try? cl.lab.request(from: outsider, to: own, timeout: 1)) == nil)
             #expect(try cl.lab.appRecords(a).count == before + 1, "the app saw nothing")
             _ = try cl.lab.inNamespace(outsider.netns, "ip", ["route", "del", "\(a.ip4)/32", "dev", "net1"])
+            try outboundWindow(cl, a, outsider, dp, spec, index: index, net1: net1)
             try dp.enroll(spec)
             #expect(try dp.verify(spec).isEmpty, "repaired")
             _ = try? cl.lab.request(from: outsider, to: target, timeout: 2)
             #expect(try cl.records(a.node, to: target).count == proxied + 1, "captured again once attached")
             #expect(try cl.lab.appRecords(a).count == before + 1)
         }
+    }
+
+    /// Outbound in the same window: the namespace-wide egress guard (netfilter, Linux 6.4+) drops
+    /// what would leave through net1 before its programs are attached; without the guard the pod's
+    /// connection leaves uncaptured, which is the window it closes.
+    private func outboundWindow(_ cl: CaptureLab, _ a: LabPod, _ outsider: LabPod, _ dp: EBPFDataplane, _ spec: PodSpec,
+                                index: UInt32, net1: Int32) throws {
+        let pins = dp.egressGuardPins(spec)
+        guard !pins.isEmpty else {
+            #expect(!BPFObject.netfilterProgramsSupported)
+            Issue.record("cannot run the outbound half: this kernel has no netfilter BPF programs (Linux 6.4+); the window stays open here")
+            return
+        }
+        let netns = try a.netns.inode()
+        let published = try dp.maps.egressInterfaces(podIndex: index).filter { $0.netns == netns }.map(\.ifindex)
+        #expect(Set(published) == Set([0, try a.netns.run { Int32(if_nametoindex("eth0")) }, net1]), "the namespace, eth0 and net1 were published")
+        try dp.maps.setEgressInterfaces(netns: netns, podIndex: index, ifindexes: published.filter { $0 != 0 && $0 != net1 })
+        let target = SocketAddress(SecondLink.outsiderIP, Lab.httpPort)
+        let seen = try cl.lab.appRecords(outsider).count, proxied = try cl.records(a.node, listener: 15001, to: target).count
+        let dropped = try dp.maps.counters(podIndex: index)[.dropUnwatched, default: 0]
+        let r = try? cl.lab.request(from: a, to: target, timeout: 1)
+        #expect(r == nil, "nothing leaves through an unwatched interface: \(String(describing: r?.body))")
+        #expect(try cl.lab.appRecords(outsider).count == seen, "the outsider saw nothing")
+        #expect(try cl.records(a.node, listener: 15001, to: target).count == proxied)
+        #expect(try dp.maps.counters(podIndex: index)[.dropUnwatched, default: 0] > dropped, "dropped and counted on the pod")
+        // The presence: with the guard's links gone, the same connection leaves uncaptured.
+        for pin in pins { LinkAttach.unpin(pin) }
+        #expect(try dp.verify(spec).contains { $0.contains("egress guard link") }, "verify reports the missing guard")
+        let open = try cl.lab.request(from: a, to: target)
+        #expect(open.status == 200)
+        #expect(try cl.lab.appRecords(outsider).count == seen + 1 && cl.records(a.node, listener: 15001, to: target).count == proxied,
+                "without the guard the connection bypassed the proxy")
     }
 
     @Test("istio.io/reroute-virtual-interfaces: what arrives on a listed interface is captured as the pod's outbound", arguments: conformanceModes)

@@ -78,6 +78,14 @@ int cshim_tc_detach(int ifindex, int ingress, uint32_t handle, uint32_t priority
 int cshim_tc_query(int ifindex, int ingress, uint32_t handle, uint32_t priority, uint32_t *prog_id);
 /// bpf_link_create for a netns attach point (BPF_SK_LOOKUP) from a namespace fd.
 int cshim_link_create_sk_lookup(int prog_fd, int netns_fd);
+/// Makes `prog` a netfilter program (BPF_PROG_TYPE_NETFILTER, expected attach BPF_NETFILTER) before
+/// load: libbpf 1.1 does not know the "netfilter" section.
+int cshim_program_set_netfilter(struct bpf_program *prog);
+/// Loads a two-instruction netfilter program and closes it: 0 when the kernel has them (6.4+), else -errno.
+int cshim_probe_netfilter_program(void);
+/// BPF_LINK_CREATE of a netfilter program at `hooknum` of family `pf` (NFPROTO_IPV4 2, NFPROTO_IPV6 10)
+/// in the calling thread's network namespace; the link fd, or -errno.
+int cshim_link_create_netfilter(int prog_fd, uint32_t pf, uint32_t hooknum, int32_t priority);
 /// bpf_link_create with a tcx attach type (46 ingress, 47 egress) on ifindex.
 int cshim_link_create_tcx(int prog_fd, int ifindex, int ingress);
 /// bpf_prog_test_run_opts on a packet with an __sk_buff context (mark, ifindex); returns the
@@ -86,6 +94,8 @@ int cshim_prog_test_run_skb(int prog_fd, const void *data, uint32_t size, void *
                             uint32_t mark, uint32_t ifindex, uint32_t *retval, uint32_t *mark_out);
 /// The program id behind a file descriptor.
 int cshim_prog_id(int prog_fd, uint32_t *id);
+/// The id of the program a BPF link runs.
+int cshim_link_prog_id(int link_fd, uint32_t *id);
 /// run_time_ns and run_cnt of a program (kernel.bpf_stats_enabled must be 1 while it runs).
 int cshim_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt);
 /// The program tag (8 bytes) behind a file descriptor.

@@ -85,8 +85,9 @@ enum ra_decision {
     RA_ORPHAN_TO_PROXY = 17,      /* a non-SYN packet with no socket, given to the proxy's listener (which
                                      completes a SYN cookie or resets), never to the app's */
     RA_HOST_CAPTURED = 18,        /* node: a local connection not from the kubelet: not SNATed, so captured */
-    RA_DROP_UNWATCHED = 19,       /* a SYN that reached the pod's listener lookup from an interface our tc programs
-                                     do not watch (added after enrolment, not attached yet): dropped */
+    RA_DROP_UNWATCHED = 19,       /* traffic through an interface our tc programs do not watch (added after
+                                     enrolment, not attached yet): a SYN that reached the pod's listener lookup,
+                                     or a packet leaving the pod (netfilter guard, Linux 6.4+): dropped */
     RA_DECISION_COUNT = 20,
 };
 
@@ -132,6 +133,15 @@ struct ra_tuple_key {
 struct ra_iface_key {
     __u32 family;
     struct ra_addr addr;
+    __u32 ifindex;
+};
+
+/* An interface of an enrolled pod's namespace that carries our tc programs, keyed by the
+ * namespace's inode number (ifindexes repeat across namespaces): the netfilter guard lets a packet
+ * leave the namespace only through one found here. Ifindex 0 marks the namespace itself. Value:
+ * the pod index. */
+struct ra_netns_iface {
+    __u32 netns;
     __u32 ifindex;
 };
 
