@@ -1,4 +1,5 @@
 import AgentAPI
+import BPFLoader
 import Foundation
 import NodeLab
 import SystemCalls
@@ -69,9 +70,18 @@ struct ChaosTests {
                 #expect(qdiscs.count == enrolled.count + 2 && filters.sorted() == qdiscs.sorted(),
                         "host veths with clsact \(qdiscs), with node programs \(filters), pods enrolled \(enrolled.count) + 2")
             }
-            // Pins (ebpf): one sk_lookup link per enrolled pod, nothing else.
-            let links = dataplane == "ebpf" ? try FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links") : []
-            if dataplane == "ebpf" { #expect(Set(links.map { $0.replacingOccurrences(of: "-sklookup", with: "") }) == enrolled.union([client.identity.uid, server.identity.uid]), "link pins \(links) vs enrolled \(enrolled) and the two steady pods") }
+            // Pins (ebpf): per enrolled pod one sk_lookup link and, where the kernel has them, the two
+            // egress guard links; nothing else.
+            if dataplane == "ebpf" {
+                let links = try FileManager.default.contentsOfDirectory(atPath: "\(node.bpfPinRoot)/links")
+                let want = enrolled.union([client.identity.uid, server.identity.uid])
+                let kinds = ["-sklookup"] + (BPFObject.netfilterProgramsSupported ? ["-nf-ipv4", "-nf-ipv6"] : [])
+                for kind in kinds {
+                    #expect(Set(links.filter { $0.hasSuffix(kind) }.map { String($0.dropLast(kind.count)) }) == want,
+                            "\(kind) link pins \(links) vs enrolled \(enrolled) and the two steady pods")
+                }
+                #expect(links.count == want.count * kinds.count, "no other pin: \(links)")
+            }
             #expect(s.pods.allSatisfy { $0.drift.isEmpty }, "\(s.pods.map(\.drift))")
             // Every pod left enrolled is really captured, and so is one enrolled now (the chaos may end
             // with none enrolled): a connection from each goes through the proxy under its own entry.

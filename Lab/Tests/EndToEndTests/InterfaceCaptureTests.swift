@@ -104,6 +104,39 @@ struct InterfaceCaptureTests {
         }
     }
 
+    @Test("a link without Ethernet framing (tun) inside a meshed pod carries nothing out: the egress guard drops it")
+    func nonEthernetLink() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(.ebpf) { cl throws in
+            let a = cl.meshed[0], dp = try ebpfDataplane(cl, a.node), spec = cl.lab.podSpec(a)
+            let pins = dp.egressGuardPins(spec)
+            guard !pins.isEmpty else { Issue.record("cannot run: no netfilter BPF programs on this kernel (Linux 6.4+)"); return }
+            // A persistent tun with no reader: whatever reaches it is counted as sent or dropped there.
+            for args in [["tuntap", "add", "dev", "tun0", "mode", "tun"], ["addr", "add", "10.99.0.1/24", "dev", "tun0"],
+                         ["link", "set", "tun0", "up"], ["route", "add", "198.51.100.1/32", "dev", "tun0"]] {
+                _ = try cl.lab.inNamespace(a.netns, "ip", args)
+            }
+            defer { _ = try? cl.lab.inNamespace(a.netns, "ip", ["link", "del", "tun0"]) }
+            // (sysfs shows the namespace that mounted it, so the counters come from netlink.)
+            func reachedTun() throws -> Int {
+                let json = try cl.lab.inNamespace(a.netns, "ip", ["-s", "-j", "link", "show", "dev", "tun0"])
+                let links = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]])
+                let tx = try #require((links.first?["stats64"] as? [String: Any])?["tx"] as? [String: Any], "\(json)")
+                return try #require(tx["packets"] as? Int) + (try #require(tx["dropped"] as? Int))
+            }
+            let index = try #require(try dp.maps.pod(a.ip4)).pod_index
+            let dropped = try dp.maps.counters(podIndex: index)[.dropUnwatched, default: 0]
+            let target = SocketAddress(IPAddress("198.51.100.1")!, 80)
+            #expect((try? cl.lab.request(from: a, to: target, timeout: 1)) == nil)
+            #expect(try reachedTun() == 0, "nothing reached tun0")
+            #expect(try dp.maps.counters(podIndex: index)[.dropUnwatched, default: 0] > dropped, "dropped and counted on the pod")
+            // The presence: without the guard the SYNs reach the device.
+            for pin in pins { LinkAttach.unpin(pin) }
+            _ = try? cl.lab.request(from: a, to: target, timeout: 1)
+            #expect(try reachedTun() > 0, "without the guard the SYNs left through tun0")
+        }
+    }
+
     /// Outbound in the same window: the namespace-wide egress guard (netfilter, Linux 6.4+) drops
     /// what would leave through net1 before its programs are attached; without the guard the pod's
     /// connection leaves uncaptured, which is the window it closes.
