@@ -61,7 +61,7 @@ public struct IptablesRules: Sendable {
             (prerouting, "! -i lo -m connmark --mark \(conn) -j DROP"),
             (prerouting, "! -i lo -p tcp -m conntrack --ctstate INVALID -j DROP"),
             (output, "-m connmark --mark \(conn) -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
-        ] + listenerGuard(mark: mark)
+        ] + listenerGuard(mark: mark) + hijackGuard()
         var nat: [(String, String)] = [(prerouting, "-s \(probe) -p tcp -m tcp -j ACCEPT")]
         // As Istio: TCP arriving on a virtual interface (a VM's tap) is the VM's outbound traffic.
         nat += reroute.map { (prerouting, "-i \($0) -p tcp -j REDIRECT --to-ports \(c.outboundPort)") }
@@ -115,6 +115,25 @@ public struct IptablesRules: Sendable {
             ]
         }
         return rules
+    }
+
+    /// With the proxy's cgroup known, the bytes of a connection to the proxy's ports flow only to and
+    /// from the proxy's sockets. The SYN guard above goes by the listener's mark, which a process with
+    /// CAP_NET_RAW (Linux 5.17+) can set on its own listener; xtables cannot ask a listener's cgroup,
+    /// so such a listener still completes handshakes (the kernel answers for it). But once the
+    /// connection is established every packet carries its socket: arriving ones through early demux
+    /// (on by default, and switching it off needs CAP_NET_ADMIN, which could delete these rules
+    /// anyway), leaving ones as their sender. Data to or from a socket outside the proxy's cgroup on
+    /// those ports is dropped, so a hijacked connection carries nothing either way. Packets the
+    /// kernel sends for a connection (TIME_WAIT ACKs, resets) come from sockets without a file and
+    /// are spared by the owner match.
+    func hijackGuard() -> [(String, String)] {
+        guard let cgroup = config.proxyCgroup?.path else { return [] }
+        let ports = [config.outboundPort, config.inboundPort, config.tunnelPort].map(String.init).joined(separator: ",")
+        return [
+            (input, "-p tcp -m multiport --dports \(ports) -m conntrack --ctdir ORIGINAL -m cgroup ! --path \(cgroup) -j DROP"),
+            (output, "-p tcp -m multiport --sports \(ports) -m conntrack --ctdir REPLY -m owner --uid-owner 0-4294967294 -m cgroup ! --path \(cgroup) -j DROP"),
+        ]
     }
 
     /// The built-in chain each of our pod chains hangs from.

@@ -130,12 +130,28 @@ struct AdversarialTests {
             let inbound = try? cl.lab.request(from: cl.outsider(cl.n2), to: SocketAddress(victim.ip4, Lab.httpPort), timeout: 1)
             let outbound = try? cl.lab.request(from: victim, to: SocketAddress(cl.outsider(cl.n2).ip4, Lab.httpPort), timeout: 1)
             let stolenIn = try fakeIn.acceptAvailable(), stolenOut = try fakeOut.acceptAvailable()
-            stolenIn?.close()
-            stolenOut?.close()
+            defer { stolenIn?.close(); stolenOut?.close() }
             if mode == .iptables && marked {
-                // xtables cannot ask which cgroup a listener belongs to, only its mark: a process that
-                // may set the mark (CAP_NET_RAW on 5.17+) still takes the ports (docs/security.md).
-                #expect(stolenIn != nil && stolenOut != nil, "iptables mode hands marked listeners the connections")
+                // xtables cannot ask which cgroup a listener belongs to, only its mark: the kernel completes
+                // the handshake for a marked listener (CAP_NET_RAW on 5.17+). Not a byte flows either way.
+                #expect(inbound == nil && outbound == nil, "no answer came through a hijacked connection")
+                func drops(_ chain: String) throws -> Int {
+                    let mangle = try cl.lab.inNamespace(victim.netns, "iptables-nft-save", ["-c", "-t", "mangle"])
+                    let rule = try #require(mangle.split(separator: "\n").first { $0.contains("-A \(chain)") && $0.contains("-m cgroup ! --path") })
+                    return Int(rule.dropFirst().prefix { $0 != ":" }) ?? -1
+                }
+                #expect(try drops("ISTIO_INPUT") > 0, "the requests to the app's sockets were dropped")
+                // Over eth0 early demux gives the arriving packets their socket; over loopback the route
+                // is already attached, so there is no early demux and the app's socket on 15001 reads its
+                // own pod's request (what CAP_NET_RAW can read from loopback anyway), but cannot answer.
+                let got = try stolenIn.flatMap { try $0.setNonBlocking(); return try $0.readAvailable() }
+                #expect(got == nil, "the app's 15006 received nothing: \(String(describing: got.map { String(decoding: $0, as: UTF8.self) }))")
+                for stolen in [stolenIn, stolenOut].compactMap({ $0 }) {
+                    let before = try drops("ISTIO_OUTPUT")
+                    try stolen.writeAll("HTTP/1.1 200 OK\r\n\r\n")
+                    try waitFor("the app's answer to be dropped") { try drops("ISTIO_OUTPUT") > before }
+                }
+                #expect(stolenIn != nil || stolenOut != nil, "the handshake completes for a marked listener (else this case shows nothing)")
                 return
             }
             #expect(stolenIn == nil && inbound == nil, "the app's 15006 received a captured connection")
