@@ -8,7 +8,7 @@ BPF_OBJ    := bpf/redirect.bpf.o
 BPF_HDRS   := $(wildcard bpf/*.h) Sources/CShim/include/redirect_abi.h
 BIN        := .build/debug
 
-.PHONY: deps bpf build test demo demo-iptables demo-ebpf bench clean proto
+.PHONY: deps bpf build test kernel-matrix demo demo-iptables demo-ebpf bench clean proto
 
 deps:
 	@bash scripts/deps.sh
@@ -24,6 +24,11 @@ build: bpf
 
 test: deps build
 	bash scripts/test.sh
+
+# The BPF and eBPF lab suites again on Linux 6.1 in a VM (CI runs it after `make test`).
+kernel-matrix: deps build
+	swift build --build-tests
+	bash scripts/kernel-matrix.sh
 
 demo: deps build
 	$(BIN)/redirect-lab demo

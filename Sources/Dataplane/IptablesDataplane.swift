@@ -45,6 +45,17 @@ public final class IptablesDataplane: Dataplane, Sendable {
             try runner.checked("ipset", ["create", config.ipsetName(ipv6: v6), "hash:ip", "family", v6 ? "inet6" : "inet", "comment", "-exist"])
             try applyNodeRules(ipv6: v6)
         }
+        warnWithoutBridgeNetfilter()
+    }
+
+    /// Pods on one Linux bridge reach each other without passing the node's iptables unless
+    /// br_netfilter hands bridged packets to them (kube-proxy needs that too, so nodes have it).
+    /// Without it the node's probe guard never sees a same-node pod that spoofs the probe IP.
+    private func warnWithoutBridgeNetfilter() {
+        for name in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"] where (try? readSysctl(name)) != "1" {
+            logger.warning("bridged traffic skips iptables: a same-node pod on a bridge can spoof the probe IP past the node's guard; load br_netfilter and set \(name)=1 (kube-proxy needs it too)",
+                           metadata: ["sysctl": "\(name)", "value": "\((try? readSysctl(name)) ?? "missing (br_netfilter not loaded)")"])
+        }
     }
 
     private func applyNodeRules(ipv6: Bool) throws {
