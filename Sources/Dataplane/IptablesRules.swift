@@ -127,13 +127,20 @@ public struct IptablesRules: Sendable {
     /// those ports is dropped, so a hijacked connection carries nothing either way. Packets the
     /// kernel sends for a connection (TIME_WAIT ACKs, resets) come from sockets without a file and
     /// are spared by the owner match.
+    /// With DNS capture, answers from 15053 (UDP and TCP) must come from the proxy too: an app
+    /// holding that port with the forged mark would otherwise answer the pod's queries. (An
+    /// unconnected UDP socket gets no early demux, so such an app still reads the queries.)
     func hijackGuard() -> [(String, String)] {
         guard let cgroup = config.proxyCgroup?.path else { return [] }
-        let ports = [config.outboundPort, config.inboundPort, config.tunnelPort].map(String.init).joined(separator: ",")
-        return [
+        let c = config
+        let ports = ([c.outboundPort, c.inboundPort, c.tunnelPort] + (c.dnsCapture ? [c.dnsPort] : [])).map(String.init).joined(separator: ",")
+        let sender = "-m owner --uid-owner 0-4294967294 -m cgroup ! --path \(cgroup) -j DROP"
+        var rules = [
             (input, "-p tcp -m multiport --dports \(ports) -m conntrack --ctdir ORIGINAL -m cgroup ! --path \(cgroup) -j DROP"),
-            (output, "-p tcp -m multiport --sports \(ports) -m conntrack --ctdir REPLY -m owner --uid-owner 0-4294967294 -m cgroup ! --path \(cgroup) -j DROP"),
+            (output, "-p tcp -m multiport --sports \(ports) -m conntrack --ctdir REPLY \(sender)"),
         ]
+        if c.dnsCapture { rules.append((output, "-p udp -m udp --sport \(c.dnsPort) -m conntrack --ctdir REPLY \(sender)")) }
+        return rules
     }
 
     /// The built-in chain each of our pod chains hangs from.
