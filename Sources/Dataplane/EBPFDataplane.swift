@@ -252,7 +252,14 @@ public final class EBPFDataplane: Dataplane, Sendable {
         let host = (try? onNode { (TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: true), TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: false)) }) ?? (nil, nil)
         func id(_ v: UInt32?) -> String { v.map { "prog \($0)" } ?? "none" }
         let link = FileManager.default.fileExists(atPath: linkPin(pod)) ? "sk_lookup link pinned" : "sk_lookup link missing"
-        return "\(options.attach.rawValue) \(name) ifindex \(e.pod_ifindex): ingress \(id(ids.0)), egress \(id(ids.1)); host veth ifindex \(e.host_ifindex): ingress \(id(host.0)), egress \(id(host.1)); \(link); pod index \(e.pod_index)"
+        return "\(options.attach.rawValue) \(name) ifindex \(e.pod_ifindex): ingress \(id(ids.0)), egress \(id(ids.1)); host veth ifindex \(e.host_ifindex): ingress \(id(host.0)), egress \(id(host.1)); \(link); \(egressGuardSummary(pod)); pod index \(e.pod_index)"
+    }
+
+    /// The egress guard's links as `status` shows them.
+    private func egressGuardSummary(_ pod: PodSpec) -> String {
+        guard hasEgressGuard else { return "no egress guard (needs Linux 6.4)" }
+        let linked = guardFamilies.filter { FileManager.default.fileExists(atPath: guardPin(pod, $0)) }.map { $0 == 2 ? "IPv4" : "IPv6" }
+        return linked.isEmpty ? "egress guard missing" : "egress guard linked for \(linked.joined(separator: " and "))"
     }
 
     /// Deletes map entries and sk_lookup link pins of pods not in `keep`.

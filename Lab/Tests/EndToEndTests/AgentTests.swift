@@ -1,4 +1,5 @@
 import AgentAPI
+import BPFLoader
 import Dataplane
 import Foundation
 import NodeLab
@@ -49,6 +50,11 @@ struct AgentTests {
             #expect(s.pods.map(\.pod) == ["default/n1-pod1"])
             #expect(s.pods.first?.drift.isEmpty == true, "\(String(describing: s.pods.first?.drift))")
             #expect(s.pods.first?.attachment.contains(dataplane == "ebpf" ? "clsact eth0" : "iptables-") == true)
+            if dataplane == "ebpf" {
+                let guardText = BPFObject.netfilterProgramsSupported ? "egress guard linked for IPv4 and IPv6" : "no egress guard (needs Linux 6.4)"
+                #expect(s.pods.first?.attachment.contains(guardText) == true, "\(s.pods.first?.attachment ?? "")")
+                #expect(s.features["netfilter_egress_guard"] == BPFObject.netfilterProgramsSupported)
+            }
             // Traffic: the meshed pod is captured, the others are not.
             let dst = SocketAddress(plain.ip4, Lab.httpPort)
             #expect(try lab.request(from: meshed, to: dst).status == 200)
