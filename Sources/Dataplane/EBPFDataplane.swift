@@ -222,12 +222,10 @@ public final class EBPFDataplane: Dataplane, Sendable {
         }
         if let primary = entries.first?.1 {
             drift += try othersDrift(pod, primary: Int32(primary.pod_ifindex))
-            let published = Set(try maps.interfaces(podIndex: primary.pod_index).map(\.1))
-            let carrying = try NetworkNamespace(path: pod.netns).run { try Netlink.links().filter { !$0.isLoopback && $0.isEthernet }.map(\.index) }
-            for i in carrying where !published.contains(i) { drift.append("ra_ifaces: interface \(i) not published for sk_lookup") }
+            drift += try publicationDrift(pod, index: primary.pod_index)
         }
         if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
-        drift += try egressGuardDrift(pod, index: entries.first?.1?.pod_index)
+        drift += try egressGuardDrift(pod)
         if let e = entries.first?.1 {
             let host = try onNode { (TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: true), TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: false)) }
             if host.0 == nil || host.1 == nil { drift.append("host veth ifindex \(e.host_ifindex): node programs missing") }
@@ -535,20 +533,27 @@ public final class EBPFDataplane: Dataplane, Sendable {
         }
     }
 
-    /// The guard's links and the namespace's published interfaces, where the kernel has the guard.
-    private func egressGuardDrift(_ pod: PodSpec, index: UInt32?) throws -> [String] {
+    /// The guard's links, where the kernel has the guard.
+    private func egressGuardDrift(_ pod: PodSpec) throws -> [String] {
         guard let guardProgram = programs[Self.egressGuardProgram] else { return [] }
-        var drift: [String] = []
         let id = try guardProgram.id()
-        for family in guardFamilies where (try? LinkAttach.pinnedLinkProgramID(guardPin(pod, family))) != id {
-            drift.append("egress guard link \(guardPin(pod, family)) missing or not running program \(id)")
+        return guardFamilies.compactMap { family in
+            (try? LinkAttach.pinnedLinkProgramID(guardPin(pod, family))) == id ? nil
+                : "egress guard link \(guardPin(pod, family)) missing or not running program \(id)"
         }
-        guard let index else { return drift }
-        let netns = try NetworkNamespace(path: pod.netns).inode()
-        let published = Set(try maps.egressInterfaces(podIndex: index).filter { $0.netns == netns }.map(\.ifindex))
-        if !published.contains(0) { drift.append("ra_egress_ifaces: namespace \(netns) not published") }
+    }
+
+    /// Every interface that should carry the programs is published for sk_lookup and, where the
+    /// kernel has it, for the egress guard (with the namespace's own marker).
+    private func publicationDrift(_ pod: PodSpec, index: UInt32) throws -> [String] {
         let carrying = try NetworkNamespace(path: pod.netns).run { try Netlink.links().filter { !$0.isLoopback && $0.isEthernet }.map(\.index) }
-        for i in carrying where !published.contains(i) { drift.append("ra_egress_ifaces: interface \(i) not published for the egress guard") }
+        let forLookup = Set(try maps.interfaces(podIndex: index).map(\.1))
+        var drift = carrying.filter { !forLookup.contains($0) }.map { "ra_ifaces: interface \($0) not published for sk_lookup" }
+        guard hasEgressGuard else { return drift }
+        let netns = try NetworkNamespace(path: pod.netns).inode()
+        let forGuard = Set(try maps.egressInterfaces(podIndex: index).filter { $0.netns == netns }.map(\.ifindex))
+        if !forGuard.contains(0) { drift.append("ra_egress_ifaces: namespace \(netns) not published") }
+        drift += carrying.filter { !forGuard.contains($0) }.map { "ra_egress_ifaces: interface \($0) not published for the egress guard" }
         return drift
     }
 

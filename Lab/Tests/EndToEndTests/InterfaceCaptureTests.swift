@@ -158,6 +158,7 @@ struct InterfaceCaptureTests {
         let published = try dp.maps.egressInterfaces(podIndex: index).filter { $0.netns == netns }.map(\.ifindex)
         #expect(Set(published) == Set([0, try a.netns.run { Int32(if_nametoindex("eth0")) }, net1]), "the namespace, eth0 and net1 were published")
         try dp.maps.setEgressInterfaces(netns: netns, podIndex: index, ifindexes: published.filter { $0 != 0 && $0 != net1 })
+        #expect(try dp.verify(spec).contains("ra_egress_ifaces: interface \(net1) not published for the egress guard"))
         let seen = try cl.lab.appRecords(outsider).count, proxied = try cl.records(a.node, listener: 15001, to: target).count
         let dropped = try dp.maps.counters(podIndex: index)[.dropUnwatched, default: 0]
         let r = try? cl.lab.request(from: a, to: target, timeout: 1)
