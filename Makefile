@@ -6,6 +6,9 @@ ARCH       := $(shell uname -m)
 BPF_SRC    := bpf/redirect.bpf.c
 BPF_OBJ    := bpf/redirect.bpf.o
 BPF_HDRS   := $(wildcard bpf/*.h) Sources/CShim/include/redirect_abi.h
+# Lab only: another CNI's programs, for the coexistence tests.
+OTHER_CNI  := Lab/bpf/other_cni.bpf.o
+BPF_CFLAGS  = -O2 -g -Wall -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(ARCH)-linux-gnu
 BIN        := .build/debug
 
 .PHONY: deps bpf build test kernel-matrix demo demo-iptables demo-ebpf bench clean proto
@@ -13,11 +16,14 @@ BIN        := .build/debug
 deps:
 	@bash scripts/deps.sh
 
-bpf: $(BPF_OBJ)
+bpf: $(BPF_OBJ) $(OTHER_CNI)
 
 # Compiled with BTF (-g) for bpftool's typed dumps; never by SwiftPM.
 $(BPF_OBJ): $(BPF_SRC) $(BPF_HDRS)
-	$(CLANG) -O2 -g -Wall -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(ARCH)-linux-gnu -Ibpf -ISources/CShim/include -c $(BPF_SRC) -o $@
+	$(CLANG) $(BPF_CFLAGS) -Ibpf -ISources/CShim/include -c $(BPF_SRC) -o $@
+
+$(OTHER_CNI): Lab/bpf/other_cni.bpf.c
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 build: bpf
 	$(SWIFT) build
@@ -43,7 +49,7 @@ bench: deps build
 	$(BIN)/redirect-lab bench
 
 clean:
-	rm -f $(BPF_OBJ)
+	rm -f $(BPF_OBJ) $(OTHER_CNI)
 	$(SWIFT) package clean
 	-$(BIN)/redirect-lab cleanup 2>/dev/null
 

@@ -84,3 +84,22 @@ struct {
     __type(value, __u32);
     __uint(pinning, LIBBPF_PIN_BY_NAME); /* shared by every generation of the programs across an upgrade */
 } ra_tc_lookup SEC(".maps");
+
+/* The node's settings that are not capture config (struct ra_node), one entry. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct ra_node);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_node SEC(".maps");
+
+/* Sockets of the kubelet that cg_node_connect* bound to the probe IP: only these become probe
+ * flows, not a host process that binds the probe IP itself. Freed with the socket. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_probe_sockets SEC(".maps");

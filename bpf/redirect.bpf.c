@@ -6,8 +6,10 @@
  *   sk_lookup_pod   the pod's namespace, every interface (TIME_WAIT hand-off; SYNs no tc program saw)
  *   nf_pod_egress   the pod's namespace, netfilter POST_ROUTING (Linux 6.4+): nothing leaves through an
  *                   interface the tc programs do not watch yet
- *   tc_node_egress  host side of the pod's veth, egress, in the node's namespace (probe SNAT)
- *   tc_node_ingress host side of the pod's veth, ingress (probe SNAT replies)
+ *   cg_node_connect4, cg_node_connect6  the node's cgroup root: a kubelet connect() to an in-mesh
+ *                   pod is bound to the probe IP
+ *   sockops_node    the node's cgroup root: records that connection as a probe flow
+ * Nothing is attached to the host side of a pod's veth: the primary CNI owns it.
  * Behaviour matches Istio's in-pod iptables rules; see README.md for the decisions. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -17,7 +19,7 @@
 #include "maps.h"
 #include "counters.h"
 #include "sockets.h"
-#include "nat.h"
+#include "node_probe.h"
 #include "netfilter.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -367,58 +369,73 @@ int sk_lookup_pod(struct bpf_sk_lookup *ctx)
     return err ? SK_DROP : SK_PASS;
 }
 
-/* Node side: a connection from a local socket of the node (kubelet) to an in-mesh pod leaves
- * with the probe IP as its source; the original source is remembered per flow. */
-SEC("tc")
-int tc_node_egress(struct __sk_buff *skb)
+/* Node side: a kubelet connect() to an in-mesh pod is bound to the probe IP. The node holds the
+ * probe IP as a local address (the agent's ra-probe device), so the pod's replies come back to
+ * the kubelet's socket with no rewriting and no conntrack. Never refuses a connect(). */
+SEC("cgroup/connect4")
+int cg_node_connect4(struct bpf_sock_addr *ctx)
 {
     struct ra_config *cfg = ra_get_config();
-    struct ra_flow f;
-    if (!cfg || ra_parse(skb, &f) != RA_TCP || f.fragment)
-        return TC_ACT_OK;
-    struct bpf_sock *origin = skb->sk;
-    if (!origin)
-        return TC_ACT_OK; /* forwarded from another pod or node: not ours to SNAT */
-    __u32 pod = ra_pod_index(f.family, &f.dst);
-    if (!pod)
-        return TC_ACT_OK;
-    if (cfg->kubelet_cgroup && bpf_skb_cgroup_id(skb) != cfg->kubelet_cgroup) {
-        if (ra_is_new_connection(&f))
-            ra_count(pod, RA_HOST_CAPTURED); /* another host process: the pod's capture applies */
-        return TC_ACT_OK;
-    }
-    struct ra_addr probe;
-    ra_probe_addr(cfg, f.family, &probe);
-    if (ra_addr_eq(&probe, &f.src, f.family))
-        return TC_ACT_OK;
-    struct ra_flow_key k = { .family = f.family, .pod = f.dst, .probe = probe, .pod_port = f.dport, .probe_port = f.sport };
-    struct ra_flow_value v = { .original_source = f.src, .last_seen_ns = bpf_ktime_get_ns() };
-    bpf_map_update_elem(&ra_probe_flows, &k, &v, BPF_ANY);
-    if (ra_is_new_connection(&f))
-        ra_count(pod, RA_PROBE_SNAT);
-    if (ra_rewrite_addr(skb, &f, 1, &probe) < 0)
-        return TC_ACT_SHOT;
-    return TC_ACT_OK;
+    struct ra_addr dst = { .words = { ctx->user_ip4 } };
+    __u32 pod = cfg ? ra_node_connect_pod(ctx, RA_FAMILY_INET, &dst) : 0;
+    if (!pod || !ra_node_is_kubelet(cfg, pod))
+        return 1;
+    struct sockaddr_in sa = { .sin_family = RA_FAMILY_INET, .sin_addr.s_addr = cfg->probe_ipv4 };
+    if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+        ra_node_mark_probe_socket(ctx, pod);
+    else
+        ra_count(pod, RA_HOST_CAPTURED);
+    return 1;
 }
 
-/* Node side: replies from the pod to the probe IP get their original destination back. */
-SEC("tc")
-int tc_node_ingress(struct __sk_buff *skb)
+/* The same for IPv6, and for a v4-mapped destination on an IPv6 socket (bound to the mapped
+ * IPv4 probe IP). */
+SEC("cgroup/connect6")
+int cg_node_connect6(struct bpf_sock_addr *ctx)
 {
     struct ra_config *cfg = ra_get_config();
-    struct ra_flow f;
-    if (!cfg || ra_parse(skb, &f) != RA_TCP || f.fragment)
-        return TC_ACT_OK;
-    /* Keyed by the probe IP the flow was SNATed to, so a flow outlives a probe IP change. */
-    struct ra_flow_key k = { .family = f.family, .pod = f.src, .probe = f.dst, .pod_port = f.sport, .probe_port = f.dport };
-    struct ra_flow_value *v = bpf_map_lookup_elem(&ra_probe_flows, &k);
-    if (!v)
-        return TC_ACT_OK;
-    v->last_seen_ns = bpf_ktime_get_ns();
-    struct ra_addr orig = v->original_source;
-    if (ra_rewrite_addr(skb, &f, 0, &orig) < 0)
-        return TC_ACT_SHOT;
-    return TC_ACT_OK;
+    if (!cfg)
+        return 1;
+    struct ra_addr dst = { .words = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] } };
+    int mapped = dst.words[0] == 0 && dst.words[1] == 0 && dst.words[2] == bpf_htonl(0xffff);
+    struct ra_addr pod_addr = { .words = { dst.words[3] } };
+    __u32 pod = mapped ? ra_node_connect_pod(ctx, RA_FAMILY_INET, &pod_addr) : ra_node_connect_pod(ctx, RA_FAMILY_INET6, &dst);
+    if (!pod || !ra_node_is_kubelet(cfg, pod))
+        return 1;
+    struct sockaddr_in6 sa = { .sin6_family = RA_FAMILY_INET6 };
+    if (mapped) {
+        sa.sin6_addr.in6_u.u6_addr32[2] = bpf_htonl(0xffff);
+        sa.sin6_addr.in6_u.u6_addr32[3] = cfg->probe_ipv4;
+    } else {
+        __builtin_memcpy(sa.sin6_addr.in6_u.u6_addr32, cfg->probe_ipv6, 16);
+    }
+    if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+        ra_node_mark_probe_socket(ctx, pod);
+    else
+        ra_count(pod, RA_HOST_CAPTURED);
+    return 1;
+}
+
+/* Node side: as a socket the connect hook bound starts its handshake (the source port is known
+ * now), its flow is recorded for the pod programs. Every other socket op and socket: nothing. */
+SEC("sockops")
+int sockops_node(struct bpf_sock_ops *ctx)
+{
+    if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+        return 1;
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk || !bpf_sk_storage_get(&ra_probe_sockets, sk, 0, 0))
+        return 1;
+    struct ra_flow_key k = {};
+    if (!ra_node_flow_key(ctx, &k))
+        return 1;
+    __u32 pod = ra_pod_index(k.family, &k.pod);
+    if (!pod)
+        return 1;
+    struct ra_flow_value v = { .original_source = k.probe, .last_seen_ns = bpf_ktime_get_ns() };
+    bpf_map_update_elem(&ra_probe_flows, &k, &v, BPF_ANY);
+    ra_count(pod, RA_PROBE_SNAT);
+    return 1;
 }
 
 /* nf_pod_egress: namespace-wide, every packet the pod sends or forwards, after routing. The tc

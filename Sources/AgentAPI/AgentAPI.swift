@@ -79,8 +79,12 @@ public struct AgentStatus: Codable, Sendable {
     public var proxyConnected: Bool
     /// Who counts as the proxy: `cgroup PATH (id N)`, or `mark only` (forgeable, as Istio).
     public var proxyIdentity: String?
-    /// Whose connections are SNATed to the probe IP: `cgroup PATH (id N)`, or `any host process` (as Istio).
+    /// Whose connections get the probe IP as source: `cgroup PATH (id N)`, or `any host process` (as Istio).
     public var probeSource: String?
+    /// How they get it on this node (ebpf: socket programs and the probe device; iptables: SNAT).
+    public var probePath: String?
+    /// What is wrong with the node-wide part of capture (empty: intact).
+    public var nodeDrift: [String]?
     /// The enrolled pods.
     public var pods: [PodStatus]
 

@@ -308,6 +308,11 @@ public final class Agent: Sendable {
                                probeIPv6: dataplane.config.probeIPv6.description, proxyConnected: zds?.connected ?? false, pods: pods)
             status.proxyIdentity = dataplane.config.proxyCgroup.map { "cgroup \($0)" } ?? "mark only (forgeable, as Istio)"
             status.probeSource = dataplane.config.kubeletCgroup.map { "cgroup \($0)" } ?? "any host process (as Istio)"
+            if let ebpf = dataplane as? EBPFDataplane {
+                (status.probePath, status.nodeDrift) = ebpf.describeNode()
+            } else {
+                (status.probePath, status.nodeDrift) = ("SNAT in the node's nat POSTROUTING (iptables)", [])
+            }
             return status
         }
     }

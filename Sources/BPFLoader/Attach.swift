@@ -117,6 +117,44 @@ public enum LinkAttach {
         try bpfCheck("pin link \(pinPath)", bpf_obj_pin(link, pinPath))
     }
 
+    /// Where a cgroup program hooks in.
+    public enum CgroupHook: Sendable, CaseIterable {
+        /// connect() of IPv4 sockets.
+        case connect4
+        /// connect() of IPv6 sockets.
+        case connect6
+        /// TCP socket events (sockops).
+        case sockOps
+
+        var attachType: bpf_attach_type {
+            switch self {
+            case .connect4: BPF_CGROUP_INET4_CONNECT
+            case .connect6: BPF_CGROUP_INET6_CONNECT
+            case .sockOps: BPF_CGROUP_SOCK_OPS
+            }
+        }
+    }
+
+    /// Links `program` to the cgroup v2 directory `cgroupDirectory` at `hook` (beside any other
+    /// programs there) and pins the link. A pinned link is updated to `program` in place, so an
+    /// upgrade leaves no moment without the hook.
+    public static func cgroup(_ program: BPFProgram, hook: CgroupHook, cgroupDirectory: String, pinPath: String) throws {
+        if FileManager.default.fileExists(atPath: pinPath) {
+            let link = try bpfCheck("open link \(pinPath)", bpf_obj_get(pinPath))
+            defer { close(link) }
+            if (try? pinnedLinkProgramID(pinPath)) == (try program.id()) { return }
+            try bpfCheck("update link \(pinPath)", bpf_link_update(link, program.fd, nil))
+            return
+        }
+        let dir = open(cgroupDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dir < 0 { throw BPFError("open cgroup \(cgroupDirectory)", code: cshim_errno()) }
+        defer { close(dir) }
+        let link = try bpfCheck("attach \(program.name) to cgroup \(cgroupDirectory)", bpf_link_create(program.fd, dir, hook.attachType, nil))
+        defer { close(link) }
+        try FileManager.default.createDirectory(atPath: (pinPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try bpfCheck("pin link \(pinPath)", bpf_obj_pin(link, pinPath))
+    }
+
     /// The id of the program a pinned link runs.
     public static func pinnedLinkProgramID(_ pinPath: String) throws -> UInt32 {
         let link = try bpfCheck("open link \(pinPath)", bpf_obj_get(pinPath))

@@ -75,7 +75,8 @@ public final class BPFObject: @unchecked Sendable {
     /// Pins the programs under `directory` and returns the ones to attach. A pinned program with
     /// the same tag (same instructions, same maps) is reused, so a restarted agent finds its
     /// attachments already current and changes nothing; a different one (an upgrade) is replaced.
-    public func pinnedPrograms(in directory: String, names: [String]) throws -> [String: BPFProgram] {
+    /// `removingOthers`: pins of programs not named (ones an older version had) are removed.
+    public func pinnedPrograms(in directory: String, names: [String], removingOthers: Bool = false) throws -> [String: BPFProgram] {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var out: [String: BPFProgram] = [:]
         for name in names {
@@ -91,6 +92,9 @@ public final class BPFObject: @unchecked Sendable {
             unlink(pin)
             try bpfCheck("pin program \(name) at \(pin)", bpf_obj_pin(fresh.fd, pin))
             out[name] = fresh
+        }
+        if removingOthers {
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where !names.contains(f) { unlink("\(directory)/\(f)") }
         }
         return out
     }

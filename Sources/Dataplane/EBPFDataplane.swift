@@ -37,8 +37,10 @@ public struct EBPFOptions: Sendable {
 
 /// Capture with BPF programs: on the pod's own interface (inside its namespace) tc programs steer
 /// packets to the proxy's sockets with bpf_sk_assign; an sk_lookup program covers SYNs that meet a
-/// TIME_WAIT socket; on the host side of the pod's veth, programs SNAT node-originated connections
-/// to the probe IP. State lives in pinned maps (``MapSync``). No iptables rule anywhere.
+/// TIME_WAIT socket. On the node, socket programs on the cgroup root give the kubelet's connections
+/// to in-mesh pods the probe IP as their source (the node holds it on the `ra-probe` device), so
+/// nothing of ours runs on the host side of a pod's veth, where the primary CNI's programs are.
+/// State lives in pinned maps (``MapSync``). No iptables rule anywhere.
 public final class EBPFDataplane: Dataplane, Sendable {
     /// Always `.ebpf`.
     public let mode = DataplaneMode.ebpf
@@ -65,8 +67,18 @@ public final class EBPFDataplane: Dataplane, Sendable {
     private let attachLock = Mutex(())
 
     /// The programs, by attach point.
-    public static let programNames = ["tc_pod_ingress", "tc_pod_ingress_reroute", "tc_pod_egress", "sk_lookup_pod", "tc_node_ingress", "tc_node_egress",
-                                      egressGuardProgram]
+    public static let programNames = ["tc_pod_ingress", "tc_pod_ingress_reroute", "tc_pod_egress", "sk_lookup_pod", egressGuardProgram]
+        + nodePrograms.map(\.name)
+
+    /// The node's socket programs and where each hooks in, on the cgroup root.
+    public static let nodePrograms: [(name: String, hook: LinkAttach.CgroupHook)] = [
+        ("cg_node_connect4", .connect4), ("cg_node_connect6", .connect6), ("sockops_node", .sockOps),
+    ]
+
+    /// The node device that holds the probe IPs as local (/32, /128) addresses, so the pods' replies
+    /// to a probe are delivered to the kubelet's socket as they are, with no rewriting. Loopback:
+    /// every kernel has it (a dummy device needs a module some node kernels lack).
+    public static let probeDevice = "lo"
 
     /// The namespace-wide egress guard: a netfilter program, so Linux 6.4 or later.
     public static let egressGuardProgram = "nf_pod_egress"
@@ -97,7 +109,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             throw DataplaneError(.unsupported, "\(options.pinRoot) is not on a bpffs")
         }
         object = try BPFObject(path: options.objectPath, mapPinDirectory: "\(options.pinRoot)/maps")
-        programs = try object.pinnedPrograms(in: "\(options.pinRoot)/progs", names: Self.availableProgramNames)
+        programs = try object.pinnedPrograms(in: "\(options.pinRoot)/progs", names: Self.availableProgramNames, removingOthers: true)
         maps = try MapSync(object: object)
         watcher.onChange { [weak self] pod in self?.interfacesChanged(pod) }
         logger.info("ebpf dataplane loaded", metadata: ["pins": "\(options.pinRoot)", "attach": "\(options.attach.rawValue)"])
@@ -113,29 +125,88 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     // MARK: node
 
-    /// Writes the node config; nothing node-wide is attached (node programs go per pod veth).
-    public func prepareNode() throws { try maps.write(Self.kernelConfig(config)) }
+    /// Writes the node config, puts the probe IPs on the node, and links the node's socket
+    /// programs to the cgroup root (idempotent: reconcile runs it at every start).
+    public func prepareNode() throws {
+        let c = config
+        let previous = try maps.readConfig()
+        try holdProbeAddresses([c.probeIPv4, c.probeIPv6], releasing: previous.map { [$0.probeIPv4, $0.probeIPv6] } ?? [])
+        try maps.write(Self.kernelConfig(c))
+        try maps.writeNode(netnsCookie: try onNode { try NetworkNamespace.currentCookie() })
+        let root = try Self.cgroupRoot()
+        for (name, hook) in Self.nodePrograms {
+            try LinkAttach.cgroup(try program(name), hook: hook, cgroupDirectory: root, pinPath: nodeLinkPin(name))
+        }
+    }
 
-    /// Removes pinned programs, maps and links of this dataplane.
+    /// Removes the node's links and the probe addresses it held, and the pinned programs, maps and links.
     public func uninstallNode() throws {
-        for sub in ["links", "progs", "maps"] { try? FileManager.default.removeItem(atPath: "\(options.pinRoot)/\(sub)") }
+        for (name, _) in Self.nodePrograms { LinkAttach.unpin(nodeLinkPin(name)) }
+        if let held = try? maps.readConfig() { try? holdProbeAddresses([], releasing: [held.probeIPv4, held.probeIPv6]) }
+        for sub in ["node", "links", "progs", "maps"] { try? FileManager.default.removeItem(atPath: "\(options.pinRoot)/\(sub)") }
         try? FileManager.default.removeItem(atPath: options.pinRoot)
     }
 
-    /// One map write: every pod sees the new probe IPs on its next packet.
+    /// One map write: every pod sees the new probe IPs on its next packet, and the kubelet's next
+    /// connection is bound to them. The old addresses leave the node at once, so a probe in flight
+    /// during the change can fail once (the kubelet probes again).
     public func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws {
-        let c = current.withLock { c -> CaptureConfig in
+        let (old, c) = current.withLock { c -> (CaptureConfig, CaptureConfig) in
+            let old = c
             c.probeIPv4 = v4
             c.probeIPv6 = v6
-            return c
+            return (old, c)
         }
+        try holdProbeAddresses([v4, v6], releasing: [old.probeIPv4, old.probeIPv6])
         try maps.write(Self.kernelConfig(c))
     }
 
+    /// The node's socket program links, as `status` shows them, and what is wrong with them.
+    public func describeNode() -> (summary: String, drift: [String]) {
+        var drift: [String] = [], linked: [String] = []
+        for (name, _) in Self.nodePrograms {
+            let want = try? program(name).id()
+            if let have = try? LinkAttach.pinnedLinkProgramID(nodeLinkPin(name)), have == want { linked.append("\(name) prog \(have)") }
+            else { drift.append("node link \(nodeLinkPin(name)) missing or not running program \(want.map(String.init) ?? "?")") }
+        }
+        let probes = [config.probeIPv4, config.probeIPv6]
+        let held = ((try? onNode { try Netlink.addresses(index: try Netlink.link(named: Self.probeDevice).index) }) ?? []).filter(probes.contains)
+        let local = Set(((try? onNode { try Netlink.addresses() }) ?? []).map(\.description))
+        for ip in [config.probeIPv4, config.probeIPv6] where !local.contains(ip.description) {
+            drift.append("probe IP \(ip) is not a local address of the node")
+        }
+        let root = (try? Self.cgroupRoot()) ?? "?"
+        return ("kubelet connections bound to the probe IP by socket programs on cgroup \(root) (\(linked.joined(separator: ", "))); "
+                + "\(Self.probeDevice) holds \(held.map(\.description).joined(separator: ", ")); nothing on host veths", drift)
+    }
+
+    /// Makes `ips` local addresses of the node, on the probe device, unless another device already
+    /// has one (the node's own IP as probe IP: HOST_PROBE_SNAT_IP); then takes `released` (earlier
+    /// probe IPs) off the probe device. Only probe IPs are ever added or removed there.
+    private func holdProbeAddresses(_ ips: [IPAddress], releasing released: [IPAddress]) throws {
+        try onNode {
+            let dev = try Netlink.link(named: Self.probeDevice).index
+            let onDevice = Set(try Netlink.addresses(index: dev))
+            let elsewhere = Set(try Netlink.addresses()).subtracting(onDevice)
+            for ip in ips where !elsewhere.contains(ip) { try Netlink.addHostAddress(ip, index: dev) }
+            for ip in released where !ips.contains(ip) && onDevice.contains(ip) { try Netlink.deleteHostAddress(ip, index: dev) }
+        }
+    }
+
+    /// Where cgroup v2 is mounted: its root holds every process of the node, the kubelet's and the
+    /// pods' alike (the programs tell them apart by namespace and cgroup id).
+    static func cgroupRoot() throws -> String {
+        do { return try Cgroup.mountPoint() } catch {
+            throw DataplaneError(.unsupported, "no cgroup v2 mount: the node's socket programs that give kubelet probes their source need one")
+        }
+    }
+
+    private func nodeLinkPin(_ name: String) -> String { "\(options.pinRoot)/node/\(name)" }
+
     // MARK: pods
 
-    /// Attaches the pod's programs, its sk_lookup link and policy routing, the node-side probe
-    /// SNAT, and finally its map entry. On failure everything is rolled back.
+    /// Records the pod's map entry, then attaches its programs, its sk_lookup link, the egress
+    /// guard and policy routing. On failure everything is rolled back.
     public func enroll(_ pod: PodSpec) throws {
         try validate(pod)
         // A repeated enrolment keeps what the first one recorded: which qdiscs and sysctls were ours.
@@ -148,7 +219,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             if attached.setAcceptLocal { flags |= UInt32(RA_POD_SET_ACCEPT_LOCAL.rawValue) }
             // Recorded before anything changes, so a failure below, a crash, or a removal later
             // undoes exactly what is ours (undoing a change not yet made is harmless).
-            var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: 0, flags: flags)
+            var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: earlier?.host_ifindex ?? 0, flags: flags)
             try maps.upsert(entry)
             try watcher.watch(pod) // before attaching: an interface that appears from now on is seen
             try attachInPod(pod, attached)
@@ -159,14 +230,11 @@ public final class EBPFDataplane: Dataplane, Sendable {
             try LinkAttach.skLookup(try program("sk_lookup_pod"), netnsPath: pod.netns, pinPath: linkPin(pod))
             try attachEgressGuard(pod)
             try routing.apply(netns: pod.netns, families: families(of: pod))
-            // The node side too is recorded before it changes: a kill between attaching and recording
-            // would leave the host veth's qdisc and filters where no removal looks.
-            if try !onNode({ try NetlinkRouting.hasClsact(ifindex: attached.hostIfindex) }) {
-                entry.flags |= UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue)
+            if entry.hostIfindex != 0 { // an earlier agent's probe SNAT programs on the host veth
+                try detachOnNode(entry.hostIfindex, flags: entry.flags)
+                entry.hostIfindex = 0
+                try maps.upsert(entry)
             }
-            entry.hostIfindex = UInt32(attached.hostIfindex)
-            try maps.upsert(entry)
-            _ = try attachOnNode(hostIfindex: attached.hostIfindex)
         } catch {
             try? remove(pod)
             if earlier == nil { releaseIndex(index) }
@@ -174,7 +242,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         }
     }
 
-    /// Undoes the pod's capture: node programs (SNAT stops), links, pod programs, routing, and
+    /// Undoes the pod's capture: an earlier agent's host veth programs, links, pod programs, routing, and
     /// last the map entry, which records what enrolment created: a crash part-way leaves the
     /// record for the next removal to finish with.
     public func remove(_ pod: PodSpec) throws {
@@ -182,7 +250,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         attachLock.withLock { _ in watcher.unwatch(uid: pod.uid) } // no attachment runs after this
         let entry = pod.ips.lazy.compactMap { try? self.maps.pod($0) }.first
         if let entry, entry.host_ifindex != 0 {
-            do { try detachOnNode(entry) } catch { failures.append("\(error)") }
+            do { try detachOnNode(entry.host_ifindex, flags: entry.flags) } catch { failures.append("\(error)") }
         }
         LinkAttach.unpin(linkPin(pod))
         for family in guardFamilies { LinkAttach.unpin(guardPin(pod, family)) } // before the programs it waits for go
@@ -199,8 +267,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
         if let entry { releaseIndex(entry.pod_index) }
     }
 
-    /// Checks the map entry, both tc programs on the pod's interface, the node-side programs,
-    /// the sk_lookup link and policy routing.
+    /// Checks the map entry, both tc programs on the pod's interface (and every other one), the
+    /// published interfaces, the sk_lookup link, the egress guard and policy routing.
     public func verify(_ pod: PodSpec) throws -> [String] {
         try validate(pod)
         var drift: [String] = []
@@ -226,10 +294,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         }
         if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
         drift += try egressGuardDrift(pod)
-        if let e = entries.first?.1 {
-            let host = try onNode { (TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: true), TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: false)) }
-            if host.0 == nil || host.1 == nil { drift.append("host veth ifindex \(e.host_ifindex): node programs missing") }
-        }
+        if let e = entries.first?.1, e.host_ifindex != 0 { drift.append("host veth ifindex \(e.host_ifindex): an earlier agent's probe SNAT programs to remove") }
         drift += try routing.drift(netns: pod.netns, families: families(of: pod))
         return drift
     }
@@ -241,16 +306,15 @@ public final class EBPFDataplane: Dataplane, Sendable {
         let name = pod.interface
         if options.attach == .tcx {
             let pinned = ["ingress", "egress"].filter { FileManager.default.fileExists(atPath: tcxPin(pod, $0)) }
-            return "tcx \(name) ifindex \(e.pod_ifindex): links pinned for \(pinned.joined(separator: " and ")); host veth ifindex \(e.host_ifindex) (clsact); pod index \(e.pod_index)"
+            return "tcx \(name) ifindex \(e.pod_ifindex): links pinned for \(pinned.joined(separator: " and ")); \(egressGuardSummary(pod)); pod index \(e.pod_index)"
         }
         let ids = (try? NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
             let idx = try TCAttach.ifindex(name)
             return (TCAttach.attachedProgramID(ifindex: idx, ingress: true), TCAttach.attachedProgramID(ifindex: idx, ingress: false))
         }) ?? (nil, nil)
-        let host = (try? onNode { (TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: true), TCAttach.attachedProgramID(ifindex: Int32(e.host_ifindex), ingress: false)) }) ?? (nil, nil)
         func id(_ v: UInt32?) -> String { v.map { "prog \($0)" } ?? "none" }
         let link = FileManager.default.fileExists(atPath: linkPin(pod)) ? "sk_lookup link pinned" : "sk_lookup link missing"
-        return "\(options.attach.rawValue) \(name) ifindex \(e.pod_ifindex): ingress \(id(ids.0)), egress \(id(ids.1)); host veth ifindex \(e.host_ifindex): ingress \(id(host.0)), egress \(id(host.1)); \(link); \(egressGuardSummary(pod)); pod index \(e.pod_index)"
+        return "\(options.attach.rawValue) \(name) ifindex \(e.pod_ifindex): ingress \(id(ids.0)), egress \(id(ids.1)); \(link); \(egressGuardSummary(pod)); pod index \(e.pod_index)"
     }
 
     /// The egress guard's links as `status` shows them.
@@ -267,7 +331,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         var removed: [String] = []
         for (ip, info) in try maps.allPods() where !ips.contains(ip) {
             try maps.remove(ips: [ip])
-            if info.host_ifindex != 0 { try? detachOnNode(info) }
+            if info.host_ifindex != 0 { try? detachOnNode(info.host_ifindex, flags: info.flags) }
             removed.append("ra_pods \(ip)")
         }
         try maps.removeInterfaces(keepingIndexes: Set(try maps.allPods().map { $0.1.pod_index }))
@@ -304,7 +368,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     // MARK: attach
 
-    private struct PodAttachment { var podIfindex: Int32; var hostIfindex: Int32; var createdClsact: Bool; var setAcceptLocal: Bool }
+    private struct PodAttachment { var podIfindex: Int32; var createdClsact: Bool; var setAcceptLocal: Bool }
 
     /// What removal may undo: only what enrolment created or changed.
     private struct PodCleanup { var destroyClsact: Bool; var resetAcceptLocal: Bool }
@@ -317,7 +381,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             let link = try Netlink.link(named: name)
             let acceptLocal = pod.hasIPv4 ? (try? readSysctl(interfaceSysctl("ipv4", name, "accept_local"))) : "1"
             let hasClsact = clsact ? try NetlinkRouting.hasClsact(ifindex: link.index) : true
-            return PodAttachment(podIfindex: link.index, hostIfindex: link.linkIndex, createdClsact: !hasClsact, setAcceptLocal: acceptLocal != "1")
+            return PodAttachment(podIfindex: link.index, createdClsact: !hasClsact, setAcceptLocal: acceptLocal != "1")
         }
     }
 
@@ -478,30 +542,25 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     /// After a restart: watch the pod's interfaces again, and attach to any that appeared meanwhile.
     public func resume(_ pod: PodSpec) throws {
-        guard let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return }
+        guard var e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return }
+        if e.host_ifindex != 0 { // enrolled by an agent that put probe SNAT programs on the host veth
+            try detachOnNode(e.host_ifindex, flags: e.flags)
+            e.host_ifindex = 0
+            try maps.upsert(PodEntry(ips: pod.ips, index: e.pod_index, podIfindex: e.pod_ifindex, hostIfindex: 0, flags: e.flags))
+        }
         try watcher.watch(pod)
         try attachLock.withLock { _ in try attachAndPublish(pod, e) }
         try attachEgressGuard(pod) // a pod enrolled by an agent from before the guard gets it now
     }
 
-    /// On the node: the probe SNAT programs on the host side of the pod's veth (always clsact:
-    /// the CNI may own other programs there, and our filter coexists with theirs by handle).
-    private func attachOnNode(hostIfindex: Int32) throws -> Bool {
-        let ingress = try program("tc_node_ingress"), egress = try program("tc_node_egress")
-        return try onNode {
-            let created = try TCAttach.ensureClsact(ifindex: hostIfindex)
-            try TCAttach.attach(ingress, ifindex: hostIfindex, ingress: true)
-            try TCAttach.attach(egress, ifindex: hostIfindex, ingress: false)
-            return created
-        }
-    }
-
-    private func detachOnNode(_ e: ra_pod_info) throws {
+    /// Removes the probe SNAT filters an earlier agent put on the host side of a pod's veth (our
+    /// handle only, so the CNI's own filters stay), and the qdisc when that agent created it.
+    private func detachOnNode(_ hostIfindex: UInt32, flags: UInt32) throws {
         try onNode {
-            let idx = Int32(e.host_ifindex)
+            let idx = Int32(hostIfindex)
             try TCAttach.detach(ifindex: idx, ingress: true)
             try TCAttach.detach(ifindex: idx, ingress: false)
-            if e.flags & UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) != 0 { try TCAttach.destroyClsact(ifindex: idx) }
+            if flags & UInt32(RA_POD_CREATED_CLSACT_HOST.rawValue) != 0 { try TCAttach.destroyClsact(ifindex: idx) }
         }
     }
 

@@ -23,7 +23,7 @@ public struct KernelConfig: Sendable, Equatable {
     public var captureMark: UInt32
     /// The proxy's cgroup id; 0: the mark alone identifies the proxy.
     public var proxyCgroup: UInt64
-    /// The kubelet's cgroup id; 0: every local socket's connection is SNATed.
+    /// The kubelet's cgroup id; 0: every local socket's connection gets the probe IP.
     public var kubeletCgroup: UInt64
 
     /// Creates a config.
@@ -70,6 +70,8 @@ public final class MapSync: Sendable {
     public let interfaces: BPFMap
     /// ra_egress_ifaces.
     public let egressInterfaces: BPFMap
+    /// ra_node.
+    public let node: BPFMap
 
     /// Uses the maps of a loaded object.
     public init(object: BPFObject) throws {
@@ -80,6 +82,20 @@ public final class MapSync: Sendable {
         proxyListeners = try object.map("ra_proxy_listeners")
         interfaces = try object.map("ra_ifaces")
         egressInterfaces = try object.map("ra_egress_ifaces")
+        node = try object.map("ra_node")
+    }
+
+    /// Writes the node's namespace cookie: the node's socket programs act on connect() calls
+    /// made there only (0: on none).
+    public func writeNode(netnsCookie: UInt64) throws {
+        var v = ra_node()
+        v.netns_cookie = netnsCookie
+        try node.update(UInt32(0), v)
+    }
+
+    /// The node's namespace cookie as the programs see it.
+    public func nodeNetnsCookie() throws -> UInt64 {
+        try node.lookup(UInt32(0), as: ra_node.self)?.netns_cookie ?? 0
     }
 
     // MARK: config

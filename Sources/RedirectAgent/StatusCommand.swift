@@ -28,7 +28,8 @@ struct Status: ParsableCommand {
         if let m = s.ebpfMissing { print("            ebpf unavailable: \(m)") }
         print("probe IPs:  \(s.probeIPv4)  \(s.probeIPv6)")
         print("proxy:      \(s.proxyConnected ? "connected (ZDS)" : "not connected"), identity: \(s.proxyIdentity ?? "?")")
-        print("probe SNAT: for \(s.probeSource ?? "?")")
+        print("probes:     from \(s.probeSource ?? "?"); \(s.probePath ?? "?")")
+        if let d = s.nodeDrift, !d.isEmpty { print("            NODE DRIFT: " + d.joined(separator: "; ")) }
         print("pods:       \(s.pods.count)")
         for p in s.pods {
             print("  \(p.pod)  \(p.ips.joined(separator: ","))  \(p.drift.isEmpty ? "ok" : "DRIFT: " + p.drift.joined(separator: "; "))")

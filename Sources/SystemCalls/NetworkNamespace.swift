@@ -36,6 +36,17 @@ public struct NetworkNamespace: Sendable, Hashable, CustomStringConvertible {
         return UInt32(truncatingIfNeeded: st.st_ino)
     }
 
+    /// The calling thread's namespace cookie (SO_NETNS_COOKIE, Linux 5.14+): the value
+    /// `bpf_get_netns_cookie` returns for sockets made there.
+    public static func currentCookie() throws -> UInt64 {
+        let fd = try check("socket", socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0))
+        defer { Glibc.close(fd) }
+        var cookie: UInt64 = 0
+        var len = socklen_t(MemoryLayout<UInt64>.size)
+        try check("getsockopt SO_NETNS_COOKIE", getsockopt(fd, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, &cookie, &len))
+        return cookie
+    }
+
     /// True when the namespace file exists.
     public var exists: Bool { FileManager.default.fileExists(atPath: path) }
 

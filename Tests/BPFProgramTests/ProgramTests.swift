@@ -35,7 +35,7 @@ final class LoadedPrograms: Sendable {
                                     outboundPort: 15001, inboundPort: 15006, tunnelPort: 15008,
                                     proxyMark: 0x539, markMask: 0xfff, captureMark: 0x111))
         for (i, ip) in ["10.244.1.2", "fd00:10:244:1::2"].enumerated() {
-            try sync.upsert(PodEntry(ips: [IPAddress(ip)!], index: UInt32(7 + i), podIfindex: 2, hostIfindex: 5, flags: 0))
+            try sync.upsert(PodEntry(ips: [IPAddress(ip)!], index: UInt32(7 + i), podIfindex: 2, hostIfindex: 0, flags: 0))
         }
     }
 
@@ -235,49 +235,6 @@ struct ProgramTests {
         }
     }
 
-    @Test("node ingress: a reply to the probe IP gets its original destination back with valid checksums",
-          arguments: [("10.244.1.2", "169.254.7.127", "10.244.1.1"), ("fd00:10:244:1::2", "fd16:9254:7127:1337:ffff:ffff:ffff:ffff", "fd00:10:244:1::1")])
-    func nodeReverseNAT(_ pod: String, _ probe: String, _ original: String) throws {
-        if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withPrograms { p throws in
-            let v6 = pod.contains(":")
-            let key = flowKey(pod: pod, probe: probe)
-            try p.sync.probeFlows.update(key, ra_flow_value(original_source: MapSync.addr(IPAddress(original)!), last_seen_ns: 1))
-            let fmt = { (ip: String, port: Int) in v6 ? "[\(ip)]:\(port)" : "\(ip):\(port)" }
-            let reply = Packet(fmt(pod, 8080), fmt(probe, 41000), flags: 0x12)
-            let r = try p.run("tc_node_ingress", reply)
-            let out = Parsed(bytes: r.packet)
-            #expect(r.verdict == TC_ACT_OK)
-            #expect(out.dst == IPAddress(original)!)
-            #expect(out.checksumsValid)
-            // A packet to the probe IP without a record is left alone.
-            let other = Packet(fmt(pod, 8080), fmt(probe, 42000), flags: 0x12)
-            #expect(try p.run("tc_node_ingress", other).packet == other.bytes)
-        }
-    }
-
-    @Test("node egress: a node-originated connection to an in-mesh pod leaves from the probe IP, remembered per flow",
-          arguments: [("10.244.1.1", "10.244.1.2", "169.254.7.127"), ("fd00:10:244:1::1", "fd00:10:244:1::2", "fd16:9254:7127:1337:ffff:ffff:ffff:ffff")])
-    func nodeEgressSNAT(_ node: String, _ pod: String, _ probe: String) throws {
-        if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withPrograms { p throws in
-            // BPF_PROG_TEST_RUN gives the skb a socket, as a packet from a local socket has.
-            let v6 = pod.contains(":")
-            let fmt = { (ip: String, port: Int) in v6 ? "[\(ip)]:\(port)" : "\(ip):\(port)" }
-            let r = try p.run("tc_node_egress", Packet(fmt(node, 41000), fmt(pod, 8080)))
-            let out = Parsed(bytes: r.packet)
-            #expect(r.verdict == TC_ACT_OK && out.src == IPAddress(probe)! && out.dst == IPAddress(pod)!)
-            #expect(out.checksumsValid)
-            let key = flowKey(pod: pod, probe: probe)
-            let flow = try #require(try p.sync.probeFlows.lookup(key, as: ra_flow_value.self))
-            #expect(MapSync.ip(family: key.family, flow.original_source) == IPAddress(node)!)
-            #expect(try p.count(v6 ? 8 : 7, .probeSNAT) == 1)
-            // A destination that is not in the mesh is left alone.
-            let other = Packet(fmt(node, 41001), fmt(v6 ? "fd00:10:244:1::99" : "10.244.1.99", 8080))
-            #expect(try p.run("tc_node_egress", other).packet == other.bytes)
-        }
-    }
-
     @Test("maps: the probe IP is one config write; pods reconcile to exactly the desired set")
     func mapSync() throws {
         if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
@@ -300,7 +257,7 @@ struct ProgramTests {
             #expect(try p.run("tc_pod_ingress", probe).verdict == TC_ACT_OK)
             #expect(try p.count(7, .probePass) == 1)
 
-            let a = PodEntry(ips: [IPAddress("10.244.1.9")!], index: 3, podIfindex: 2, hostIfindex: 9, flags: 0)
+            let a = PodEntry(ips: [IPAddress("10.244.1.9")!], index: 3, podIfindex: 2, hostIfindex: 0, flags: 0)
             let (added, removed) = try p.sync.reconcile([a])
             #expect(added == [IPAddress("10.244.1.9")!])
             #expect(Set(removed.map(\.description)) == ["10.244.1.2", "fd00:10:244:1::2"])

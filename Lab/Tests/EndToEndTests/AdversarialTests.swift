@@ -58,8 +58,7 @@ struct AdversarialTests {
             let attacker = try cl.outsider(cl.n1), victim = cl.meshed[0]
             let dst = SocketAddress(victim.ip4, Lab.httpPort), probeIP = IPAddress("169.254.7.127")!
             // Let the attacker receive replies to the probe IP, so a handshake can complete.
-            try cl.lab.ip(["-n", cl.n1.netnsName, "route", "add", "\(probeIP)/32", "via", attacker.ip4.description])
-            try cl.lab.ip(["-n", attacker.netnsName, "route", "add", "local", "\(probeIP)/32", "dev", "lo"])
+            let restoreRouting = try routeProbeReplies(cl.lab, on: cl.n1, to: attacker, probe: probeIP)
             func attempt() -> MiniHTTP.Response? {
                 try? attacker.netns.run {
                     let socket = try Socket(tcp: AF_INET)
@@ -91,6 +90,7 @@ struct AdversarialTests {
                 #expect(try cl.records(victim.node, listener: 15006, to: dst).count == 1, "captured: \((try? cl.records(victim.node)) ?? [])")
             }
             // The kubelet's own probes still pass, uncaptured.
+            try restoreRouting()
             let probes = try cl.records(victim.node, listener: 15006, to: dst).count
             #expect(try cl.lab.probe(victim).status == 200)
             #expect(try cl.records(victim.node, listener: 15006, to: dst).count == probes)

@@ -1,3 +1,4 @@
+import BPFLoader
 import AgentAPI
 import Dataplane
 import Foundation
@@ -124,8 +125,23 @@ func nodeKernelState(_ lab: Lab, _ node: LabNode) throws -> String {
                                          ("iptables-nft-save", []), ("ip6tables-nft-save", []),
                                          ("iptables-legacy-save", []), ("ip6tables-legacy-save", [])]
     for dev in try interfaces(lab, node.netns) { queries.append(("tc", ["filter", "show", "dev", dev, "ingress"])) }
-    return try queries.map { tool, args in "## \(tool) \(args.joined(separator: " "))\n" + (try kernelQuery(node.netns, tool, args)) }
-        .joined(separator: "\n")
+    queries.append(("ip", ["-o", "address", "show", "dev", "lo"])) // where the ebpf dataplane holds the probe IPs
+    let netns = try queries.map { tool, args in "## \(tool) \(args.joined(separator: " "))\n" + (try kernelQuery(node.netns, tool, args)) }
+    return (netns + [try nodeLinks(node)]).joined(separator: "\n")
+}
+
+/// The node's pinned cgroup links (the ebpf dataplane's socket programs) and the programs they run,
+/// by name: the cgroup root is shared by every lab node, so they are found through the node's pins.
+func nodeLinks(_ node: LabNode) throws -> String {
+    let dir = "\(node.bpfPinRoot)/node"
+    guard FileManager.default.fileExists(atPath: dir) else { return "## node links\nnone" }
+    var out = ["## node links"]
+    for pin in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() {
+        let id = try LinkAttach.pinnedLinkProgramID("\(dir)/\(pin)")
+        let prog = try Command.run("bpftool", ["prog", "show", "id", "\(id)"])
+        out.append("\(pin): " + (prog.split(separator: "\n").first.map(String.init) ?? ""))
+    }
+    return out.joined(separator: "\n")
 }
 
 /// The non-loopback interfaces of a namespace, by name.
@@ -207,4 +223,22 @@ extension LabPod {
 func ebpfDataplane(_ cl: CaptureLab, _ node: LabNode) throws -> EBPFDataplane {
     guard let dp = cl.capture.dataplane(node) as? EBPFDataplane else { throw LabError("\(node.name) does not run the ebpf dataplane") }
     return dp
+}
+
+/// Routes `node`'s traffic to `probe` (the pods' replies to it) to `attacker`, which then holds the
+/// probe IP itself: an attacker on the path that can complete a handshake from the probe IP. The
+/// ebpf dataplane holds the probe IP on the node, so the node's local table moves behind the rule
+/// that forwards to the attacker. Returns what puts the node back (before a genuine probe).
+func routeProbeReplies(_ lab: Lab, on node: LabNode, to attacker: LabPod, probe: IPAddress) throws -> () throws -> Void {
+    let n = ["-n", node.netnsName]
+    try lab.ip(n + ["route", "add", "\(probe)/32", "via", attacker.ip4.description, "table", "201"])
+    try lab.ip(n + ["rule", "add", "pref", "10", "to", "\(probe)/32", "lookup", "201"])
+    try lab.ip(n + ["rule", "add", "pref", "100", "lookup", "local"])
+    try lab.ip(n + ["rule", "del", "pref", "0", "lookup", "local"])
+    try lab.ip(["-n", attacker.netnsName, "route", "add", "local", "\(probe)/32", "dev", "lo"])
+    return {
+        try lab.ip(n + ["rule", "add", "pref", "0", "lookup", "local"])
+        try lab.ip(n + ["rule", "del", "pref", "10"])
+        try lab.ip(n + ["rule", "del", "pref", "100"])
+    }
 }

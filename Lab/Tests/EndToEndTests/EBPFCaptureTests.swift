@@ -23,7 +23,8 @@ struct EBPFCaptureTests {
             }
             for node in cl.lab.nodes {
                 let state = try nodeKernelState(cl.lab, node)
-                #expect(state.contains("tc_node_"), "the node's programs are visible: \(state)")
+                #expect(state.contains("name cg_node_connect4") && state.contains("name sockops_node"), "the node's programs are visible: \(state)")
+                #expect(state.contains("inet 169.254.7.127/32") && state.contains("fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128"), "the probe IPs are the node's: \(state)")
                 #expect(!state.contains("ISTIO") && !state.contains("-j SNAT") && !state.contains("istio"), "\(node.name): \(state)")
                 #expect(!state.split(separator: "\n").contains { $0.hasPrefix("exit ") }, "every dump tool answered: \(state)")
             }
@@ -57,8 +58,7 @@ struct EBPFCaptureTests {
         try withCaptureLab(.ebpf) { cl throws in
             let attacker = try cl.outsider(cl.n1), victim = cl.meshed[0]
             // Let the attacker receive replies to the probe IP, so a handshake can complete.
-            try cl.lab.ip(["-n", cl.n1.netnsName, "route", "add", "169.254.7.127/32", "via", attacker.ip4.description])
-            try cl.lab.ip(["-n", attacker.netnsName, "route", "add", "local", "169.254.7.127/32", "dev", "lo"])
+            let restoreRouting = try routeProbeReplies(cl.lab, on: cl.n1, to: attacker, probe: try #require(IPAddress("169.254.7.127")))
             let socket = try attacker.netns.run { try Socket(tcp: AF_INET) }
             try socket.setTransparent(ipv6: false)
             try socket.bind(SocketAddress(IPAddress("169.254.7.127")!, 0))
@@ -70,6 +70,7 @@ struct EBPFCaptureTests {
             #expect(captured.count == 1 && captured.first?.client.hasPrefix("169.254.7.127:") == true, "\(captured)")
             let counters = try (try ebpfDataplane(cl, victim.node)).counters(cl.lab.podSpec(victim))
             #expect(counters[.spoofedProbe, default: 0] >= 1 && counters[.inboundCaptured, default: 0] >= 1)
+            try restoreRouting()
             // A genuine probe still passes.
             #expect(try cl.lab.probe(victim).status == 200)
             #expect(try (try ebpfDataplane(cl, victim.node)).counters(cl.lab.podSpec(victim))[.probePass, default: 0] >= 1)

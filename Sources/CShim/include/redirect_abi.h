@@ -30,14 +30,16 @@ struct ra_pod_key {
 /* Pod flags. */
 enum ra_pod_flags {
     RA_POD_CREATED_CLSACT_POD = 1,  /* we created the clsact qdisc on the pod's interface */
-    RA_POD_CREATED_CLSACT_HOST = 2, /* we created the clsact qdisc on the host-side veth */
+    RA_POD_CREATED_CLSACT_HOST = 2, /* an earlier agent created the clsact qdisc on the host-side veth (it
+                                       attached probe SNAT programs there; this one removes them) */
     RA_POD_SET_ACCEPT_LOCAL = 4,    /* we changed the pod interface's accept_local from 0 to 1 */
 };
 
 struct ra_pod_info {
     __u32 pod_index;     /* small id for counters, allocated by the agent */
     __u32 pod_ifindex;   /* the pod's interface, in the pod's namespace */
-    __u32 host_ifindex;  /* the host side of its veth, in the node's namespace */
+    __u32 host_ifindex;  /* the host side of its veth, in the node's namespace, where an earlier agent
+                            attached programs; 0: nothing of ours there */
     __u32 flags;         /* enum ra_pod_flags */
 };
 
@@ -56,9 +58,16 @@ struct ra_config {
     /* The proxy's cgroup v2 id: only its sockets are the proxy (a mark alone can be forged by any
      * process with CAP_NET_RAW). 0: identity by mark only, as Istio. */
     __u64 proxy_cgroup;
-    /* The kubelet's cgroup v2 id: only its connections are SNATed to the probe IP. 0: any local
-     * socket of the node, as Istio. */
+    /* The kubelet's cgroup v2 id: only its connections get the probe IP as their source. 0: any
+     * local socket of the node, as Istio. */
     __u64 kubelet_cgroup;
+};
+
+/* The node: one entry, key 0, written by the agent before it links the node's socket programs
+ * (a separate map, so ra_config keeps its layout for maps pinned by an earlier agent). */
+struct ra_node {
+    __u64 netns_cookie; /* the node's network namespace: only connect() calls made there are the node's */
+    __u64 reserved[3];
 };
 
 /* What the programs decided, counted per pod and per CPU. */
@@ -71,7 +80,7 @@ enum ra_decision {
     RA_ESTABLISHED = 5,           /* packet of a captured flow steered to its socket */
     RA_SPOOFED_PROBE = 6,         /* source is the probe IP but no SNAT record: captured */
     RA_TIME_WAIT_HANDOFF = 7,     /* SYN over a TIME_WAIT tuple handed to sk_lookup */
-    RA_PROBE_SNAT = 8,            /* node: a local connection to the pod SNATed to the probe IP */
+    RA_PROBE_SNAT = 8,            /* node: a kubelet connection to the pod given the probe IP as its source */
     RA_DROP_NO_LISTENER = 9,      /* capture wanted, the proxy is not listening: dropped, never bypassed */
     RA_DROP_ASSIGN_FAILED = 10,   /* bpf_sk_assign refused */
     RA_DROP_NO_SOCKET = 11,       /* no longer emitted: such packets now go to the proxy (RA_ORPHAN_TO_PROXY) */
@@ -84,7 +93,8 @@ enum ra_decision {
     RA_FORGED_MARK = 16,          /* the proxy mark on a socket outside the proxy's cgroup: captured like any app */
     RA_ORPHAN_TO_PROXY = 17,      /* a non-SYN packet with no socket, given to the proxy's listener (which
                                      completes a SYN cookie or resets), never to the app's */
-    RA_HOST_CAPTURED = 18,        /* node: a local connection not from the kubelet: not SNATed, so captured */
+    RA_HOST_CAPTURED = 18,        /* node: a local connection not from the kubelet (or one the probe IP could
+                                     not be bound for): keeps its source, so captured */
     RA_DROP_UNWATCHED = 19,       /* traffic through an interface our tc programs do not watch (added after
                                      enrolment, not attached yet): a SYN that reached the pod's listener lookup,
                                      or a packet leaving the pod (netfilter guard, Linux 6.4+): dropped */
@@ -96,7 +106,8 @@ struct ra_counter_key {
     enum ra_decision decision;
 };
 
-/* Node probe SNAT: one entry per node-originated flow to a pod, keyed as the pod sees it. */
+/* Kubelet probe flows: one entry per kubelet connection to a pod, recorded by the node's sockops
+ * program as the connection starts, keyed as the pod sees it. */
 struct ra_flow_key {
     __u32 family;
     struct ra_addr pod;
@@ -106,7 +117,7 @@ struct ra_flow_key {
 };
 
 struct ra_flow_value {
-    struct ra_addr original_source;
+    struct ra_addr original_source; /* the probe IP itself: the socket was bound to it, nothing is rewritten */
     __u64 last_seen_ns;
 };
 

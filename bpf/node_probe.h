@@ -1,0 +1,76 @@
+/* The node side of kubelet probes: the kubelet's connections to in-mesh pods get the probe IP as
+ * their source when they are made (bpf_bind in the connect hook), and are recorded as probe flows
+ * as they start (sockops), so the pod programs let exactly them through. Nothing runs on the host
+ * side of the pod's veth, where the primary CNI's own programs may run first and end the chain. */
+#pragma once
+#include <linux/in.h>
+#include <linux/in6.h>
+#include "maps.h"
+#include "counters.h"
+
+static __always_inline struct ra_node *ra_get_node(void)
+{
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&ra_node, &zero);
+}
+
+/* The in-mesh pod a connect() of the node goes to, or 0: only TCP, only from the node's own
+ * namespace (every pod's processes are in the cgroups below the root as well). */
+static __always_inline __u32 ra_node_connect_pod(struct bpf_sock_addr *ctx, __u32 family, const struct ra_addr *dst)
+{
+    struct ra_node *node = ra_get_node();
+    if (!node || !node->netns_cookie || ctx->protocol != IPPROTO_TCP)
+        return 0;
+    if (bpf_get_netns_cookie(ctx) != node->netns_cookie)
+        return 0;
+    return ra_pod_index(family, dst);
+}
+
+/* Whether the connecting process is the kubelet (any host process when no kubelet cgroup is
+ * configured, as Istio). Counts the others, whose connections keep their source and are captured. */
+static __always_inline int ra_node_is_kubelet(const struct ra_config *cfg, __u32 pod)
+{
+    if (!cfg->kubelet_cgroup || bpf_get_current_cgroup_id() == cfg->kubelet_cgroup)
+        return 1;
+    ra_count(pod, RA_HOST_CAPTURED);
+    return 0;
+}
+
+/* After a successful bind to the probe IP: marks the socket so sockops records its flow. */
+static __always_inline void ra_node_mark_probe_socket(struct bpf_sock_addr *ctx, __u32 pod)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk || !bpf_sk_storage_get(&ra_probe_sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE))
+        ra_count(pod, RA_HOST_CAPTURED); /* bound but never recorded: the pod captures it */
+}
+
+/* The flow of a marked socket as the pod will see it, from sockops' view of the connection.
+ * A v4-mapped IPv6 connection is IPv4 on the wire and is keyed so. Returns 0 when unusable. */
+static __always_inline int ra_node_flow_key(const struct bpf_sock_ops *ctx, struct ra_flow_key *k)
+{
+    /* Every field is read up front, at its constant offset: the verifier refuses a context
+     * access through a pointer the compiler computed by choosing between two field offsets. */
+    __u32 family = ctx->family, remote4 = ctx->remote_ip4, local4 = ctx->local_ip4;
+    __u32 r0 = ctx->remote_ip6[0], r1 = ctx->remote_ip6[1], r2 = ctx->remote_ip6[2], r3 = ctx->remote_ip6[3];
+    __u32 l0 = ctx->local_ip6[0], l1 = ctx->local_ip6[1], l2 = ctx->local_ip6[2], l3 = ctx->local_ip6[3];
+    __u32 remote_port = ctx->remote_port, local_port = ctx->local_port;
+    if (family == RA_FAMILY_INET) {
+        k->family = RA_FAMILY_INET;
+        k->pod.words[0] = remote4;
+        k->probe.words[0] = local4;
+    } else if (family == RA_FAMILY_INET6 && r0 == 0 && r1 == 0 && r2 == bpf_htonl(0xffff)) {
+        k->family = RA_FAMILY_INET;
+        k->pod.words[0] = r3;
+        k->probe.words[0] = l3;
+    } else if (family == RA_FAMILY_INET6) {
+        k->family = RA_FAMILY_INET6;
+        k->pod.words[0] = r0; k->pod.words[1] = r1; k->pod.words[2] = r2; k->pod.words[3] = r3;
+        k->probe.words[0] = l0; k->probe.words[1] = l1; k->probe.words[2] = l2; k->probe.words[3] = l3;
+    } else {
+        return 0;
+    }
+    /* sockops: remote_port is the network-order port in the upper half, local_port host order. */
+    k->pod_port = bpf_htons((__u16)bpf_ntohl(remote_port));
+    k->probe_port = bpf_htons((__u16)local_port);
+    return 1;
+}
