@@ -74,3 +74,11 @@ static __always_inline int ra_node_flow_key(const struct bpf_sock_ops *ctx, stru
     k->probe_port = bpf_htons((__u16)local_port);
     return 1;
 }
+
+/* The kubelet's socket closed: its flow keeps only its tail (see struct ra_flow_value). */
+static __always_inline void ra_node_close_flow(const struct ra_flow_key *k)
+{
+    struct ra_flow_value *v = bpf_map_lookup_elem(&ra_probe_flows, k);
+    if (v && !v->closed_ns)
+        v->closed_ns = bpf_ktime_get_ns() | 1; /* never 0: 0 means open */
+}

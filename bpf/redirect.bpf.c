@@ -62,7 +62,14 @@ static __always_inline int ra_is_probe_flow(const struct ra_config *cfg, const s
     k.pod = inbound ? f->dst : f->src;
     k.pod_port = inbound ? f->dport : f->sport;
     k.probe_port = inbound ? f->sport : f->dport;
-    return bpf_map_lookup_elem(&ra_probe_flows, &k) != NULL;
+    struct ra_flow_value *v = bpf_map_lookup_elem(&ra_probe_flows, &k);
+    if (!v)
+        return 0;
+    __u64 closed = v->closed_ns;
+    if (!closed)
+        return 1;
+    /* The kubelet's socket is gone: its connection's last segments only, never a new one. */
+    return !ra_is_new_connection(f) && bpf_ktime_get_ns() - closed < RA_PROBE_TAIL_NS;
 }
 
 /* The pod programs' answer to what the parser could not accept: drop and count, never pass. */
@@ -417,11 +424,13 @@ int cg_node_connect6(struct bpf_sock_addr *ctx)
 }
 
 /* Node side: as a socket the connect hook bound starts its handshake (the source port is known
- * now), its flow is recorded for the pod programs. Every other socket op and socket: nothing. */
+ * now), its flow is recorded for the pod programs; when the socket closes, the flow is marked
+ * closed. Every other socket op and socket: nothing. */
 SEC("sockops")
 int sockops_node(struct bpf_sock_ops *ctx)
 {
-    if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+    __u32 op = ctx->op;
+    if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_STATE_CB)
         return 1;
     struct bpf_sock *sk = ctx->sk;
     if (!sk || !bpf_sk_storage_get(&ra_probe_sockets, sk, 0, 0))
@@ -429,11 +438,17 @@ int sockops_node(struct bpf_sock_ops *ctx)
     struct ra_flow_key k = {};
     if (!ra_node_flow_key(ctx, &k))
         return 1;
+    if (op == BPF_SOCK_OPS_STATE_CB) {
+        if (ctx->args[1] == BPF_TCP_CLOSE)
+            ra_node_close_flow(&k);
+        return 1;
+    }
     __u32 pod = ra_pod_index(k.family, &k.pod);
     if (!pod)
         return 1;
-    struct ra_flow_value v = { .original_source = k.probe, .last_seen_ns = bpf_ktime_get_ns() };
+    struct ra_flow_value v = { .original_source = k.probe };
     bpf_map_update_elem(&ra_probe_flows, &k, &v, BPF_ANY);
+    bpf_sock_ops_cb_flags_set(ctx, BPF_SOCK_OPS_STATE_CB_FLAG); /* to hear when it closes */
     ra_count(pod, RA_PROBE_SNAT);
     return 1;
 }

@@ -104,7 +104,7 @@ struct ProgramTests {
             #expect(try p.run("tc_pod_egress", probeReply).verdict == TC_ACT_REDIRECT)
             for (pod, probe) in [("10.244.1.2", "169.254.7.127"), ("fd00:10:244:1::2", "fd16:9254:7127:1337:ffff:ffff:ffff:ffff")] {
                 let key = flowKey(pod: pod, probe: probe)
-                try p.sync.probeFlows.update(key, ra_flow_value(original_source: MapSync.addr(IPAddress(pod)!), last_seen_ns: 1))
+                try p.sync.probeFlows.update(key, ra_flow_value(original_source: MapSync.addr(IPAddress(pod)!), closed_ns: 0))
             }
             let r = try p.run("tc_pod_egress", probeReply)
             #expect(r.verdict == TC_ACT_OK && r.packet == probeReply.bytes)
@@ -171,8 +171,34 @@ struct ProgramTests {
             #expect(try p.count(7, .dropNoListener) == 1)
             // With the record the node program writes, it passes uncaptured.
             let key = flowKey(pod: "10.244.1.2", probe: "169.254.7.127")
-            try p.sync.probeFlows.update(key, ra_flow_value(original_source: MapSync.addr(IPAddress("10.244.1.1")!), last_seen_ns: 1))
+            try p.sync.probeFlows.update(key, ra_flow_value(original_source: MapSync.addr(IPAddress("10.244.1.1")!), closed_ns: 0))
             #expect(try p.run("tc_pod_ingress", probe).verdict == TC_ACT_OK)
+            #expect(try p.count(7, .probePass) == 1)
+        }
+    }
+
+    @Test("ingress: a closed probe flow lets its last segments through for a while, never a new SYN on its tuple")
+    func closedProbeFlow() throws {
+        if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withPrograms { p throws in
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now) // the clock bpf_ktime_get_ns reads
+            let key = flowKey(pod: "10.244.1.2", probe: "169.254.7.127")
+            let syn = Packet("169.254.7.127:41000", "10.244.1.2:8080"), ack = Packet("169.254.7.127:41000", "10.244.1.2:8080", flags: 0x10)
+            let closed = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+            let probe = MapSync.addr(try #require(IPAddress("169.254.7.127")))
+            try p.sync.probeFlows.update(key, ra_flow_value(original_source: probe, closed_ns: closed))
+            // The closing connection's final ACK passes; a host process that binds the probe IP and
+            // the kubelet's old port does not get a probe's pass for its SYN (no listener here: dropped).
+            #expect(try p.run("tc_pod_ingress", ack).verdict == TC_ACT_OK)
+            #expect(try p.run("tc_pod_ingress", syn).verdict == TC_ACT_SHOT)
+            #expect(try p.count(7, .spoofedProbe) == 1 && p.count(7, .probePass) == 0)
+            // Long closed (the clock's first nanosecond): nothing of it passes any more.
+            try p.sync.probeFlows.update(key, ra_flow_value(original_source: probe, closed_ns: 1))
+            #expect(try p.run("tc_pod_ingress", ack).verdict != TC_ACT_OK)
+            // Open again (the kubelet reused the tuple): its SYN passes.
+            try p.sync.probeFlows.update(key, ra_flow_value(original_source: probe, closed_ns: 0))
+            #expect(try p.run("tc_pod_ingress", syn).verdict == TC_ACT_OK)
             #expect(try p.count(7, .probePass) == 1)
         }
     }
@@ -253,7 +279,7 @@ struct ProgramTests {
             #expect(try p.count(7, .spoofedProbe) == 1)
             // and with it, a probe that passes uncaptured.
             try p.sync.probeFlows.update(flowKey(pod: "10.244.1.2", probe: "172.30.0.1"),
-                                         ra_flow_value(original_source: MapSync.addr(IPAddress("10.244.1.1")!), last_seen_ns: 1))
+                                         ra_flow_value(original_source: MapSync.addr(IPAddress("10.244.1.1")!), closed_ns: 0))
             #expect(try p.run("tc_pod_ingress", probe).verdict == TC_ACT_OK)
             #expect(try p.count(7, .probePass) == 1)
 

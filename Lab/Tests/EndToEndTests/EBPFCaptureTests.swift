@@ -77,6 +77,41 @@ struct EBPFCaptureTests {
         }
     }
 
+    @Test("a host process that binds the probe IP (the node holds it) is captured, even on the tuple of a probe that just closed")
+    func hostProcessBindsProbeIP() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(.ebpf) { cl throws in
+            let victim = cl.meshed[0], node = cl.n1
+            let dst = SocketAddress(victim.ip4, Lab.httpPort), probeIP = try #require(IPAddress("169.254.7.127"))
+            // The presence: the kubelet's probe passes uncaptured from the probe IP.
+            #expect(try cl.lab.probe(victim).status == 200)
+            let probed = try #require(try cl.lab.appRecords(victim).last { $0.path == "/healthz" })
+            let probePort = try #require(SocketAddress(parsing: probed.client)?.port)
+            #expect(try cl.records(node, listener: 15006, to: dst).isEmpty)
+            // This test's process is in neither the kubelet's cgroup nor a pod: a node daemon. The
+            // probe IP is a local address of the node, so it needs no privilege to bind it; the
+            // node's TIME_WAIT reuse is allowed so the kubelet's old tuple can be taken at once.
+            _ = try cl.lab.inNamespace(node.netns, "sysctl", ["-w", "net.ipv4.tcp_tw_reuse=1"])
+            for port in [UInt16(0), probePort] {
+                let r = try node.netns.run { () -> MiniHTTP.Response in
+                    let socket = try Socket(tcp: AF_INET)
+                    defer { socket.close() }
+                    try socket.setReuseAddress()
+                    try socket.bind(SocketAddress(probeIP, port))
+                    try socket.setTimeout(seconds: 3)
+                    try socket.connect(dst)
+                    return try MiniHTTP.get(socket, host: "victim", path: "/whoami")
+                }
+                #expect(r.status == 200 && clientIP(r.body) == "169.254.7.127", "\(r.body)")
+            }
+            let captured = try cl.records(node, listener: 15006, to: dst)
+            #expect(captured.count == 2, "both connections went through the proxy: \(captured)")
+            #expect(captured.contains { $0.client == "169.254.7.127:\(probePort)" }, "the probe's old tuple too: \(captured)")
+            let counters = try (try ebpfDataplane(cl, node)).counters(cl.lab.podSpec(victim))
+            #expect(counters[.spoofedProbe, default: 0] == 2 && counters[.probePass, default: 0] == 1, "\(counters)")
+        }
+    }
+
     @Test("per-pod counters come from the kernel and follow the traffic")
     func counters() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }

@@ -118,8 +118,13 @@ struct ra_flow_key {
 
 struct ra_flow_value {
     struct ra_addr original_source; /* the probe IP itself: the socket was bound to it, nothing is rewritten */
-    __u64 last_seen_ns;
+    __u64 closed_ns; /* 0 while the kubelet's socket is open; when it closed (bpf_ktime_get_ns): from then
+                        on only the closing connection's last segments pass, for RA_PROBE_TAIL_NS, never a
+                        new SYN (a host process that binds the probe IP and the same port later is captured) */
 };
+
+/* How long a closed probe flow still lets its last segments through (FIN retransmissions, the final ACK). */
+#define RA_PROBE_TAIL_NS (60ULL * 1000 * 1000 * 1000)
 
 /* A proxy listener, by pod address and port (host order). */
 struct ra_listener_key {
