@@ -45,8 +45,10 @@ demo-iptables: deps build
 demo-ebpf: deps build
 	$(BIN)/redirect-lab demo --dataplane ebpf
 
-bench: deps build
-	$(BIN)/redirect-lab bench
+# Release binaries (agent, proxy, apps, lab): what a node runs, and what the report says it measured.
+bench: deps bpf
+	$(SWIFT) build -c release
+	.build/release/redirect-lab bench
 
 clean:
 	rm -f $(BPF_OBJ) $(OTHER_CNI)

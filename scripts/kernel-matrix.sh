@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Runs the BPF program tests and the eBPF lab suites on Debian's Linux 6.1 (the LTS kernel of
+# Runs the BPF program tests, the eBPF lab suites, the adversarial and coexistence suites on Debian's Linux 6.1 (the LTS kernel of
 # Debian 12, Amazon Linux 2023 and GKE's COS) in a VM, with the debug build of this tree.
 # virtme-ng boots the kernel with the host's filesystem visible (9p), so the built test bundle runs in
 # place. This host cannot nest KVM, so qemu emulates (TCG): several times slower than the host.
 # Usage: scripts/kernel-matrix.sh [SUITE-REGEX]   (needs root and a `swift build --build-tests` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUITES=${1:-${KERNEL_MATRIX_SUITES:-BPFProgramTests|EBPFCaptureTests|InterfaceCaptureTests|AdversarialTests}}
+SUITES=${1:-${KERNEL_MATRIX_SUITES:-BPFProgramTests|EBPFCaptureTests|InterfaceCaptureTests|AdversarialTests|CoexistenceTests|KernelFeaturesTests}}
 BUNDLE=.build/debug/redirect-agentPackageTests.xctest
 VENV=.venv-tools
 [ -x "$BUNDLE" ] || { echo "kernel-matrix: $BUNDLE missing: run swift build --build-tests first" >&2; exit 2; }
@@ -37,6 +37,7 @@ mkdir -p /run/netns
 modprobe br_netfilter  # as on every Kubernetes node with a bridge CNI (kube-proxy needs it)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$(dirname "$(command -v swift)")
 export REDIRECT_BPF_OBJECT=$PWD/bpf/redirect.bpf.o
+export REDIRECT_TEST_DATAPLANES=ebpf  # the coexistence suite's iptables cases do not depend on the kernel's BPF
 cd $PWD
 echo "kernel: \$(uname -r)" > $result/log
 $BUNDLE --testing-library swift-testing --filter '$SUITES' >> $result/log 2>&1

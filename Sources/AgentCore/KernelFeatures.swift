@@ -2,6 +2,7 @@ import BPFLoader
 import CShim
 import Foundation
 import Glibc
+import SystemCalls
 
 /// What the kernel offers the eBPF dataplane, probed for real (bpf(2) calls), with the reason
 /// when something is missing.
@@ -23,6 +24,10 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
     /// Netfilter BPF programs load (Linux 6.4+): pods get the egress guard that closes the window
     /// before a new interface carries the tc programs. Without it ebpf still runs, with that window.
     public var netfilterPrograms: Bool = false
+    /// The node's probe programs load and have somewhere to attach: cgroup connect hooks with
+    /// bpf_bind and bpf_get_netns_cookie, sockops with socket storage (Linux 5.7+), and a cgroup v2
+    /// hierarchy.
+    public var nodeSocketPrograms: Bool = false
     /// Why ebpf cannot be used; nil when it can.
     public var missing: String?
 
@@ -45,8 +50,9 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
         var f = KernelFeatures(bpfSyscall: sysOK, tcPrograms: tc == 1, skLookupPrograms: skl == 1,
                                skAssignHelper: assign == 1, skcLookupHelper: skc == 1,
                                bpffs: fsProblem == nil && BPFFS.isMounted(bpffsPath), missing: nil)
-        f.tcx = sysOK && kernelAtLeast(6, 6)
+        f.tcx = sysOK && KernelRelease.atLeast(6, 6)
         f.netfilterPrograms = sysOK && BPFObject.netfilterProgramsSupported
+        f.nodeSocketPrograms = sysOK && nodeSocketProgramsLoad() && (try? Cgroup.mountPoint()) != nil
         f.missing = f.reason(tcResult: tc, bpffsProblem: fsProblem)
         return f
     }
@@ -58,15 +64,15 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
         if !skAssignHelper { return "the bpf_sk_assign helper is not available to tc programs (kernel 5.7+ needed)" }
         if !skcLookupHelper { return "the bpf_skc_lookup_tcp helper is not available to tc programs" }
         if !bpffs { return bpffsProblem ?? "no bpffs can be mounted at the pin directory" }
+        if !nodeSocketPrograms {
+            return "the node's probe programs cannot run: cgroup connect hooks with bpf_bind and bpf_get_netns_cookie, sockops with socket storage (kernel 5.7+), and a cgroup v2 hierarchy are needed"
+        }
         return nil
     }
-}
 
-/// Whether the running kernel's version is at least major.minor.
-func kernelAtLeast(_ major: Int, _ minor: Int) -> Bool {
-    var u = utsname()
-    uname(&u)
-    let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-    let v = release.split(separator: ".").prefix(2).map { Int($0.prefix { $0.isNumber }) ?? 0 }
-    return v.count == 2 && (v[0] > major || (v[0] == major && v[1] >= minor))
+    private static func nodeSocketProgramsLoad() -> Bool {
+        libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_bind, nil) == 1
+            && libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_netns_cookie, nil) == 1
+            && libbpf_probe_bpf_helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sk_storage_get, nil) == 1
+    }
 }

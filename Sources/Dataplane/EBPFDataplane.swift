@@ -188,7 +188,12 @@ public final class EBPFDataplane: Dataplane, Sendable {
             let dev = try Netlink.link(named: Self.probeDevice).index
             let onDevice = Set(try Netlink.addresses(index: dev))
             let elsewhere = Set(try Netlink.addresses()).subtracting(onDevice)
-            for ip in ips where !elsewhere.contains(ip) { try Netlink.addHostAddress(ip, index: dev) }
+            for ip in ips where !elsewhere.contains(ip) {
+                do { try Netlink.addHostAddress(ip, index: dev) } catch let e as SystemError where ip.isIPv6 && [EACCES, EAFNOSUPPORT].contains(e.code) {
+                    // IPv6 is disabled on the node: no IPv6 probe can be made, nothing to hold.
+                    self.logger.warning("IPv6 probe IP not held: IPv6 is disabled on the node", metadata: ["ip": "\(ip)", "error": "\(e)"])
+                }
+            }
             for ip in released where !ips.contains(ip) && onDevice.contains(ip) { try Netlink.deleteHostAddress(ip, index: dev) }
         }
     }

@@ -30,6 +30,8 @@ struct AgentFlags: ParsableArguments {
     @Option(help: "cgroup v2 path of the kubelet: only its connections are SNATed to the probe IP. 'auto' (default): the cgroup of the running kubelet process, else 'none'. 'none': every host process, as Istio (env REDIRECT_KUBELET_CGROUP).")
     var kubeletCgroup: String?
     @Option(help: "Enter this network namespace first (the lab runs one agent per node namespace).") var netns: String?
+    @Option(help: "Where the node's cgroup v2 hierarchy is mounted, when the agent runs in its own cgroup namespace: the ebpf dataplane links its probe programs to its root, and cgroup paths resolve below it (env REDIRECT_CGROUP_ROOT; default: the cgroup2 mount).")
+    var cgroupRoot: String = env("REDIRECT_CGROUP_ROOT") ?? ""
 
     /// The agent options these flags describe.
     func options() throws -> AgentOptions {
@@ -41,6 +43,7 @@ struct AgentFlags: ParsableArguments {
         let bpfObject = bpfObject ?? env("REDIRECT_BPF_OBJECT")
         let iptablesBackend = iptablesBackend ?? env("REDIRECT_IPTABLES_BACKEND")
         let selectionFile = selectionFile ?? env("REDIRECT_SELECTION_FILE")
+        if !cgroupRoot.isEmpty { Cgroup.useHierarchy(at: cgroupRoot) }
         guard let mode = DataplaneMode(rawValue: dataplane) else { throw ValidationError("--dataplane: expected ebpf, iptables or auto, got '\(dataplane)'") }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var o = AgentOptions(bpfObject: bpfObject ?? EBPFOptions.defaultObjectPath(besides: (exe as NSString).deletingLastPathComponent))

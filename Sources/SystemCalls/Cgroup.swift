@@ -1,6 +1,7 @@
 import CShim
 import Foundation
 import Glibc
+import Synchronization
 
 /// A cgroup v2 group, named by its path below the cgroup2 mount (as /proc/PID/cgroup and
 /// iptables' `-m cgroup --path` name it) and identified by its id (the directory's inode number,
@@ -33,9 +34,17 @@ public struct Cgroup: Sendable, Equatable, Codable, CustomStringConvertible {
         return try Cgroup(path: String(line.dropFirst(3)))
     }
 
-    /// Where cgroup2 is mounted: /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a
-    /// hybrid one.
+    private static let hierarchy = Mutex<String?>(nil)
+
+    /// Makes `root` the node's cgroup v2 hierarchy for every later resolution: an agent in its own
+    /// cgroup namespace sees only its own group under its cgroup2 mount, so the node's hierarchy
+    /// comes from a host mount (the DaemonSet's `/host/sys/fs/cgroup`).
+    public static func useHierarchy(at root: String) { hierarchy.withLock { $0 = root } }
+
+    /// Where the node's cgroup2 hierarchy is: the one ``useHierarchy(at:)`` named, else the cgroup2
+    /// mount, /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a hybrid one.
     public static func mountPoint() throws -> String {
+        if let root = hierarchy.withLock({ $0 }) { return root }
         let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
         for line in text.split(separator: "\n") {
             let halves = line.components(separatedBy: " - ")

@@ -12,7 +12,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Rounds of every mode.") var rounds = 3
     @Option(help: "Seconds per client run.") var duration = 2.0
     @Option(help: "Pod counts for the enrollment benchmark.") var pods = "1,10,100,1000"
-    @Option(help: "Where to write results.json, README.md and the plots.") var out = "docs/bench"
+    @Option(help: "Where to write results.json, summary.json, README.md and the plots.") var out = "docs/bench"
     @Option(help: "Re-render the report and plots from an earlier results.json instead of measuring.") var from: String?
 
     func run() throws {
@@ -70,6 +70,9 @@ struct Bench: ParsableCommand {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             try enc.encode(result).write(to: URL(fileURLWithPath: "\(out)/results.json"))
         }
+        let summary = JSONEncoder()
+        summary.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try summary.encode(BenchSummary(result)).write(to: URL(fileURLWithPath: "\(out)/summary.json"))
         let report = BenchReport(result: result)
         try report.markdown().write(toFile: "\(out)/README.md", atomically: true, encoding: .utf8)
         for (name, svg) in report.plots() { try svg.write(toFile: "\(out)/\(name)", atomically: true, encoding: .utf8) }
@@ -77,9 +80,7 @@ struct Bench: ParsableCommand {
 
     /// Whether tcx links attach here (kernel 6.6+).
     static func tcxSupported(_ lab: Lab) -> Bool {
-        let uname = (try? Command.run("uname", ["-r"])) ?? "0.0"
-        let v = uname.split(separator: ".").prefix(2).compactMap { Int($0.prefix { $0.isNumber }) }
-        return v.count == 2 && (v[0] > 6 || (v[0] == 6 && v[1] >= 6))
+        KernelRelease.atLeast(6, 6)
     }
 }
 
@@ -99,18 +100,26 @@ struct BenchResult: Codable {
 
 /// The machine, as the report describes it.
 struct MachineInfo: Codable {
+    /// How the binaries under test were built: `release` (`make bench`) or `debug`.
+    var build: String = MachineInfo.buildConfiguration
     var kernel: String
     var cpu: String
     var cpus: Int
     var memoryGiB: Double
     var date: String
 
+    #if DEBUG
+    static let buildConfiguration = "debug"
+    #else
+    static let buildConfiguration = "release"
+    #endif
+
     static func read() -> MachineInfo {
         let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
         let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }.map { String($0.split(separator: ":", maxSplits: 1).last ?? "").trimmingCharacters(in: .whitespaces) } ?? "?"
         let mem = (try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8))?.split(separator: "\n").first?.split(separator: " ").dropFirst().first.flatMap { Double($0) } ?? 0
         let f = ISO8601DateFormatter()
-        return MachineInfo(kernel: ((try? Command.run("uname", ["-r"])) ?? "?").trimmingCharacters(in: .whitespacesAndNewlines), cpu: model,
+        return MachineInfo(kernel: KernelRelease.string, cpu: model,
                            cpus: ProcessInfo.processInfo.activeProcessorCount, memoryGiB: (mem / 1048576 * 10).rounded() / 10, date: f.string(from: Date()))
     }
 }

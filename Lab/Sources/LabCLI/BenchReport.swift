@@ -32,7 +32,7 @@ struct BenchReport {
         var s = """
         # Benchmark: eBPF vs iptables vs no capture
 
-        Produced by `make bench` (`redirect-lab bench`\(result.quick ? " --quick" : "")) on \(m.date): Linux \(m.kernel), \(m.cpus) CPUs (\(m.cpu)), \(m.memoryGiB) GiB.
+        Produced by `make bench` (`redirect-lab bench`\(result.quick ? " --quick" : "")) on \(m.date), \(m.build) build: Linux \(m.kernel), \(m.cpus) CPUs (\(m.cpu)), \(m.memoryGiB) GiB.
         \(result.rounds) interleaved round(s) of every mode (A B C … A B C …), \(result.durationSeconds) s per client run, one client
         connection at a time; medians with min–max over rounds. Compare the ratios, which are measured side by side; the
         absolute numbers move with the machine. The whole run took \(Int(result.seconds)) s. Raw samples: `results.json`.

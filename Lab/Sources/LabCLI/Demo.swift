@@ -104,6 +104,14 @@ extension Demo {
         say(try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_config"]).trimmed)
         say("$ bpftool map dump pinned \(maps)/ra_pods   (one entry per pod address)")
         say(try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_pods"]).trimmed)
+        say("$ bpftool map dump pinned \(maps)/ra_probe_flows   (the kubelet's probe connections, recorded by sockops_node)")
+        say(try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_probe_flows"]).trimmed)
+        say("$ ip -o address show dev lo   (node \(pod.node.name): it holds the probe IPs, so replies reach the kubelet unrewritten)")
+        say(try lab.inNamespace(pod.node.netns, "ip", ["-o", "address", "show", "dev", "lo"]).trimmed)
+        say("$ bpftool link show pinned ...   (the node's socket programs on the cgroup v2 root; nothing on the host veths)")
+        for name in try FileManager.default.contentsOfDirectory(atPath: "\(pod.node.bpfPinRoot)/node").sorted() {
+            say(try Command.run("bpftool", ["link", "show", "pinned", "\(pod.node.bpfPinRoot)/node/\(name)"]).trimmed)
+        }
         say("$ tc filter show dev eth0 ingress   (inside \(pod.name))")
         say(try lab.inNamespace(pod.netns, "tc", ["filter", "show", "dev", "eth0", "ingress"]).trimmed)
         let rules = try lab.inNamespace(pod.netns, "iptables-save", []) + lab.inNamespace(pod.node.netns, "iptables-save", [])

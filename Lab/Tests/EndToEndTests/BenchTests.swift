@@ -5,7 +5,7 @@ import Testing
 
 @Suite("Benchmark smoke run", .serialized)
 struct BenchTests {
-    @Test("redirect-lab bench --quick runs every mode and writes its JSON, report and plots (timing is not checked)")
+    @Test("redirect-lab bench --quick runs every mode and writes its JSON, summary, report and plots (timing is not checked)")
     func quickBench() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         let out = NSTemporaryDirectory() + "ra-bench-\(UUID().uuidString.prefix(8))"
@@ -25,6 +25,17 @@ struct BenchTests {
             #expect(made > 0 && proxied == (t["mode"] as? String == "direct" ? 0 : made), "\(t)")
         }
         #expect((json["enrollment"] as? [[String: Any]])?.isEmpty == false)
+        // summary.json: every metric with each mode side by side, null where a mode does not apply.
+        let summaryData = try Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json"))
+        let summary = try #require(try JSONSerialization.jsonObject(with: summaryData) as? [String: Any])
+        #expect(summary["build"] as? String == "debug", "the test bundle's binaries are a debug build")
+        let metrics = try #require(summary["metrics"] as? [String: [String: Any]])
+        let conn = try #require(metrics["short_conn_per_s_same_node"])
+        #expect(conn["unit"] as? String == "conn/s" && conn["better"] as? String == "higher")
+        for mode in ["direct", "explicit", "iptables", "ebpf"] { #expect((conn[mode] as? Double ?? 0) > 0, "\(mode): \(conn)") }
+        let enrol = try #require(metrics["enrol_ms_per_pod_10_pods"])
+        #expect(enrol["direct"] is NSNull && (enrol["ebpf"] as? Double ?? 0) > 0, "\(enrol)")
+        #expect(metrics.keys.contains { $0.hasPrefix("bpf_ns_per_run_tc_pod_ingress") })
         let report = try String(contentsOfFile: "\(out)/README.md", encoding: .utf8)
         #expect(report.contains("## Against the targets") && report.contains("ebpf / iptables"))
         for plot in ["traffic.svg", "latency.svg", "enrollment.svg"] {

@@ -26,6 +26,13 @@ let conformanceSetups: [CaptureSetup] = [
 /// The dataplanes driven directly (for cases about the dataplane object itself).
 let conformanceModes: [DataplaneMode] = [.iptables, .ebpf]
 
+/// The dataplanes a suite about kernel programs runs: both, unless `REDIRECT_TEST_DATAPLANES` names
+/// fewer (the kernel matrix's VM, where emulation makes every lab slow, runs ebpf only there).
+let kernelSuiteModes: [DataplaneMode] = {
+    let named = ProcessInfo.processInfo.environment["REDIRECT_TEST_DATAPLANES"]?.split(separator: ",").compactMap { DataplaneMode(rawValue: String($0)) }
+    return (named?.isEmpty ?? true) ? conformanceModes : named ?? conformanceModes
+}()
+
 /// A lab with capture: 2 nodes, 2 enrolled pods each, and one pod per node that is not in the mesh.
 struct CaptureLab {
     let lab: Lab

@@ -97,7 +97,7 @@ func hostVeth(_ pod: LabPod) throws -> (index: Int32, name: String) {
 @Suite("Coexistence with another CNI's programs", .serialized)
 struct CoexistenceTests {
     @Test("probes reach meshed pods from the probe IP uncaptured and capture stays intact beside another CNI's programs",
-          arguments: conformanceModes.flatMap { mode in
+          arguments: kernelSuiteModes.flatMap { mode in
               [OtherCNIPrograms.clsactFirst, .clsactLast, .hostRouting, .redirectPeer].map { (mode, $0) }
           }.filter { !($0.0 == .iptables && $0.1 == .hostRouting) }) // iptables beside host routing: its own case below
     func beside(_ mode: DataplaneMode, _ other: OtherCNIPrograms) throws {
@@ -110,7 +110,7 @@ struct CoexistenceTests {
     }
 
     @Test("the same beside tcx links on the node side of each pod's veth",
-          .enabled(if: tcxUnavailableReason() == nil, "tcx needs Linux 6.6 or later"), arguments: conformanceModes)
+          .enabled(if: tcxUnavailableReason() == nil, "tcx needs Linux 6.6 or later"), arguments: kernelSuiteModes)
     func besideTcx(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(mode) { cl throws in
@@ -120,7 +120,8 @@ struct CoexistenceTests {
         }
     }
 
-    @Test("iptables mode beside BPF host routing: probe replies skip the node's reverse SNAT and are lost; with the node's IP as probe IP they arrive")
+    @Test("iptables mode beside BPF host routing: probe replies skip the node's reverse SNAT and are lost; with the node's IP as probe IP they arrive",
+          .enabled(if: kernelSuiteModes.contains(.iptables), "REDIRECT_TEST_DATAPLANES leaves iptables out"))
     func hostRoutingIptables() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(.iptables) { cl throws in
@@ -210,15 +211,6 @@ struct CoexistenceTests {
 
 /// Why tcx links cannot be made here, or nil.
 func tcxUnavailableReason() -> String? {
-    let (major, minor) = kernelVersion()
-    return major < 6 || (major == 6 && minor < 6) ? "tcx needs Linux 6.6 (this is \(major).\(minor))" : nil
-}
-
-/// The running kernel's major and minor version.
-func kernelVersion() -> (Int, Int) {
-    var u = utsname()
-    uname(&u)
-    let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-    let parts = release.split(separator: ".").prefix(2).compactMap { Int($0.prefix { $0.isNumber }) }
-    return (parts.first ?? 0, parts.count > 1 ? parts[1] : 0)
+    let v = KernelRelease.version
+    return KernelRelease.atLeast(6, 6) ? nil : "tcx needs Linux 6.6 (this is \(v.major).\(v.minor))"
 }

@@ -1,0 +1,82 @@
+import Foundation
+
+/// `summary.json`: one entry per metric with every mode side by side (medians over the rounds), so
+/// that any run can be compared with another by a program. A mode a metric does not apply to is null.
+struct BenchSummary: Encodable {
+    /// One metric: its unit, which way is better, and each mode's median.
+    struct Metric: Encodable {
+        var unit: String
+        var better: String
+        var values: [String: Double?]
+
+        enum Fixed: String, CodingKey { case unit, better }
+        struct Mode: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
+
+        func encode(to encoder: Encoder) throws {
+            var fixed = encoder.container(keyedBy: Fixed.self)
+            try fixed.encode(unit, forKey: .unit)
+            try fixed.encode(better, forKey: .better)
+            var modes = encoder.container(keyedBy: Mode.self)
+            for (mode, value) in values { try modes.encode(value, forKey: Mode(stringValue: mode)) } // nil: null
+        }
+    }
+
+    var build: String
+    var kernel: String
+    var cpu: String
+    var rounds: Int
+    var metrics: [String: Metric]
+
+    /// The summary of `result`, with the modes `direct`, `explicit`, `iptables`, `ebpf` (and `ebpf-tcx` when measured).
+    init(_ result: BenchResult) {
+        build = result.machine.build
+        kernel = result.machine.kernel
+        cpu = result.machine.cpu
+        rounds = result.rounds
+        let report = BenchReport(result: result)
+        let modes = ["direct", "explicit", "iptables", "ebpf"] + (result.modes.contains("ebpf-tcx") ? ["ebpf-tcx"] : [])
+        var metrics: [String: Metric] = [:]
+        for placement in ["same-node", "cross-node"] {
+            let suffix = placement == "same-node" ? "same_node" : "cross_node"
+            func traffic(_ name: String, _ unit: String, _ better: String, _ kind: String, _ value: @escaping (TrafficSample) -> Double) {
+                metrics["\(name)_\(suffix)"] = Metric(unit: unit, better: better, values: Dictionary(uniqueKeysWithValues: modes.map { mode in
+                    (mode, report.stat(mode, placement, kind, value)?.median)
+                }))
+            }
+            traffic("short_conn_per_s", "conn/s", "higher", "short") { $0.rate }
+            traffic("short_p50_us", "us", "lower", "short") { $0.p50us }
+            traffic("short_p99_us", "us", "lower", "short") { $0.p99us }
+            traffic("long_req_per_s", "req/s", "higher", "long") { $0.rate }
+            traffic("long_p99_us", "us", "lower", "long") { $0.p99us }
+            traffic("bulk_gbps", "Gbit/s", "higher", "bulk") { $0.gbps }
+        }
+        for pods in Set(result.enrollment.map(\.pods)).sorted() {
+            func enrolment(_ name: String, _ value: @escaping (EnrollSample) -> Double?) {
+                metrics["\(name)_\(pods)_pods"] = Metric(unit: "ms/pod", better: "lower", values: Dictionary(uniqueKeysWithValues: modes.map { mode in
+                    (mode, result.enrollment.first { $0.mode == mode && $0.pods == pods }.flatMap(value))
+                }))
+            }
+            enrolment("enrol_ms_per_pod") { $0.enrollMs / Double(max($0.pods, 1)) }
+            enrolment("remove_ms_per_pod") { $0.removeMs / Double(max($0.pods, 1)) }
+            enrolment("probe_ip_change_ms_per_pod") { s in s.probeChangeMs.map { $0 / Double(max(s.pods, 1)) } }
+        }
+        for (program, byMode) in BenchSummary.bpfCost(result) {
+            metrics["bpf_ns_per_run_\(program)"] = Metric(unit: "ns", better: "lower", values: Dictionary(uniqueKeysWithValues: modes.map { ($0, byMode[$0]) }))
+        }
+        self.metrics = metrics
+    }
+
+    /// BPF ns per run, by program and mode.
+    private static func bpfCost(_ result: BenchResult) -> [String: [String: Double]] {
+        var out: [String: [String: Double]] = [:]
+        for (mode, programs) in result.bpfNsPerRun {
+            for (program, ns) in programs { out[program, default: [:]][mode] = ns }
+        }
+        return out
+    }
+}
