@@ -8,17 +8,23 @@ import PackageDescription
 /// - `Lab/Sources/`: the local node lab only (pods as namespaces, the stand-in ztunnel, lab apps, `redirect-lab`).
 /// - `Tests/`: unit and kernel tests of the shipped modules; `Lab/Tests/`: end-to-end suites through the lab.
 /// Shipped targets never depend on lab targets (checked by `ArchitectureTests`).
+/// Targets that use CShim's C structs: without cross-module optimization. Swift 6.3's release
+/// build serializes their small functions for other modules, and then fails to find the implicit
+/// BitwiseCopyable conformance of an imported C struct (ra_pod_key, ra_node, ...) when another
+/// module deserializes them (a compiler crash in `swift build -c release`).
+let cStructUser: [SwiftSetting] = [.unsafeFlags(["-disable-cmo"])]
+
 let shipped: [Target] = [
     // Thin C over libc and libbpf (prefixed `cshim_`, no logic).
     .target(name: "CShim", linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
     // The syscall boundary: errno to typed errors, sockets, netlink, namespaces on dedicated threads.
-    .target(name: "SystemCalls", dependencies: ["CShim"]),
+    .target(name: "SystemCalls", dependencies: ["CShim"], swiftSettings: cStructUser),
     // libbpf: open, load, pin, attach, test-run.
-    .target(name: "BPFLoader", dependencies: ["CShim", "SystemCalls", .product(name: "Logging", package: "swift-log")]),
+    .target(name: "BPFLoader", dependencies: ["CShim", "SystemCalls", .product(name: "Logging", package: "swift-log")], swiftSettings: cStructUser),
     // Desired state to kernel maps.
-    .target(name: "MapSync", dependencies: ["BPFLoader", "CShim", "SystemCalls"]),
+    .target(name: "MapSync", dependencies: ["BPFLoader", "CShim", "SystemCalls"], swiftSettings: cStructUser),
     // The capture modes behind one protocol: ebpf and iptables.
-    .target(name: "Dataplane", dependencies: ["SystemCalls", "BPFLoader", "MapSync", .product(name: "Logging", package: "swift-log")]),
+    .target(name: "Dataplane", dependencies: ["SystemCalls", "BPFLoader", "MapSync", .product(name: "Logging", package: "swift-log")], swiftSettings: cStructUser),
     // ztunnel's ZDS protocol.
     .target(name: "ZDS", dependencies: ["SystemCalls", "CShim", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                         .product(name: "Logging", package: "swift-log")], exclude: ["zds.proto.note"]),

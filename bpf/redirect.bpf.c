@@ -377,7 +377,7 @@ int sk_lookup_pod(struct bpf_sk_lookup *ctx)
 }
 
 /* Node side: a kubelet connect() to an in-mesh pod is bound to the probe IP. The node holds the
- * probe IP as a local address (the agent's ra-probe device), so the pod's replies come back to
+ * probe IP as a local address (on loopback), so the pod's replies come back to
  * the kubelet's socket with no rewriting and no conntrack. Never refuses a connect(). */
 SEC("cgroup/connect4")
 int cg_node_connect4(struct bpf_sock_addr *ctx)

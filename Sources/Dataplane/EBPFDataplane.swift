@@ -38,7 +38,7 @@ public struct EBPFOptions: Sendable {
 /// Capture with BPF programs: on the pod's own interface (inside its namespace) tc programs steer
 /// packets to the proxy's sockets with bpf_sk_assign; an sk_lookup program covers SYNs that meet a
 /// TIME_WAIT socket. On the node, socket programs on the cgroup root give the kubelet's connections
-/// to in-mesh pods the probe IP as their source (the node holds it on the `ra-probe` device), so
+/// to in-mesh pods the probe IP as their source (the node holds it on loopback), so
 /// nothing of ours runs on the host side of a pod's veth, where the primary CNI's programs are.
 /// State lives in pinned maps (``MapSync``). No iptables rule anywhere.
 public final class EBPFDataplane: Dataplane, Sendable {
