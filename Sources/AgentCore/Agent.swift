@@ -26,6 +26,9 @@ public struct AgentOptions: Sendable {
     public var iptablesBackend: IptablesBackend?
     /// The node-local selection file.
     public var selectionFile: String?
+    /// Learn the proxy's cgroup from its ZDS connection (`--proxy-cgroup zds-peer`): until a
+    /// proxy has connected, no socket is the proxy's.
+    public var learnProxyCgroup = false
     /// What one request may carry, and how many pods the node takes.
     public var limits = RequestLimits()
     /// Creates options.
@@ -89,12 +92,15 @@ public final class Agent: Sendable {
 
     /// Chooses the dataplane and loads the state file (migrating pods if the dataplane changed).
     public init(options: AgentOptions, logger: Logger = Logger(label: "redirect-agent")) throws {
-        self.options = options
         self.logger = logger
         self.store = StateStore(path: options.statePath)
+        let state = try store.load()
+        var options = options
+        if options.learnProxyCgroup { options.capture.rememberProxy(state.proxyCgroup, logger: logger) }
+        self.options = options
         self.selection = FileAndArgsSelection(path: options.selectionFile)
         (dataplane, reason, features) = try Agent.chooseDataplane(options, logger: logger)
-        guarded = Mutex(try store.load())
+        guarded = Mutex(state)
         logger.info("dataplane chosen", metadata: ["dataplane": "\(dataplane.mode.rawValue)", "reason": "\(reason)"])
     }
 
@@ -194,7 +200,8 @@ public final class Agent: Sendable {
     /// Starts ZDS for the proxy.
     public func startZDS() throws {
         let initial = guarded.withLock { $0.pods.values.map { ZDSWorkload(uid: $0.spec.uid, name: $0.spec.name, namespace: $0.spec.namespace, netns: $0.spec.netns) } }
-        let server = try ZDSServer(path: options.zdsSocket, logger: logger, initial: initial)
+        let server = try ZDSServer(path: options.zdsSocket, logger: logger, initial: initial,
+                                   admit: { [self] socket in try admitProxy(socket) })
         zdsServer.withLock { $0 = server }
         server.start()
     }
@@ -307,7 +314,7 @@ public final class Agent: Sendable {
                                           "node_socket_programs": f.nodeSocketPrograms],
                                ebpfMissing: f.missing, probeIPv4: dataplane.config.probeIPv4.description,
                                probeIPv6: dataplane.config.probeIPv6.description, proxyConnected: zds?.connected ?? false, pods: pods)
-            status.proxyIdentity = dataplane.config.proxyCgroup.map { "cgroup \($0)" } ?? "mark only (forgeable, as Istio)"
+            status.proxyIdentity = proxyIdentity(dataplane.config)
             status.probeSource = dataplane.config.kubeletCgroup.map { "cgroup \($0)" } ?? "any host process (as Istio)"
             if let ebpf = dataplane as? EBPFDataplane {
                 (status.probePath, status.nodeDrift) = ebpf.describeNode()

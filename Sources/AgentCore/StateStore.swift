@@ -39,10 +39,13 @@ public struct AgentState: Codable, Sendable {
     /// Operations begun but not finished, by UID: written before the kernel is touched, cleared
     /// after. A restart finishes a removal and undoes an enrolment found here.
     public var pending: [String: PendingOperation] = [:]
+    /// The proxy's cgroup as last learned from its ZDS connection (with `--proxy-cgroup zds-peer`):
+    /// a restarted agent keeps it, so the proxy's open connections stay its own.
+    public var proxyCgroup: Cgroup?
     /// Creates an empty state.
     public init() {}
 
-    private enum CodingKeys: String, CodingKey { case version, dataplane, probeIPv4, probeIPv6, pods, pending }
+    private enum CodingKeys: String, CodingKey { case version, dataplane, probeIPv4, probeIPv6, pods, pending, proxyCgroup }
 
     /// Reads a state file; files from before `pending` existed have none.
     public init(from decoder: any Decoder) throws {
@@ -53,6 +56,7 @@ public struct AgentState: Codable, Sendable {
         probeIPv6 = try c.decodeIfPresent(String.self, forKey: .probeIPv6)
         pods = try c.decodeIfPresent([String: EnrolledPod].self, forKey: .pods) ?? [:]
         pending = try c.decodeIfPresent([String: PendingOperation].self, forKey: .pending) ?? [:]
+        proxyCgroup = try c.decodeIfPresent(Cgroup.self, forKey: .proxyCgroup)
     }
 }
 
@@ -111,6 +115,8 @@ public struct AgentError: Error, CustomStringConvertible, Sendable {
         case capacityExceeded
         /// The request names something another pod owns (an address, a network namespace), or the node's own namespace.
         case conflict
+        /// A ZDS peer whose cgroup cannot be the proxy's identity.
+        case proxyUnidentified
         case ebpfUnavailable, enrollFailed, removeFailed, notEnrolled, drift, io, proxyRejected
     }
     /// The code.

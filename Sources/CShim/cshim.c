@@ -13,6 +13,8 @@
 int cshim_setns(int fd, int nstype) { return setns(fd, nstype); }
 int cshim_clone_newnet(void) { return CLONE_NEWNET; }
 int cshim_unshare_net(void) { return unshare(CLONE_NEWNET); }
+int cshim_clone_newcgroup(void) { return CLONE_NEWCGROUP; }
+int cshim_unshare_cgroup(void) { return unshare(CLONE_NEWCGROUP); }
 ssize_t cshim_splice(int fd_in, int fd_out, size_t len) {
     return splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_MOVE);
 }
@@ -222,6 +224,14 @@ int cshim_is_bpffs(const char *path) {
 int cshim_mount_bpffs(const char *path) { return mount("bpf", path, "bpf", 0, NULL); }
 int cshim_umount(const char *path) { return umount2(path, MNT_DETACH); }
 int cshim_num_possible_cpus(void) { return libbpf_num_possible_cpus(); }
+
+int cshim_peer_pid(int fd, int32_t *pid) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    int r = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+    if (r == 0) *pid = cred.pid;
+    return r;
+}
 
 ssize_t cshim_send_with_fd(int sock, const void *data, size_t len, int fd) {
     struct iovec iov = { .iov_base = (void *)data, .iov_len = len };

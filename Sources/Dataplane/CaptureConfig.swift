@@ -48,6 +48,9 @@ public struct CaptureConfig: Sendable, Equatable, Codable {
     /// Only sockets in this cgroup are the proxy's; nil: any socket with the proxy mark (Istio's
     /// rule, which any app with CAP_NET_RAW can forge).
     public var proxyCgroup: Cgroup?
+    /// The proxy's cgroup is learned from its ZDS connection and no proxy has connected yet
+    /// (``proxyCgroup`` is nil): no socket is the proxy's, whatever its mark.
+    public var proxyUnknown = false
     /// Only connections from this cgroup (the kubelet's) are SNATed to the probe IP; nil: any
     /// socket of the node (Istio's rule).
     public var kubeletCgroup: Cgroup?

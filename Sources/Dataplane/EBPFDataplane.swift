@@ -115,10 +115,13 @@ public final class EBPFDataplane: Dataplane, Sendable {
         logger.info("ebpf dataplane loaded", metadata: ["pins": "\(options.pinRoot)", "attach": "\(options.attach.rawValue)"])
     }
 
+    /// A cgroup id no socket has: the proxy's identity while it is still to be learned.
+    static let noCgroup = UInt64.max
+
     static func kernelConfig(_ c: CaptureConfig) -> KernelConfig {
         KernelConfig(probeIPv4: c.probeIPv4, probeIPv6: c.probeIPv6, outboundPort: c.outboundPort, inboundPort: c.inboundPort,
                      tunnelPort: c.tunnelPort, proxyMark: c.proxyMark, markMask: c.markMask, captureMark: c.connMark,
-                     proxyCgroup: c.proxyCgroup?.id ?? 0, kubeletCgroup: c.kubeletCgroup?.id ?? 0)
+                     proxyCgroup: c.proxyUnknown ? Self.noCgroup : c.proxyCgroup?.id ?? 0, kubeletCgroup: c.kubeletCgroup?.id ?? 0)
     }
 
     private var routing: PolicyRouting { PolicyRouting(config: config) }
@@ -158,6 +161,16 @@ public final class EBPFDataplane: Dataplane, Sendable {
             return (old, c)
         }
         try holdProbeAddresses([v4, v6], releasing: [old.probeIPv4, old.probeIPv6])
+        try maps.write(Self.kernelConfig(c))
+    }
+
+    /// One map write: the next packet of every pod knows the proxy by its new cgroup.
+    public func setProxyCgroup(_ cgroup: Cgroup, pods: [PodSpec]) throws {
+        let c = current.withLock { c -> CaptureConfig in
+            c.proxyCgroup = cgroup
+            c.proxyUnknown = false
+            return c
+        }
         try maps.write(Self.kernelConfig(c))
     }
 

@@ -139,6 +139,16 @@ public final class IptablesDataplane: Dataplane, Sendable {
     public func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws {
         current.withLock { $0.probeIPv4 = v4; $0.probeIPv6 = v6 }
         for fam in [false, true] { try applyNodeRules(ipv6: fam) }
+        try reapply(pods)
+    }
+
+    /// Re-renders every pod's rules with the proxy's new cgroup (one restore per pod and family).
+    public func setProxyCgroup(_ cgroup: Cgroup, pods: [PodSpec]) throws {
+        current.withLock { $0.proxyCgroup = cgroup; $0.proxyUnknown = false }
+        try reapply(pods)
+    }
+
+    private func reapply(_ pods: [PodSpec]) throws {
         for pod in pods where FileManager.default.fileExists(atPath: pod.netns) {
             for fam in families(of: pod) { try applyPodRules(pod, ipv6: fam) }
         }

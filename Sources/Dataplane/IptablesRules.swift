@@ -55,7 +55,7 @@ public struct IptablesRules: Sendable {
         // Who skips capture on the way out: with a cgroup, one ACCEPT for the proxy's sockets and no
         // mark test after it; without, Istio's `! --mark` on each rule.
         let proxy = c.proxyCgroup.map { "-m mark --mark \(mark) -m cgroup --path \($0.path)" }
-        let notProxy = proxy == nil ? " -m mark ! --mark \(mark)" : ""
+        let notProxy = proxy == nil && !c.proxyUnknown ? " -m mark ! --mark \(mark)" : ""
         let mangle: [(String, String)] = [
             (prerouting, "-m mark --mark \(mark) -j CONNMARK --set-xmark \(conn)"),
             (prerouting, "! -i lo -m connmark --mark \(conn) -j DROP"),
@@ -131,12 +131,14 @@ public struct IptablesRules: Sendable {
     /// holding that port with the forged mark would otherwise answer the pod's queries. (An
     /// unconnected UDP socket gets no early demux, so such an app still reads the queries.)
     func hijackGuard() -> [(String, String)] {
-        guard let cgroup = config.proxyCgroup?.path else { return [] }
         let c = config
+        guard c.proxyCgroup != nil || c.proxyUnknown else { return [] }
+        // No proxy known yet: no socket is the proxy's, so the cgroup test is left out.
+        let notProxy = c.proxyCgroup.map { " -m cgroup ! --path \($0.path)" } ?? ""
         let ports = ([c.outboundPort, c.inboundPort, c.tunnelPort] + (c.dnsCapture ? [c.dnsPort] : [])).map(String.init).joined(separator: ",")
-        let sender = "-m owner --uid-owner 0-4294967294 -m cgroup ! --path \(cgroup) -j DROP"
+        let sender = "-m owner --uid-owner 0-4294967294\(notProxy) -j DROP"
         var rules = [
-            (input, "-p tcp -m multiport --dports \(ports) -m conntrack --ctdir ORIGINAL -m cgroup ! --path \(cgroup) -j DROP"),
+            (input, "-p tcp -m multiport --dports \(ports) -m conntrack --ctdir ORIGINAL\(notProxy) -j DROP"),
             (output, "-p tcp -m multiport --sports \(ports) -m conntrack --ctdir REPLY \(sender)"),
         ]
         if c.dnsCapture { rules.append((output, "-p udp -m udp --sport \(c.dnsPort) -m conntrack --ctdir REPLY \(sender)")) }

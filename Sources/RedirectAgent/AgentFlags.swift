@@ -25,7 +25,7 @@ struct AgentFlags: ParsableArguments {
     @Option(help: "legacy or nft; detected when absent (env REDIRECT_IPTABLES_BACKEND).") var iptablesBackend: String?
     @Option(help: "Node-local pod selection file (env REDIRECT_SELECTION_FILE).") var selectionFile: String?
     @Flag(help: "Capture DNS to the proxy's 15053 (iptables mode).") var dnsCapture = false
-    @Option(help: "cgroup v2 path of the proxy: only its sockets skip capture. 'none': any socket with the proxy mark, as Istio (env REDIRECT_PROXY_CGROUP).")
+    @Option(help: "cgroup v2 path of the proxy: only its sockets skip capture. 'zds-peer': the cgroup of the process connected to the ZDS socket, learned at each connection (until one connects, no socket skips capture). 'none': any socket with the proxy mark, as Istio (env REDIRECT_PROXY_CGROUP).")
     var proxyCgroup: String?
     @Option(help: "cgroup v2 path of the kubelet: only its connections are SNATed to the probe IP. 'auto' (default): the cgroup of the running kubelet process, else 'none'. 'none': every host process, as Istio (env REDIRECT_KUBELET_CGROUP).")
     var kubeletCgroup: String?
@@ -50,7 +50,9 @@ struct AgentFlags: ParsableArguments {
         o.mode = mode
         do { try o.capture.setProbeIPs(v4: probeIP, v6: probeIPv6) } catch { throw ValidationError("\(error)") }
         o.capture.dnsCapture = dnsCapture
-        o.capture.proxyCgroup = try Self.cgroup(proxyCgroup ?? env("REDIRECT_PROXY_CGROUP") ?? "none", flag: "--proxy-cgroup", auto: nil)
+        let proxy = proxyCgroup ?? env("REDIRECT_PROXY_CGROUP") ?? "none"
+        o.learnProxyCgroup = proxy == "zds-peer"
+        if !o.learnProxyCgroup { o.capture.proxyCgroup = try Self.cgroup(proxy, flag: "--proxy-cgroup", auto: nil) }
         o.capture.kubeletCgroup = try Self.cgroup(kubeletCgroup ?? env("REDIRECT_KUBELET_CGROUP") ?? "auto", flag: "--kubelet-cgroup",
                                                   auto: { KubeletProcess.cgroup() })
         o.stateDirectory = stateDir

@@ -25,13 +25,10 @@ public struct Cgroup: Sendable, Equatable, Codable, CustomStringConvertible {
         self.init(path: clean, id: UInt64(st.st_ino))
     }
 
-    /// The group of a running process (its cgroup v2 line in /proc/PID/cgroup).
-    public static func of(pid: Int32, procRoot: String = "/proc") throws -> Cgroup {
-        let text = try String(contentsOfFile: "\(procRoot)/\(pid)/cgroup", encoding: .utf8)
-        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else {
-            throw SystemError("process \(pid) has no cgroup v2 entry", code: ENOENT)
-        }
-        return try Cgroup(path: String(line.dropFirst(3)))
+    /// The group of a running process (its cgroup v2 line in /proc/PID/cgroup), named as the
+    /// node's cgroup namespace (that of pid 1, or the one at `nodeNamespace`) names it.
+    public static func of(pid: Int32, procRoot: String = "/proc", nodeNamespace: String? = nil) throws -> Cgroup {
+        try Cgroup(path: try nodePath(of: pid, procRoot: procRoot, nodeNamespace: nodeNamespace))
     }
 
     private static let hierarchy = Mutex<String?>(nil)

@@ -52,6 +52,14 @@ public final class Socket: Sendable {
         return m
     }
 
+    /// SO_PEERCRED of a connected unix socket: the peer's pid in this process's pid namespace
+    /// (0 when the peer's process is outside it).
+    public func peerProcessID() throws -> Int32 {
+        var pid: Int32 = 0
+        try check("getsockopt SO_PEERCRED", cshim_peer_pid(fd, &pid))
+        return pid
+    }
+
     /// IP_TRANSPARENT / IPV6_TRANSPARENT: bind to non-local addresses and accept redirected flows.
     public func setTransparent(ipv6: Bool) throws {
         try check("setsockopt IP_TRANSPARENT", cshim_set_transparent(fd, ipv6 ? 1 : 0))

@@ -34,14 +34,20 @@ public final class ZDSServer: Sendable {
     // workloads so it never calls back into its owner while holding this lock.
     private let peer = Mutex(Peer())
     private let ackTimeout: Double
+    private let admit: @Sendable (Socket) throws -> (@Sendable () -> Void)
 
-    /// Listens on `path`; `initial` are the pods a new proxy receives in its snapshot.
-    public init(path: String, ackTimeout: Double = 5, logger: Logger = Logger(label: "zds"), initial: [ZDSWorkload]) throws {
+    /// Listens on `path`; `initial` are the pods a new proxy receives in its snapshot. `admit` sees
+    /// each proxy's connection after its hello and before its snapshot; a proxy it throws for is
+    /// dropped with the reason in the log. What it returns undoes the admission, and runs when the
+    /// proxy is lost before its snapshot is through (the previous proxy, if any, stays the proxy).
+    public init(path: String, ackTimeout: Double = 5, logger: Logger = Logger(label: "zds"), initial: [ZDSWorkload],
+                admit: @escaping @Sendable (Socket) throws -> (@Sendable () -> Void) = { _ in {} }) throws {
         // Whoever connects here receives pod network namespaces: root only (0600 in a 0700 directory).
         try PrivateDirectory.prepare((path as NSString).deletingLastPathComponent)
         self.listener = try UnixSocket.listen(path: path, type: cshim_sock_seqpacket(), mode: 0o600)
         self.logger = logger
         self.ackTimeout = ackTimeout
+        self.admit = admit
         peer.withLock { p in for w in initial { p.workloads[w.uid] = w } }
     }
 
@@ -59,11 +65,19 @@ public final class ZDSServer: Sendable {
     }
 
     private func serve(_ ch: ZDSChannel) {
+        let undo: @Sendable () -> Void
         do {
             try ch.socket.setTimeout(seconds: ackTimeout)
             guard let (hello, fd) = try ch.receive(Istio_Workload_Zds_ZdsHello.self) else { return }
             if fd >= 0 { close(fd) }
             logger.info("proxy connected", metadata: ["version": "\(hello.version)"])
+            undo = try admit(ch.socket)
+        } catch {
+            logger.error("proxy refused", metadata: ["error": "\(error)"])
+            ch.socket.close()
+            return
+        }
+        do {
             try peer.withLock { p in
                 for w in p.workloads.values.sorted(by: { $0.uid < $1.uid }) { try sendAdd(w, on: ch) }
                 var req = Istio_Workload_Zds_WorkloadRequest()
@@ -73,8 +87,9 @@ public final class ZDSServer: Sendable {
             }
             logger.info("snapshot sent to proxy")
         } catch {
-            logger.warning("proxy dropped during hello/snapshot", metadata: ["error": "\(error)"])
+            logger.warning("proxy dropped during its snapshot", metadata: ["error": "\(error)"])
             ch.socket.close()
+            undo()
         }
     }
 

@@ -53,9 +53,10 @@ struct DeployManifestTests {
         #expect(try daemonSetPod["serviceAccountName"] as? String == "redirect-agent")
     }
 
-    @Test("host network, named capabilities, never privileged")
+    @Test("host network and pids, named capabilities, never privileged")
     func security() throws {
         #expect(try daemonSetPod["hostNetwork"] as? Bool == true)
+        #expect(try daemonSetPod["hostPID"] as? Bool == true, "the proxy's pid from its ZDS connection, the kubelet's process")
         for c in try containers() {
             let sc = c["securityContext"] as? [String: Any] ?? [:]
             #expect(sc["privileged"] as? Bool != true, "\(c["name"] ?? "") is not privileged")

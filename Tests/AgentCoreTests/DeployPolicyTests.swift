@@ -54,7 +54,7 @@ extension DeployManifestTests {
 
     @Test("only the capabilities the agent needs, each explained by the comment above it")
     func capabilities() throws {
-        let expected = ["agent": ["NET_ADMIN", "SYS_ADMIN", "BPF", "PERFMON", "SYS_RESOURCE"],
+        let expected = ["agent": ["NET_ADMIN", "SYS_ADMIN", "BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"],
                         "install-cni": ["CHOWN", "FOWNER", "DAC_OVERRIDE"]]
         for c in try containers() {
             let name = c["name"] as? String ?? "?"

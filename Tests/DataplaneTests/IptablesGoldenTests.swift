@@ -23,6 +23,7 @@ struct IptablesGoldenTests {
         ("pod_hostprobe_v4", IptablesRules(config: config { try $0.setProbeIPs(v4: "172.30.0.1", v6: nil) }).pod(ipv6: false)),
         ("pod_proxycgroup_v4", IptablesRules(config: config { $0.proxyCgroup = Cgroup(path: "/kubepods/ztunnel", id: 7) }).pod(ipv6: false)),
         ("pod_proxycgroup_dns_v6", IptablesRules(config: config { $0.proxyCgroup = Cgroup(path: "/kubepods/ztunnel", id: 7); $0.dnsCapture = true }).pod(ipv6: true)),
+        ("pod_proxyunknown_dns_v4", IptablesRules(config: config { $0.proxyUnknown = true; $0.dnsCapture = true }).pod(ipv6: false)),
         ("pod_reroute_v4", IptablesRules(config: config(), reroute: ["tap0", "net1"]).pod(ipv6: false)),
         ("node_kubeletcgroup_v4", IptablesRules(config: config { $0.kubeletCgroup = Cgroup(path: "/system.slice/kubelet.service", id: 9) }).node(ipv6: false, jumpPresent: false, jumpIsFirst: false)),
         ("node_default_v4", IptablesRules(config: config()).node(ipv6: false, jumpPresent: false, jumpIsFirst: false)),

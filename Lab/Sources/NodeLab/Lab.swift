@@ -186,7 +186,7 @@ public final class Lab: Sendable {
 
     /// Builds the nodes, the link between them, and `podsPerNode` pods on each.
     public func up() throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Lab.retryingSweepRace { try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true) }
         for i in 1...options.nodes {
             let node = LabNode(index: i, runID: options.runID, runDirectory: directory)
             members.withLock { $0.nodes.append(node) }
@@ -209,7 +209,7 @@ public final class Lab: Sendable {
         try FileManager.default.createDirectory(atPath: node.cniConfDir, withIntermediateDirectories: true)
         try ip(["netns", "add", node.netnsName])
         try ip(["-n", node.netnsName, "link", "set", "lo", "up"])
-        for path in [node.proxyCgroupPath, node.kubeletCgroupPath, node.daemonCgroupPath] { _ = try Cgroup.create(path: path) }
+        for path in [node.proxyCgroupPath, node.kubeletCgroupPath, node.daemonCgroupPath] { _ = try Lab.retryingSweepRace { try Cgroup.create(path: path) } }
         try node.netns.run {
             try writeSysctl("net.ipv4.ip_forward", "1")
             if self.options.ipv6 {
@@ -339,19 +339,20 @@ public final class Lab: Sendable {
         try waitForLine("READY", in: app, what: "app in \(pod.name)")
     }
 
-    /// Starts the mesh proxy for `node`.
-    public func startProxy(on node: LabNode) throws {
+    /// Starts the mesh proxy for `node`, in the node's proxy cgroup unless another is given.
+    public func startProxy(on node: LabNode, cgroup: String? = nil) throws {
         let zds = options.agentDataplane != nil ? ["--zds", node.agentZDSSocket] : []
         let proxy = try ManagedProcess(try LabBinaries.path("mesh-proxy"), [
             "--netns", node.netns.path, "--control", node.proxyControlPath, "--records", node.proxyRecordsPath,
-        ] + zds, logPath: "\(node.directory)/proxy.log", cgroup: node.proxyCgroupPath)
+        ] + zds, logPath: "\(node.directory)/proxy.log", cgroup: cgroup ?? node.proxyCgroupPath)
         node.proxy = proxy
         try waitForLine("READY", in: proxy, what: "mesh proxy on \(node.name)")
     }
 
     /// The arguments the lab runs `redirect-agent run` with on `node`.
     public func agentArguments(_ node: LabNode, dataplane: String) -> [String] {
-        let identities = options.identities ? ["--proxy-cgroup", node.proxyCgroupPath, "--kubelet-cgroup", node.kubeletCgroupPath]
+        // The proxy's identity as the DaemonSet sets it: learned from the proxy's ZDS connection.
+        let identities = options.identities ? ["--proxy-cgroup", "zds-peer", "--kubelet-cgroup", node.kubeletCgroupPath]
                                             : ["--proxy-cgroup", "none", "--kubelet-cgroup", "none"]
         return ["run", "--netns", node.netns.path, "--dataplane", dataplane, "--state-dir", node.agentDirectory,
                 "--pin-root", node.bpfPinRoot] + identities + options.agentExtraArguments + ["--metrics-address", "127.0.0.1:15029"]
@@ -446,6 +447,14 @@ public final class Lab: Sendable {
             for _ in 0..<100 where rmdir(dir) != 0 && errno == EBUSY { usleep(20_000) }
         }
         rmdir(mount + cgroupRoot) // only when no other lab is running
+    }
+
+    /// Runs `make` (a create with intermediate directories) again when it fails: another lab's
+    /// sweep removes the shared root when it is empty, which it can be between the two mkdirs.
+    @discardableResult
+    static func retryingSweepRace<T>(_ make: () throws -> T) throws -> T {
+        for _ in 1..<5 { if let made = try? make() { return made } }
+        return try make()
     }
 
     private static func isLabName(_ name: String) -> Bool {

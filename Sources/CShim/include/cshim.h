@@ -23,6 +23,10 @@ int cshim_setns(int fd, int nstype);
 int cshim_unshare_net(void);
 /// The CLONE_NEWNET constant.
 int cshim_clone_newnet(void);
+/// CLONE_NEWCGROUP, for setns(2).
+int cshim_clone_newcgroup(void);
+/// unshare(CLONE_NEWCGROUP) on the calling thread.
+int cshim_unshare_cgroup(void);
 /// splice(2) with SPLICE_F_MOVE (not SPLICE_F_MORE: it corks TCP and delays small replies).
 ssize_t cshim_splice(int fd_in, int fd_out, size_t len);
 /// pipe2(2) with O_CLOEXEC.
@@ -41,6 +45,8 @@ int cshim_set_transparent(int fd, int ipv6);
 int cshim_set_mark(int fd, uint32_t mark);
 /// getsockopt(SOL_SOCKET, SO_MARK).
 int cshim_get_mark(int fd, uint32_t *mark);
+/// getsockopt(SOL_SOCKET, SO_PEERCRED): the peer's pid as the caller's pid namespace sees it (0: not visible).
+int cshim_peer_pid(int fd, int32_t *pid);
 /// accept4(2) with SOCK_CLOEXEC.
 int cshim_accept_cloexec(int fd);
 /// SOCK_STREAM, SOCK_SEQPACKET and SOCK_CLOEXEC.

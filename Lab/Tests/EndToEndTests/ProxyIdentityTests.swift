@@ -1,0 +1,90 @@
+import AgentAPI
+import Dataplane
+import Foundation
+import NodeLab
+import SystemCalls
+import Testing
+
+/// Invariant 5 with the proxy's identity learned, not configured (`--proxy-cgroup zds-peer`, as
+/// the DaemonSet runs it): whatever connects to the ZDS socket is the proxy, by its cgroup.
+@Suite("The proxy's identity from its ZDS connection", .serialized)
+struct ProxyIdentityTests {
+    @Test("before any proxy connects no socket skips capture; the proxy's cgroup is learned at its hello, kept across an agent restart, and follows a proxy that comes back in another cgroup",
+          arguments: ["ebpf", "iptables"])
+    func learned(_ dataplane: String) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab({ o in
+            o.podsPerNode = 0
+            o.agentDataplane = dataplane
+            o.startProxies = false
+        }) { lab throws in
+            let node = lab.nodes[0]
+            let pod = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let outsider = try lab.addPod(on: node, name: "n1-plain")
+            let dst = SocketAddress(outsider.ip4, Lab.httpPort)
+            let identity = { try status(node).proxyIdentity ?? "" }
+            let before = try identity()
+            #expect(before.contains("no proxy has connected yet"), "\(before)")
+
+            // No proxy yet: a socket with the proxy's mark is captured like any other, and with
+            // nobody to take it, the outsider sees nothing.
+            #expect(throws: (any Error).self) { try lab.request(from: pod, to: dst, timeout: 1, mark: 0x539) }
+            #expect(try lab.appRecords(outsider).isEmpty)
+
+            // The proxy connects: its cgroup is the proxy's; captured traffic flows through it,
+            // which its own sockets must be allowed to carry; a forged mark is still captured.
+            try lab.startProxy(on: node)
+            try lab.waitForProxyOnAgent(node)
+            let first = try Cgroup(path: node.proxyCgroupPath)
+            #expect(try identity() == "cgroup \(first), learned from the ZDS peer")
+            #expect(try lab.request(from: pod, to: dst).status == 200)
+            #expect(try lab.request(from: pod, to: dst, mark: 0x539).status == 200)
+            let captured = { try lab.proxyRecords(node).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count }
+            #expect(try captured() == 2, "both requests went through the proxy")
+            #expect(try lab.appRecords(outsider).count == 2, "the presence the first check looked for")
+
+            // An agent restart with no proxy connected starts from the cgroup it learned.
+            node.proxy?.stop()
+            node.agent?.stop()
+            try lab.startAgent(on: node)
+            #expect(try identity() == "cgroup \(first), learned from the ZDS peer")
+            #expect(try status(node).pods.first?.drift.isEmpty == true)
+
+            // A proxy in another cgroup (a new ztunnel pod) takes over, and only it carries traffic.
+            try lab.startProxy(on: node, cgroup: node.daemonCgroupPath)
+            try lab.waitForProxyOnAgent(node)
+            let second = try Cgroup(path: node.daemonCgroupPath)
+            #expect(try identity() == "cgroup \(second), learned from the ZDS peer")
+            let seen = try captured()  // the new proxy starts its own records
+            #expect(try lab.request(from: pod, to: dst).status == 200)
+            #expect(try captured() == seen + 1)
+            #expect(try status(node).pods.first?.drift.isEmpty == true)
+
+            // A peer that says hello and is gone before its snapshot is through leaves the proxy as it
+            // was; one in the root cgroup (this test process) is refused outright.
+            try helloAndLeave(node, cgroup: node.kubeletCgroupPath)
+            try helloAndLeave(node, cgroup: nil)
+            #expect(try identity() == "cgroup \(second), learned from the ZDS peer")
+            #expect(try lab.request(from: pod, to: dst).status == 200)
+            #expect(try captured() == seen + 2)
+            let log = try String(contentsOfFile: try #require(node.agent?.logPath), encoding: .utf8)
+            #expect(log.contains("the previous proxy's cgroup is the proxy's again") && log.contains("runs in the root cgroup"))
+        }
+    }
+
+    /// A ZDS client in `cgroup` (this process's when nil) that sends ZdsHello, reads the first
+    /// message of its snapshot, and disconnects.
+    private func helloAndLeave(_ node: LabNode, cgroup: String?) throws {
+        let script = """
+        import socket
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect("\(node.agentZDSSocket)")
+        s.send(bytes([0x08, 0x01]))
+        s.recv(65536)
+        """
+        let (exe, args) = try ManagedProcess.inCgroup(cgroup, "/usr/bin/python3", ["-c", script])
+        let r = try Command.capture(exe, args)
+        #expect(r.status == 0 || cgroup == nil, "\(r.stderr)")
+        usleep(300_000)
+    }
+}
