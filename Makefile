@@ -31,7 +31,7 @@ build: bpf
 test: deps build
 	bash scripts/test.sh
 
-# The BPF and eBPF lab suites again on Linux 6.1 in a VM (CI runs it after `make test`).
+# The BPF and eBPF lab suites again on Linux 6.1 and 6.12 in VMs (CI runs it after `make test`).
 kernel-matrix: deps build
 	swift build --build-tests
 	bash scripts/kernel-matrix.sh

@@ -181,11 +181,14 @@ struct ProgramTests {
     func closedProbeFlow() throws {
         if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withPrograms { p throws in
-            var now = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &now) // the clock bpf_ktime_get_ns reads
+            func monotonicNow() -> UInt64 {
+                var now = timespec()
+                clock_gettime(CLOCK_MONOTONIC, &now) // the clock bpf_ktime_get_ns reads
+                return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+            }
             let key = flowKey(pod: "10.244.1.2", probe: "169.254.7.127")
             let syn = Packet("169.254.7.127:41000", "10.244.1.2:8080"), ack = Packet("169.254.7.127:41000", "10.244.1.2:8080", flags: 0x10)
-            let closed = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+            let closed = monotonicNow()
             let probe = MapSync.addr(try #require(IPAddress("169.254.7.127")))
             try p.sync.probeFlows.update(key, ra_flow_value(original_source: probe, closed_ns: closed))
             // The closing connection's final ACK passes; a host process that binds the probe IP and
@@ -193,8 +196,11 @@ struct ProgramTests {
             #expect(try p.run("tc_pod_ingress", ack).verdict == TC_ACT_OK)
             #expect(try p.run("tc_pod_ingress", syn).verdict == TC_ACT_SHOT)
             #expect(try p.count(7, .spoofedProbe) == 1 && p.count(7, .probePass) == 0)
-            // Long closed (the clock's first nanosecond): nothing of it passes any more.
-            try p.sync.probeFlows.update(key, ra_flow_value(original_source: probe, closed_ns: 1))
+            // Closed longer than the 60 s tail: nothing of it passes any more. (A VM that has just
+            // booted has no time 61 s back yet: wait for its clock.)
+            let beyondTail: UInt64 = 61_000_000_000
+            while monotonicNow() <= beyondTail { usleep(200_000) }
+            try p.sync.probeFlows.update(key, ra_flow_value(original_source: probe, closed_ns: monotonicNow() - beyondTail))
             #expect(try p.run("tc_pod_ingress", ack).verdict != TC_ACT_OK)
             // Open again (the kubelet reused the tuple): its SYN passes.
             try p.sync.probeFlows.update(key, ra_flow_value(original_source: probe, closed_ns: 0))

@@ -17,21 +17,24 @@ struct CaptureSetup: CustomTestStringConvertible, Sendable {
     var testDescription: String { "\(mode.rawValue)\(viaAgent ? " via CNI+agent+ZDS" : "")" }
 }
 
+/// The dataplanes the multi-mode suites run: both, unless `REDIRECT_TEST_DATAPLANES` names fewer
+/// (the kernel matrix's VMs, where emulation makes every lab slow, run ebpf only: iptables mode uses
+/// no BPF of ours, so what the matrix proves, the kernel's BPF, is all in ebpf mode).
+let testedModes: [DataplaneMode] = {
+    let all: [DataplaneMode] = [.iptables, .ebpf]
+    let named = ProcessInfo.processInfo.environment["REDIRECT_TEST_DATAPLANES"]?.split(separator: ",").compactMap { DataplaneMode(rawValue: String($0)) }
+    guard let named, !named.isEmpty else { return all }
+    return all.filter(named.contains)
+}()
+
 /// Every case of the conformance suite runs once per dataplane and enrolment path.
 let conformanceSetups: [CaptureSetup] = [
     CaptureSetup(mode: .iptables, viaAgent: false), CaptureSetup(mode: .ebpf, viaAgent: false),
     CaptureSetup(mode: .iptables, viaAgent: true), CaptureSetup(mode: .ebpf, viaAgent: true),
-]
+].filter { testedModes.contains($0.mode) }
 
 /// The dataplanes driven directly (for cases about the dataplane object itself).
-let conformanceModes: [DataplaneMode] = [.iptables, .ebpf]
-
-/// The dataplanes a suite about kernel programs runs: both, unless `REDIRECT_TEST_DATAPLANES` names
-/// fewer (the kernel matrix's VM, where emulation makes every lab slow, runs ebpf only there).
-let kernelSuiteModes: [DataplaneMode] = {
-    let named = ProcessInfo.processInfo.environment["REDIRECT_TEST_DATAPLANES"]?.split(separator: ",").compactMap { DataplaneMode(rawValue: String($0)) }
-    return (named?.isEmpty ?? true) ? conformanceModes : named ?? conformanceModes
-}()
+let conformanceModes: [DataplaneMode] = testedModes
 
 /// A lab with capture: 2 nodes, 2 enrolled pods each, and one pod per node that is not in the mesh.
 struct CaptureLab {

@@ -97,7 +97,7 @@ func hostVeth(_ pod: LabPod) throws -> (index: Int32, name: String) {
 @Suite("Coexistence with another CNI's programs", .serialized)
 struct CoexistenceTests {
     @Test("probes reach meshed pods from the probe IP uncaptured and capture stays intact beside another CNI's programs",
-          arguments: kernelSuiteModes.flatMap { mode in
+          arguments: testedModes.flatMap { mode in
               [OtherCNIPrograms.clsactFirst, .clsactLast, .hostRouting, .redirectPeer].map { (mode, $0) }
           }.filter { !($0.0 == .iptables && $0.1 == .hostRouting) }) // iptables beside host routing: its own case below
     func beside(_ mode: DataplaneMode, _ other: OtherCNIPrograms) throws {
@@ -110,7 +110,7 @@ struct CoexistenceTests {
     }
 
     @Test("the same beside tcx links on the node side of each pod's veth",
-          .enabled(if: tcxUnavailableReason() == nil, "tcx needs Linux 6.6 or later"), arguments: kernelSuiteModes)
+          .enabled(if: tcxUnavailableReason() == nil, "tcx needs Linux 6.6 or later"), arguments: testedModes)
     func besideTcx(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(mode) { cl throws in
@@ -121,7 +121,7 @@ struct CoexistenceTests {
     }
 
     @Test("iptables mode beside BPF host routing: probe replies skip the node's reverse SNAT and are lost; with the node's IP as probe IP they arrive",
-          .enabled(if: kernelSuiteModes.contains(.iptables), "REDIRECT_TEST_DATAPLANES leaves iptables out"))
+          .enabled(if: testedModes.contains(.iptables), "REDIRECT_TEST_DATAPLANES leaves iptables out"))
     func hostRoutingIptables() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(.iptables) { cl throws in
