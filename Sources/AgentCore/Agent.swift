@@ -63,8 +63,10 @@ public final class Agent: Sendable {
     public static func chooseDataplane(_ o: AgentOptions, logger: Logger) throws -> (Dataplane, String, KernelFeatures) {
         let pinParent = (o.bpf.pinRoot as NSString).deletingLastPathComponent
         let features = KernelFeatures.probe(bpffsPath: pinParent)
+        // iptables resolves `-m cgroup --path` in its own cgroup namespace: the node's.
+        let runner = ProcessRunner(cgroupNamespace: Cgroup.nodeNamespace())
         func iptables(_ why: String) -> (Dataplane, String, KernelFeatures) {
-            (IptablesDataplane(config: o.capture, runner: ProcessRunner(), backend: o.iptablesBackend,
+            (IptablesDataplane(config: o.capture, runner: runner, backend: o.iptablesBackend,
                                lockDirectory: "\(o.stateDirectory)/xtables", logger: logger), why, features)
         }
         switch o.mode {
@@ -81,7 +83,7 @@ public final class Agent: Sendable {
                 note = "; tcx attachment needs Linux 6.6, using tc clsact"
             }
             do {
-                let dp = try EBPFDataplane(config: o.capture, options: bpf, runner: ProcessRunner(), logger: logger)
+                let dp = try EBPFDataplane(config: o.capture, options: bpf, runner: runner, logger: logger)
                 return (dp, (o.mode == .ebpf ? "--dataplane ebpf" : "auto: the kernel supports every feature the programs use") + note, features)
             } catch {
                 if o.mode == .ebpf { throw AgentError(.ebpfUnavailable, "--dataplane ebpf: loading the programs failed: \(error)") }

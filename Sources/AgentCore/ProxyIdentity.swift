@@ -8,9 +8,10 @@ import SystemCalls
 // pod's network namespace: it is the proxy by construction, so its cgroup is the proxy's.
 
 extension CaptureConfig {
-    /// Starts from the cgroup a previous run learned, while it still exists; else from no proxy.
+    /// Starts from the cgroup a previous run learned, while that very group (same path, same id)
+    /// still exists; else from no proxy.
     mutating func rememberProxy(_ saved: Cgroup?, logger: Logger) {
-        if let saved, let now = try? Cgroup(path: saved.path) {
+        if let saved, let now = try? Cgroup(path: saved.path), now == saved {
             proxyCgroup = now
             proxyUnknown = false
             logger.info("proxy identity from the state file, until the proxy connects", metadata: ["cgroup": "\(now)"])
@@ -23,42 +24,51 @@ extension CaptureConfig {
 }
 
 extension Agent {
-    /// Called for each proxy that says hello over ZDS, before it gets its snapshot: its cgroup
-    /// becomes the proxy's in the dataplane and the state file. A peer whose cgroup cannot be
-    /// found, or that runs in the root cgroup (iptables' `-m cgroup --path /` matches every
-    /// process), is refused (it throws), so the proxy retries and nothing is exempted by guess.
-    /// Returns what restores the previous proxy's cgroup, for a proxy lost before its snapshot.
+    /// Called for each proxy that says hello over ZDS, before it gets its snapshot (one at a time):
+    /// its cgroup becomes the proxy's in the dataplane and the state file. A peer whose cgroup
+    /// cannot be found, or one that could stand for other processes (the root cgroup, or a group
+    /// with groups below it: iptables' `-m cgroup --path` matches those too, the eBPF programs only
+    /// the exact group), is refused (it throws), so the proxy retries and nothing is exempted by
+    /// guess. Returns what restores the previous proxy's cgroup (or no proxy), for a proxy lost
+    /// before its snapshot is through.
     func admitProxy(_ socket: Socket) throws -> @Sendable () -> Void {
         guard options.learnProxyCgroup else { return {} }
         let (cgroup, how) = try Cgroup.ofPeer(socket)
-        guard cgroup.path != "/" else { throw AgentError(.proxyUnidentified, "the ZDS peer (\(how)) runs in the root cgroup: it cannot be told apart from other processes") }
-        let previous = try learnProxy(cgroup)
+        if try cgroup.path == "/" || cgroup.descendantCount() > 0 {
+            throw AgentError(.proxyUnidentified, "the ZDS peer (\(how)) is in \(cgroup.path), which holds other groups: it cannot be told apart from them")
+        }
+        let previous = dataplane.config.proxyCgroup
+        try learnProxy(cgroup)
         logger.info("proxy identity learned from its ZDS connection", metadata: ["cgroup": "\(cgroup)", "how": "\(how)"])
         return { [self] in
-            guard let previous, previous != cgroup else { return }
-            do { _ = try learnProxy(previous) } catch { logger.error("restoring the proxy's identity", metadata: ["error": "\(error)"]) }
-            logger.warning("proxy lost before its snapshot: the previous proxy's cgroup is the proxy's again", metadata: ["cgroup": "\(previous)"])
+            guard dataplane.config.proxyCgroup == cgroup, previous != cgroup else { return }
+            do { try learnProxy(previous) } catch { logger.error("restoring the proxy's identity", metadata: ["error": "\(error)"]) }
+            logger.warning("proxy lost before its snapshot: the previous proxy's cgroup is the proxy's again",
+                           metadata: ["cgroup": "\(previous.map { "\($0)" } ?? "none")"])
         }
     }
 
-    /// Makes `cgroup` the proxy's in the dataplane and the state file; returns the one it replaced.
-    private func learnProxy(_ cgroup: Cgroup) throws -> Cgroup? {
+    /// Makes `cgroup` the proxy's (nil: no proxy) in the dataplane, then in the state file; when
+    /// the state file cannot take it, the dataplane goes back.
+    private func learnProxy(_ cgroup: Cgroup?) throws {
         try guarded.withLock { state in
-            let c = dataplane.config
-            if c.proxyUnknown || c.proxyCgroup != cgroup {
-                try dataplane.setProxyCgroup(cgroup, pods: state.pods.values.map(\.spec))
+            let pods = state.pods.values.map(\.spec)
+            let before = dataplane.config.proxyCgroup
+            if before != cgroup { try dataplane.setProxyCgroup(cgroup, pods: pods) }
+            guard state.proxyCgroup != cgroup else { return }
+            let saved = state.proxyCgroup
+            state.proxyCgroup = cgroup
+            do { try store.save(state) } catch {
+                state.proxyCgroup = saved
+                try? dataplane.setProxyCgroup(before, pods: pods)
+                throw error
             }
-            if state.proxyCgroup != cgroup {
-                state.proxyCgroup = cgroup
-                try store.save(state)
-            }
-            return c.proxyUnknown ? nil : c.proxyCgroup
         }
     }
 
     /// How the dataplane tells the proxy's sockets, for `status`.
     func proxyIdentity(_ c: CaptureConfig) -> String {
-        if c.proxyUnknown { return "learned from the ZDS peer: no proxy has connected yet, no socket skips capture" }
+        if c.proxyUnknown { return "learned from the ZDS peer: no proxy has connected yet, no app socket skips capture on the mark" }
         guard let cgroup = c.proxyCgroup else { return "mark only (forgeable, as Istio)" }
         return "cgroup \(cgroup)" + (options.learnProxyCgroup ? ", learned from the ZDS peer" : "")
     }

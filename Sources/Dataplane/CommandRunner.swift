@@ -25,20 +25,28 @@ extension CommandRunner {
 public struct ProcessRunner: CommandRunner {
     /// The namespace used when a call names none (the node's, in the lab); nil: this process's.
     public var defaultNetns: String?
+    /// A cgroup namespace every program runs in (nil: this process's). iptables resolves
+    /// `-m cgroup --path` in the cgroup namespace of the process that inserts the rule (Linux
+    /// 6.1+), so an agent in a container's own cgroup namespace runs it in the node's.
+    public var cgroupNamespace: String?
     /// Seconds a program may run before it is killed and its call fails (a wedged iptables must
     /// not wedge the agent).
     public var timeout: Double
     /// Creates a runner.
-    public init(defaultNetns: String? = nil, timeout: Double = 30) { self.defaultNetns = defaultNetns; self.timeout = timeout }
+    public init(defaultNetns: String? = nil, timeout: Double = 30, cgroupNamespace: String? = nil) {
+        self.defaultNetns = defaultNetns; self.timeout = timeout; self.cgroupNamespace = cgroupNamespace
+    }
 
     /// Runs one program.
     public func run(_ program: String, _ arguments: [String], netns: String?, input: String?, environment: [String: String]) throws -> CommandResult {
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
-        if let ns = netns ?? defaultNetns {
-            return try Command.capture("nsenter", ["--net=\(ns)", "--", try Command.resolve(program)] + arguments, environment: env, input: input,
-                                       timeout: timeout)
+        let namespaces = (netns ?? defaultNetns).map { ["--net=\($0)"] } ?? []
+        let cgroup = cgroupNamespace.map { ["--cgroup=\($0)"] } ?? []
+        guard !namespaces.isEmpty || !cgroup.isEmpty else {
+            return try Command.capture(program, arguments, environment: env, input: input, timeout: timeout)
         }
-        return try Command.capture(program, arguments, environment: env, input: input, timeout: timeout)
+        return try Command.capture("nsenter", namespaces + cgroup + ["--", try Command.resolve(program)] + arguments, environment: env, input: input,
+                                   timeout: timeout)
     }
 }

@@ -58,8 +58,10 @@ public protocol Dataplane: AnyObject, Sendable {
     func verify(_ pod: PodSpec) throws -> [String]
     /// Changes the probe source IPs on a running node, for every enrolled pod in `pods`.
     func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws
-    /// Makes `cgroup` the proxy's (learned from its ZDS connection), for every enrolled pod in `pods`.
-    func setProxyCgroup(_ cgroup: Cgroup, pods: [PodSpec]) throws
+    /// Makes `cgroup` the proxy's (learned from its ZDS connection), for every enrolled pod in
+    /// `pods`; nil: no proxy, no socket is the proxy's. The configuration changes only once the
+    /// kernel has the change.
+    func setProxyCgroup(_ cgroup: Cgroup?, pods: [PodSpec]) throws
     /// Removes the node-wide part.
     func uninstallNode() throws
     /// Where the pod's capture is attached, as the kernel reports it (for `status`).

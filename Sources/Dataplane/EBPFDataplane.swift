@@ -165,13 +165,12 @@ public final class EBPFDataplane: Dataplane, Sendable {
     }
 
     /// One map write: the next packet of every pod knows the proxy by its new cgroup.
-    public func setProxyCgroup(_ cgroup: Cgroup, pods: [PodSpec]) throws {
-        let c = current.withLock { c -> CaptureConfig in
-            c.proxyCgroup = cgroup
-            c.proxyUnknown = false
-            return c
-        }
+    public func setProxyCgroup(_ cgroup: Cgroup?, pods: [PodSpec]) throws {
+        var c = config
+        c.proxyCgroup = cgroup
+        c.proxyUnknown = cgroup == nil
         try maps.write(Self.kernelConfig(c))
+        current.withLock { $0.proxyCgroup = c.proxyCgroup; $0.proxyUnknown = c.proxyUnknown }
     }
 
     /// The node's socket program links, as `status` shows them, and what is wrong with them.

@@ -142,10 +142,20 @@ public final class IptablesDataplane: Dataplane, Sendable {
         try reapply(pods)
     }
 
-    /// Re-renders every pod's rules with the proxy's new cgroup (one restore per pod and family).
-    public func setProxyCgroup(_ cgroup: Cgroup, pods: [PodSpec]) throws {
-        current.withLock { $0.proxyCgroup = cgroup; $0.proxyUnknown = false }
-        try reapply(pods)
+    /// Re-renders every pod's rules with the proxy's new cgroup (one restore per pod and family);
+    /// on a failure, every pod's rules go back to the previous one.
+    public func setProxyCgroup(_ cgroup: Cgroup?, pods: [PodSpec]) throws {
+        let old = current.withLock { c -> CaptureConfig in
+            let old = c
+            c.proxyCgroup = cgroup
+            c.proxyUnknown = cgroup == nil
+            return old
+        }
+        do { try reapply(pods) } catch {
+            current.withLock { $0.proxyCgroup = old.proxyCgroup; $0.proxyUnknown = old.proxyUnknown }
+            try? reapply(pods)
+            throw error
+        }
     }
 
     private func reapply(_ pods: [PodSpec]) throws {

@@ -15,30 +15,55 @@ extension Cgroup {
         return (try of(pid: pid, procRoot: procRoot), "SO_PEERCRED pid \(pid)")
     }
 
+    /// How many groups lie below this one (`nr_descendants` in its cgroup.stat).
+    public func descendantCount() throws -> Int {
+        let text = try String(contentsOfFile: try Self.mountPoint() + path + "/cgroup.stat", encoding: .utf8)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("nr_descendants ") }),
+              let n = Int(line.dropFirst("nr_descendants ".count)) else {
+            throw SystemError("no nr_descendants in \(path)/cgroup.stat", code: EINVAL)
+        }
+        return n
+    }
+
     /// The cgroup v2 path in the text of /proc/PID/cgroup (its `0::` line).
     static func unifiedPath(in text: String) -> String? {
         text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }).map { String($0.dropFirst(3)) }
     }
 
+    /// The node's cgroup namespace (pid 1's) when it is not this process's: where cgroup paths
+    /// read as the node names them. Nil when they are the same, or pid 1's cannot be read.
+    public static func nodeNamespace(procRoot: String = "/proc") -> String? {
+        let node = "\(procRoot)/1/ns/cgroup"
+        let fm = FileManager.default
+        guard let theirs = try? fm.destinationOfSymbolicLink(atPath: node),
+              let mine = try? fm.destinationOfSymbolicLink(atPath: "/proc/self/ns/cgroup"), theirs != mine else { return nil }
+        return node
+    }
+
     /// The pid's group path as the node's cgroup namespace names it. /proc/PID/cgroup shows paths
     /// relative to the reader's cgroup namespace (`/../../kubepods/...` for a process outside an
-    /// agent's own namespace), so such a path is read again by a thread in the namespace of the
-    /// node's init (pid 1; the agent needs hostPID and CAP_SYS_ADMIN), or of `nodeNamespace`.
+    /// agent's own namespace, and `/x` for one inside it), so an agent whose namespace is not the
+    /// node's reads it again from a thread in the node's (`nodeNamespace`, else pid 1's: the agent
+    /// needs hostPID, CAP_SYS_ADMIN and CAP_SYS_PTRACE).
     static func nodePath(of pid: Int32, procRoot: String, nodeNamespace: String? = nil) throws -> String {
         let file = "\(procRoot)/\(pid)/cgroup"
         guard let seen = unifiedPath(in: try String(contentsOfFile: file, encoding: .utf8)) else {
             throw SystemError("process \(pid) has no cgroup v2 entry", code: ENOENT)
         }
-        guard seen.split(separator: "/").contains("..") else { return seen }
-        let nodeNamespace = nodeNamespace ?? "\(procRoot)/1/ns/cgroup"
-        let fd = try check("open \(nodeNamespace)", open(nodeNamespace, O_RDONLY | O_CLOEXEC))
+        guard let node = nodeNamespace ?? Self.nodeNamespace(procRoot: procRoot) else {
+            guard !seen.split(separator: "/").contains("..") else {
+                throw SystemError("process \(pid)'s cgroup \(seen) lies outside this cgroup namespace, and pid 1's cannot be entered (the agent needs hostPID and CAP_SYS_PTRACE)", code: EXDEV)
+            }
+            return seen
+        }
+        let fd = try check("open \(node)", open(node, O_RDONLY | O_CLOEXEC))
         defer { Glibc.close(fd) }
         let text = try DedicatedThread.run { () throws -> String in
-            if cshim_setns(fd, cshim_clone_newcgroup()) != 0 { throw SystemError("setns \(nodeNamespace)", code: cshim_errno()) }
+            if cshim_setns(fd, cshim_clone_newcgroup()) != 0 { throw SystemError("setns \(node)", code: cshim_errno()) }
             return try String(contentsOfFile: file, encoding: .utf8)
         }
         guard let path = unifiedPath(in: text), !path.split(separator: "/").contains("..") else {
-            throw SystemError("process \(pid)'s cgroup \(seen) lies outside the cgroup namespace of pid 1 (the agent needs the node's pid namespace: hostPID)", code: EXDEV)
+            throw SystemError("process \(pid)'s cgroup \(seen) lies outside the node's cgroup namespace", code: EXDEV)
         }
         return path
     }

@@ -33,6 +33,8 @@ public final class ZDSServer: Sendable {
     // One request in flight at a time, snapshot included. The server keeps its own list of
     // workloads so it never calls back into its owner while holding this lock.
     private let peer = Mutex(Peer())
+    // Taken before `peer` (and before whatever `admit` locks), never the other way round.
+    private let admission = Mutex(())
     private let ackTimeout: Double
     private let admit: @Sendable (Socket) throws -> (@Sendable () -> Void)
 
@@ -65,14 +67,24 @@ public final class ZDSServer: Sendable {
     }
 
     private func serve(_ ch: ZDSChannel) {
-        let undo: @Sendable () -> Void
         do {
             try ch.socket.setTimeout(seconds: ackTimeout)
             guard let (hello, fd) = try ch.receive(Istio_Workload_Zds_ZdsHello.self) else { return }
             if fd >= 0 { close(fd) }
             logger.info("proxy connected", metadata: ["version": "\(hello.version)"])
-            undo = try admit(ch.socket)
         } catch {
+            logger.warning("proxy dropped before its hello", metadata: ["error": "\(error)"])
+            ch.socket.close()
+            return
+        }
+        // One admission at a time, snapshot included: the proxy on the channel is always the one
+        // `admit` saw last, and an undo never overwrites a later admission.
+        admission.withLock { _ in admitAndSnapshot(ch) }
+    }
+
+    private func admitAndSnapshot(_ ch: ZDSChannel) {
+        let undo: @Sendable () -> Void
+        do { undo = try admit(ch.socket) } catch {
             logger.error("proxy refused", metadata: ["error": "\(error)"])
             ch.socket.close()
             return
