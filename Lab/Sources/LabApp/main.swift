@@ -52,11 +52,13 @@ struct Get: ParsableCommand {
     @Option(help: "Target address, e.g. 10.244.1.2:8080 or [fd00::2]:8080.") var target: String
     @Option(help: "Path.") var path = "/healthz"
     @Option(help: "Timeout in seconds.") var timeout = 3.0
+    @Option(help: "SO_MARK for the socket (a process forging the proxy's mark).") var mark: UInt32?
 
     func run() throws {
         try enter(netns)
         guard let dst = SocketAddress(parsing: target) else { throw ValidationError("--target: '\(target)' is not an address") }
         let socket = try Socket(tcp: dst.ip.family)
+        if let mark { try socket.setMark(mark) }
         try socket.setTimeout(seconds: timeout)
         try socket.connect(dst)
         let r = try MiniHTTP.get(socket, host: dst.description, path: path)

@@ -42,6 +42,9 @@ struct ProxyIdentityTests {
             let captured = { try lab.proxyRecords(node).filter { $0.listener == 15001 && $0.originalDestination == dst.description }.count }
             #expect(try captured() == 2, "both requests went through the proxy")
             #expect(try lab.appRecords(outsider).count == 2, "the presence the first check looked for")
+            // A marked socket in the proxy's cgroup skips capture: the exemption a takeover withdraws.
+            #expect(try markedGet(pod, cgroup: node.proxyCgroupPath, dst) == 200)
+            #expect(try captured() == 2 && lab.appRecords(outsider).count == 3)
 
             // An agent restart with no proxy connected starts from the cgroup it learned.
             node.proxy?.stop()
@@ -59,6 +62,9 @@ struct ProxyIdentityTests {
             #expect(try lab.request(from: pod, to: dst).status == 200)
             #expect(try captured() == seen + 1)
             #expect(try status(node).pods.first?.drift.isEmpty == true)
+            // The old proxy's cgroup is nobody's now: its marked socket is captured like an app's.
+            #expect(try markedGet(pod, cgroup: node.proxyCgroupPath, dst) == 200)
+            #expect(try captured() == seen + 2)
 
             // A peer that says hello and is gone before its snapshot is through leaves the proxy as it
             // was; one in a group that holds other groups (the node's lab group) is refused outright.
@@ -69,8 +75,20 @@ struct ProxyIdentityTests {
             try waitFor("the refusal", seconds: 10) { try log().contains("which holds other groups") }
             #expect(try identity() == "cgroup \(second), learned from the ZDS peer")
             #expect(try lab.request(from: pod, to: dst).status == 200)
-            #expect(try captured() == seen + 2)
+            #expect(try captured() == seen + 3)
         }
+    }
+
+    /// An HTTP GET from `pod` to `dst` by a process in `cgroup` whose socket carries the proxy's
+    /// mark; its status.
+    private func markedGet(_ pod: LabPod, cgroup: String, _ dst: SocketAddress) throws -> Int {
+        let (exe, args) = try ManagedProcess.inCgroup(cgroup, try LabBinaries.path("lab-app"), [
+            "get", "--netns", pod.netns.path, "--target", dst.description, "--path", "/whoami", "--mark", "\(0x539)",
+        ])
+        let r = try Command.capture(exe, args)
+        guard r.status == 0, let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
+              let status = json["status"] as? Int else { throw LabError("marked GET from \(cgroup): \(r.stderr)\(r.stdout)") }
+        return status
     }
 
     /// A ZDS client in `cgroup` that sends ZdsHello, reads the first message of its snapshot (or
