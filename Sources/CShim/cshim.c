@@ -14,7 +14,6 @@ int cshim_setns(int fd, int nstype) { return setns(fd, nstype); }
 int cshim_clone_newnet(void) { return CLONE_NEWNET; }
 int cshim_unshare_net(void) { return unshare(CLONE_NEWNET); }
 int cshim_clone_newcgroup(void) { return CLONE_NEWCGROUP; }
-int cshim_unshare_cgroup(void) { return unshare(CLONE_NEWCGROUP); }
 ssize_t cshim_splice(int fd_in, int fd_out, size_t len) {
     return splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_MOVE);
 }

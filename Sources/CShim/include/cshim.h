@@ -25,8 +25,6 @@ int cshim_unshare_net(void);
 int cshim_clone_newnet(void);
 /// CLONE_NEWCGROUP, for setns(2).
 int cshim_clone_newcgroup(void);
-/// unshare(CLONE_NEWCGROUP) on the calling thread.
-int cshim_unshare_cgroup(void);
 /// splice(2) with SPLICE_F_MOVE (not SPLICE_F_MORE: it corks TCP and delays small replies).
 ssize_t cshim_splice(int fd_in, int fd_out, size_t len);
 /// pipe2(2) with O_CLOEXEC.
