@@ -103,3 +103,12 @@ struct {
     __type(value, __u32);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_probe_sockets SEC(".maps");
+
+/* Connections kept from before their pod's enrolment, by socket cookie (see struct ra_node). */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, RA_MAX_KEPT_CONNECTIONS);
+    __type(key, __u64);
+    __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_kept SEC(".maps");

@@ -72,6 +72,19 @@ static __always_inline int ra_is_probe_flow(const struct ra_config *cfg, const s
     return !ra_is_new_connection(f) && bpf_ktime_get_ns() - closed < RA_PROBE_TAIL_NS;
 }
 
+/* Whether the socket the packet carries (its sender on egress; the one bpf_sk_assign gave it on
+ * ingress) belongs to a connection that existed before its pod was enrolled. The node's flag
+ * spares every other packet the hash lookup while no such connection is kept. */
+static __always_inline int ra_is_kept(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct ra_node *node = bpf_map_lookup_elem(&ra_node, &zero);
+    if (!node || !node->kept_connections)
+        return 0;
+    __u64 cookie = bpf_get_socket_cookie(skb);
+    return cookie && bpf_map_lookup_elem(&ra_kept, &cookie);
+}
+
 /* The pod programs' answer to what the parser could not accept: drop and count, never pass. */
 static __always_inline int ra_parse_pod(struct __sk_buff *skb, struct ra_flow *f, int inbound)
 {
@@ -105,6 +118,10 @@ int tc_pod_egress(struct __sk_buff *skb)
     }
     if (ra_is_probe_flow(cfg, &f, 0))
         return TC_ACT_OK; /* replies to kubelet probes, as Istio's `-d <probe> -j ACCEPT` */
+    if (ra_is_kept(skb)) {
+        ra_count(ra_pod_index(f.family, &f.src), RA_KEPT_PASS);
+        return TC_ACT_OK;
+    }
     if (f.fragment) {
         ra_count(ra_pod_index(f.family, &f.src), RA_DROP_FRAGMENT);
         return TC_ACT_SHOT;
@@ -152,6 +169,25 @@ static __always_inline int ra_assign_proxy(struct __sk_buff *skb, struct bpf_soc
     if (ok != RA_DECISION_COUNT)
         ra_count(pod, ok);
     return TC_ACT_OK;
+}
+
+/* An inbound packet for `sk`, an established socket that owns its tuple: the proxy's, or one
+ * kept from before enrolment (read once assigned: a socket's cookie can only be read through the
+ * packet), else dropped. */
+static __always_inline int ra_assign_owner(struct __sk_buff *skb, struct bpf_sock *sk, const struct ra_config *cfg,
+                                           __u32 pod)
+{
+    int marked = cfg->proxy_cgroup || ra_sk_marked_proxy(sk, cfg);
+    if (ra_assign(skb, sk, pod, RA_DECISION_COUNT) != TC_ACT_OK)
+        return TC_ACT_SHOT;
+    if (marked && (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup))
+        return TC_ACT_OK; /* every packet of every flow: not counted */
+    if (ra_is_kept(skb)) {
+        ra_count(pod, RA_KEPT_PASS);
+        return TC_ACT_OK;
+    }
+    ra_count(pod, RA_DROP_NOT_PROXY);
+    return TC_ACT_SHOT;
 }
 
 /* Records the proxy's listener for the TIME_WAIT hand-off, once its identity has been checked:
@@ -257,7 +293,7 @@ static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flo
             ra_count(pod, RA_TIME_WAIT_HANDOFF);
             return TC_ACT_OK;
         }
-        return ra_assign_proxy(skb, sk, cfg, pod, RA_DECISION_COUNT); /* every packet of every flow: not counted */
+        return ra_assign_owner(skb, sk, cfg, pod);
     }
     /* HBONE reaches the proxy's 15008 listener directly, never an app that bound 15008. */
     return ra_to_listener(skb, f, tunnel ? cfg->tunnel_port : cfg->inbound_port, cfg, &f->dst,

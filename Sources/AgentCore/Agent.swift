@@ -330,6 +330,17 @@ public final class Agent: Sendable {
     /// Enrolled pod count.
     public var podCount: Int { guarded.withLock { $0.pods.count } }
 
+    /// Forgets the connections kept from before their pod's enrolment that have closed since
+    /// (``KeptConnection``). Under the agent's lock, so no pod enrols meanwhile with entries this
+    /// pass would take for an unknown pod's. The daemon calls it periodically.
+    public func pruneKeptConnections() {
+        guarded.withLock { state in
+            do { try dataplane.pruneKept(pods: state.pods.values.map(\.spec)) } catch {
+                logger.warning("pruning kept connections failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
     func spec(from r: PodRequest) throws -> PodSpec { try RequestValidation.spec(from: r, limits: options.limits) }
 
     // MARK: isolation: a request may touch only its own pod

@@ -55,6 +55,11 @@ public struct CaptureConfig: Sendable, Equatable, Codable {
     /// socket of the node (Istio's rule).
     public var kubeletCgroup: Cgroup?
 
+    /// Connections a pod has when it is enrolled keep going uncaptured until they close (as under
+    /// Istio's iptables rules); false: they are cut off (ebpf mode drops their packets, iptables
+    /// mode redirects them mid-stream and the proxy resets them).
+    public var keepExistingConnections = true
+
     /// Istio's defaults.
     public init() {}
 

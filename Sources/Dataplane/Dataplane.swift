@@ -71,11 +71,18 @@ public protocol Dataplane: AnyObject, Sendable {
     /// Takes up an enrolled pod whose kernel state is intact (after an agent restart): whatever
     /// this process must keep doing for it, such as watching for new interfaces.
     func resume(_ pod: PodSpec) throws
+    /// Forgets the kept connections (``KeptConnection``) of `pods` that have closed, and those of
+    /// pods not in `pods`; returns how many are still kept.
+    @discardableResult
+    func pruneKept(pods: [PodSpec]) throws -> Int
 }
 
 extension Dataplane {
     /// Nothing to resume: the kernel state is all there is.
     public func resume(_ pod: PodSpec) throws {}
+    /// Nothing to prune: the kernel forgets closed connections by itself (conntrack).
+    @discardableResult
+    public func pruneKept(pods: [PodSpec]) throws -> Int { 0 }
 }
 
 /// A dataplane operation failed: which, for which pod, and why.

@@ -65,6 +65,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
     private let watcher = InterfaceWatcher()
     private let others = Mutex<[String: [Int32: InterfaceChanges]]>([:])
     private let attachLock = Mutex(())
+    // Serializes ra_kept writes with the node flag that says whether the programs look there.
+    private let keptLock = Mutex(())
 
     /// The programs, by attach point.
     public static let programNames = ["tc_pod_ingress", "tc_pod_ingress_reroute", "tc_pod_egress", "sk_lookup_pod", egressGuardProgram]
@@ -238,6 +240,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             // undoes exactly what is ours (undoing a change not yet made is harmless).
             var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: earlier?.host_ifindex ?? 0, flags: flags)
             try maps.upsert(entry)
+            if earlier == nil { try keepExisting(pod, index: index) }
             try watcher.watch(pod) // before attaching: an interface that appears from now on is seen
             try attachInPod(pod, attached)
             try attachLock.withLock { _ in // the watcher may react to this pod's links already
@@ -281,7 +284,66 @@ public final class EBPFDataplane: Dataplane, Sendable {
         }
         if !failures.isEmpty { throw DataplaneError(.removeFailed, pod: pod.name, failures.joined(separator: "; ")) }
         do { try maps.remove(ips: pod.ips) } catch { throw DataplaneError(.removeFailed, pod: pod.name, "\(error)") }
-        if let entry { releaseIndex(entry.pod_index) }
+        if let entry {
+            try? forgetKept { $0.pod == entry.pod_index }
+            releaseIndex(entry.pod_index)
+        }
+    }
+
+    // MARK: kept connections
+
+    /// Records the connections the pod has now, before any program is attached to it (so none of
+    /// them can be a captured one): their sockets' packets keep going uncaptured until they close.
+    /// Only at a pod's first enrolment: a repeated one would take captured connections for kept.
+    /// A pod that still carries programs of ours (its map entry lost) is not a first enrolment and
+    /// keeps nothing.
+    private func keepExisting(_ pod: PodSpec, index: UInt32) throws {
+        guard config.keepExistingConnections else { return }
+        let pinned = [linkPin(pod), tcxPin(pod, "ingress"), tcxPin(pod, "egress")].contains { FileManager.default.fileExists(atPath: $0) }
+        guard !pinned else { return }
+        let name = pod.interface
+        let kept = try NetworkNamespace(path: pod.netns).run { () -> [KeptConnection] in
+            let index = try TCAttach.ifindex(name)
+            let attached = TCAttach.attachedProgramID(ifindex: index, ingress: false) ?? TCAttach.attachedProgramID(ifindex: index, ingress: true)
+            return attached == nil ? try KeptConnections.current() : []
+        }
+        try keptLock.withLock { _ in try maps.keep(cookies: kept.map(\.cookie), podIndex: index) }
+    }
+
+    /// Forgets the kept connections `drop` selects.
+    private func forgetKept(_ drop: ((cookie: UInt64, pod: UInt32)) throws -> Bool) throws {
+        try keptLock.withLock { _ in
+            let gone = try maps.keptConnections().filter(drop).map(\.cookie)
+            if !gone.isEmpty { try maps.forget(cookies: gone) }
+        }
+    }
+
+    /// Forgets kept connections whose socket is gone (read in each pod's namespace), and those of
+    /// pods not in `pods`. A namespace that cannot be read keeps its entries: a cookie is never
+    /// reused, so a stale entry lets nothing through.
+    @discardableResult
+    public func pruneKept(pods: [PodSpec]) throws -> Int {
+        let all = try keptLock.withLock { _ in try maps.keptConnections() }
+        guard !all.isEmpty else { return 0 }
+        var byIndex: [UInt32: PodSpec] = [:]
+        for pod in pods {
+            if let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first { byIndex[e.pod_index] = pod }
+        }
+        var live: [UInt32: Set<UInt64>?] = [:]
+        for index in Set(all.map(\.pod)) {
+            guard let pod = byIndex[index] else { live[index] = .some([]); continue }
+            if !FileManager.default.fileExists(atPath: pod.netns) { live[index] = .some([]); continue }
+            live[index] = try? Set(NetworkNamespace(path: pod.netns).run { try SocketDiag.tcp(states: SocketDiag.liveStates).map(\.cookie) })
+        }
+        let gone = Set(all.filter { c in live[c.pod].flatMap { $0 }.map { !$0.contains(c.cookie) } ?? false }.map(\.cookie))
+        try forgetKept { gone.contains($0.cookie) }
+        return all.count - gone.count
+    }
+
+    /// The connections kept for `pod` (socket cookies).
+    public func keptConnections(_ pod: PodSpec) throws -> [UInt64] {
+        guard let e = pod.ips.lazy.compactMap({ try? self.maps.pod($0) }).first else { return [] }
+        return try maps.keptConnections().filter { $0.pod == e.pod_index }.map(\.cookie)
     }
 
     /// Checks the map entry, both tc programs on the pod's interface (and every other one), the

@@ -84,7 +84,7 @@ public final class IptablesDataplane: Dataplane, Sendable {
     public func enroll(_ pod: PodSpec) throws {
         try validate(pod)
         do {
-            for v6 in families(of: pod) { try applyPodRules(pod, ipv6: v6) }
+            for v6 in families(of: pod) { try applyPodRules(pod, ipv6: v6, first: true) }
             try routing.apply(netns: pod.netns, families: families(of: pod))
             for ip in pod.ips {
                 try runner.checked("ipset", ["add", config.ipsetName(ipv6: ip.isIPv6), ip.description, "comment", pod.uid, "-exist"])
@@ -209,10 +209,25 @@ public final class IptablesDataplane: Dataplane, Sendable {
         (pod.hasIPv4 ? [false] : []) + (pod.hasIPv6 ? [true] : [])
     }
 
-    private func applyPodRules(_ pod: PodSpec, ipv6: Bool) throws {
+    /// Loads the pod's rules of one family. At an enrolment (`first`) into a namespace that has
+    /// none of them yet, its connections are told to conntrack first, so they stay uncaptured.
+    private func applyPodRules(_ pod: PodSpec, ipv6: Bool, first: Bool = false) throws {
         let r = rules(for: pod)
         let have = r.installed(in: try podCommand(pod, backend.save(ipv6: ipv6), []))
+        if first, have.jumps.isEmpty, config.keepExistingConnections { try keepConnections(pod, ipv6: ipv6) }
         try podCommand(pod, backend.restore(ipv6: ipv6), ["--noflush"], input: r.pod(ipv6: ipv6, present: have.jumps))
+    }
+
+    /// Conntrack follows a connection only from the moment rules need it: a connection opened
+    /// before has no entry, and its next packet would look new to the nat table, which would
+    /// redirect it mid-stream (the proxy resets it). So each one gets an established entry before
+    /// the rules load; connections opened from then on are new and captured.
+    private func keepConnections(_ pod: PodSpec, ipv6: Bool) throws {
+        try NetworkNamespace(path: pod.netns).run {
+            for c in try KeptConnections.current() where c.from.ip.isIPv6 == ipv6 {
+                try Conntrack.insertEstablished(from: c.from, to: c.to)
+            }
+        }
     }
 
     private var routing: PolicyRouting { PolicyRouting(config: config) }

@@ -72,6 +72,8 @@ public final class MapSync: Sendable {
     public let egressInterfaces: BPFMap
     /// ra_node.
     public let node: BPFMap
+    /// ra_kept.
+    public let kept: BPFMap
 
     /// Uses the maps of a loaded object.
     public init(object: BPFObject) throws {
@@ -83,13 +85,45 @@ public final class MapSync: Sendable {
         interfaces = try object.map("ra_ifaces")
         egressInterfaces = try object.map("ra_egress_ifaces")
         node = try object.map("ra_node")
+        kept = try object.map("ra_kept")
     }
 
     /// Writes the node's namespace cookie: the node's socket programs act on connect() calls
     /// made there only (0: on none).
     public func writeNode(netnsCookie: UInt64) throws {
-        var v = ra_node()
+        var v = try node.lookup(UInt32(0), as: ra_node.self) ?? ra_node()
         v.netns_cookie = netnsCookie
+        try node.update(UInt32(0), v)
+    }
+
+    // MARK: kept connections
+
+    /// Records connections of pod `index` (by socket cookie) that stay uncaptured, and turns the
+    /// programs' lookup on.
+    public func keep(cookies: [UInt64], podIndex index: UInt32) throws {
+        guard !cookies.isEmpty else { return }
+        for c in cookies { try kept.update(c, index) }
+        try setKeptLookup(true)
+    }
+
+    /// Every kept connection: socket cookie and pod index.
+    public func keptConnections() throws -> [(cookie: UInt64, pod: UInt32)] {
+        try kept.keys(UInt64.self).compactMap { c in try kept.lookup(c, as: UInt32.self).map { (c, $0) } }
+    }
+
+    /// Forgets kept connections; the programs stop looking once none is left.
+    public func forget(cookies: [UInt64]) throws {
+        for c in cookies { _ = try kept.delete(c) }
+        if try kept.keys(UInt64.self).isEmpty { try setKeptLookup(false) }
+    }
+
+    /// Whether the programs look kept connections up (ra_node.kept_connections).
+    public func keptLookup() throws -> Bool { (try node.lookup(UInt32(0), as: ra_node.self)?.kept_connections ?? 0) != 0 }
+
+    private func setKeptLookup(_ on: Bool) throws {
+        var v = try node.lookup(UInt32(0), as: ra_node.self) ?? ra_node()
+        guard (v.kept_connections != 0) != on else { return }
+        v.kept_connections = on ? 1 : 0
         try node.update(UInt32(0), v)
     }
 
@@ -300,12 +334,12 @@ public final class MapSync: Sendable {
 /// The decisions counted by the programs (ra_decision).
 public enum Decision: UInt32, CaseIterable, Sendable, Codable, CustomStringConvertible {
     case outboundCaptured = 0, inboundCaptured, hbonePass, probePass, proxyPass, established, spoofedProbe,
-         timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, dropNoSocket, dropFragment, dropMalformed, dropProtocol,
+         timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, keptPass, dropFragment, dropMalformed, dropProtocol,
          dropNotProxy, forgedMark, orphanToProxy, hostCaptured, dropUnwatched
     /// The name used in status output and metrics.
     public var description: String {
         ["outbound_captured", "inbound_captured", "hbone_pass", "probe_pass", "proxy_pass", "established", "spoofed_probe",
-         "time_wait_handoff", "probe_snat", "drop_no_listener", "drop_assign_failed", "drop_no_socket", "drop_fragment",
+         "time_wait_handoff", "probe_snat", "drop_no_listener", "drop_assign_failed", "kept_pass", "drop_fragment",
          "drop_malformed", "drop_protocol", "drop_not_proxy", "forged_mark", "orphan_to_proxy", "host_captured",
          "drop_unwatched"][Int(rawValue)]
     }

@@ -25,6 +25,8 @@ struct AgentFlags: ParsableArguments {
     @Option(help: "legacy or nft; detected when absent (env REDIRECT_IPTABLES_BACKEND).") var iptablesBackend: String?
     @Option(help: "Node-local pod selection file (env REDIRECT_SELECTION_FILE).") var selectionFile: String?
     @Flag(help: "Capture DNS to the proxy's 15053 (iptables mode).") var dnsCapture = false
+    @Flag(inversion: .prefixedNo, help: "Connections a pod has when it is enrolled keep going uncaptured until they close, as under Istio's iptables rules; with --no-keep-existing-connections they are cut off.")
+    var keepExistingConnections = true
     @Option(help: "cgroup v2 path of the proxy: only its sockets skip capture. 'zds-peer': the cgroup of the process connected to the ZDS socket, learned at each connection (until one connects, no socket skips capture). 'none': any socket with the proxy mark, as Istio (env REDIRECT_PROXY_CGROUP).")
     var proxyCgroup: String?
     @Option(help: "cgroup v2 path of the kubelet: only its connections are SNATed to the probe IP. 'auto' (default): the cgroup of the running kubelet process, else 'none'. 'none': every host process, as Istio (env REDIRECT_KUBELET_CGROUP).")
@@ -50,6 +52,7 @@ struct AgentFlags: ParsableArguments {
         o.mode = mode
         do { try o.capture.setProbeIPs(v4: probeIP, v6: probeIPv6) } catch { throw ValidationError("\(error)") }
         o.capture.dnsCapture = dnsCapture
+        o.capture.keepExistingConnections = keepExistingConnections
         let proxy = proxyCgroup ?? env("REDIRECT_PROXY_CGROUP") ?? "none"
         o.learnProxyCgroup = proxy == "zds-peer"
         if !o.learnProxyCgroup { o.capture.proxyCgroup = try Self.cgroup(proxy, flag: "--proxy-cgroup", auto: nil) }

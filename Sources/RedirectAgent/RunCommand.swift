@@ -30,6 +30,12 @@ struct Run: ParsableCommand {
         try agent.reconcile()
         let opts = try flags.options()
         try agent.startZDS()
+        DedicatedThread.detach(name: "prune-kept") { // closed kept connections leave the kernel's table
+            while true {
+                sleep(30)
+                agent.pruneKeptConnections()
+            }
+        }
         let control = try AgentControlServer(agent: agent, path: opts.controlSocket, logger: logger)
         control.start()
         guard let metricsAddr = SocketAddress(parsing: metricsAddress) else { throw ValidationError("--metrics-address: expected ip:port") }

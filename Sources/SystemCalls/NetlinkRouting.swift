@@ -104,8 +104,10 @@ public enum NetlinkRouting {
 
     // MARK: transport
 
-    static func open() throws -> Int32 {
-        try check("socket NETLINK_ROUTE", socket(AF_NETLINK, cshim_sock_cloexec() | Int32(SOCK_RAW.rawValue), 0))
+    /// A netlink socket of the calling thread's namespace: rtnetlink unless `family` names
+    /// another (NETLINK_SOCK_DIAG 4, NETLINK_NETFILTER 12).
+    static func open(family: Int32 = 0) throws -> Int32 {
+        try check("socket AF_NETLINK \(family)", socket(AF_NETLINK, cshim_sock_cloexec() | Int32(SOCK_RAW.rawValue), family))
     }
 
     static func header(_ type: UInt16, _ flags: UInt16, _ body: [UInt8]) -> [UInt8] {
@@ -115,8 +117,8 @@ public enum NetlinkRouting {
     }
 
     /// Sends one request with NLM_F_ACK and throws the kernel's error.
-    static func request(_ type: UInt16, _ flags: UInt16, _ body: [UInt8], _ what: String) throws {
-        let fd = try open()
+    static func request(_ type: UInt16, _ flags: UInt16, _ body: [UInt8], _ what: String, family: Int32 = 0) throws {
+        let fd = try open(family: family)
         defer { close(fd) }
         let msg = header(type, F_REQUEST | F_ACK | flags, body)
         try check("netlink \(what)", send(fd, msg, msg.count, 0))
@@ -128,8 +130,8 @@ public enum NetlinkRouting {
     }
 
     /// A dump request; returns each message's body (after the 16-byte header).
-    static func dump(_ type: UInt16, _ body: [UInt8], _ what: String) throws -> [[UInt8]] {
-        let fd = try open()
+    static func dump(_ type: UInt16, _ body: [UInt8], _ what: String, family: Int32 = 0) throws -> [[UInt8]] {
+        let fd = try open(family: family)
         defer { close(fd) }
         let msg = header(type, F_REQUEST | F_DUMP, body)
         try check("netlink \(what)", send(fd, msg, msg.count, 0))
@@ -142,7 +144,10 @@ public enum NetlinkRouting {
                 let len = Int(buf[off..<off + 4].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
                 let t = UInt16(buf[off + 4]) | UInt16(buf[off + 5]) << 8
                 if t == 3 { return out }                   // NLMSG_DONE
-                if t == 2 { throw SystemError("netlink \(what)", code: EIO) }
+                if t == 2 {                                // NLMSG_ERROR: its errno, negated
+                    let err = off + 20 <= n ? buf[off + 16..<off + 20].withUnsafeBytes { $0.loadUnaligned(as: Int32.self) } : 0
+                    throw SystemError("netlink \(what)", code: err < 0 ? -err : EIO)
+                }
                 if len < 16 { return out }
                 out.append(Array(buf[off + 16..<min(off + len, n)]))
                 off += (len + 3) & ~3

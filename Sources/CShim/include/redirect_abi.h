@@ -67,8 +67,15 @@ struct ra_config {
  * (a separate map, so ra_config keeps its layout for maps pinned by an earlier agent). */
 struct ra_node {
     __u64 netns_cookie; /* the node's network namespace: only connect() calls made there are the node's */
-    __u64 reserved[3];
+    __u64 kept_connections; /* nonzero while ra_kept holds a connection: the pod programs look there only then */
+    __u64 reserved[2];
 };
+
+/* A connection that existed when its pod was enrolled and keeps going uncaptured until it closes
+ * (as conntrack keeps it under iptables rules), keyed by its socket's cookie: cookies are never
+ * reused, so nothing opened later can join. Value: the pod index. Written by the agent before it
+ * attaches the pod's programs; the agent deletes entries whose socket is gone. */
+#define RA_MAX_KEPT_CONNECTIONS 65536
 
 /* What the programs decided, counted per pod and per CPU. */
 enum ra_decision {
@@ -83,7 +90,8 @@ enum ra_decision {
     RA_PROBE_SNAT = 8,            /* node: a kubelet connection to the pod given the probe IP as its source */
     RA_DROP_NO_LISTENER = 9,      /* capture wanted, the proxy is not listening: dropped, never bypassed */
     RA_DROP_ASSIGN_FAILED = 10,   /* bpf_sk_assign refused */
-    RA_DROP_NO_SOCKET = 11,       /* no longer emitted: such packets now go to the proxy (RA_ORPHAN_TO_PROXY) */
+    RA_KEPT_PASS = 11,            /* a packet of a connection that existed before enrolment (ra_kept): not captured
+                                     (slot 11 was RA_DROP_NO_SOCKET, never emitted since such packets went to the proxy) */
     RA_DROP_FRAGMENT = 12,        /* fragmented TCP cannot be classified safely */
     RA_DROP_MALFORMED = 13,       /* the transport header cannot be located: truncated, bad lengths, an IPv6
                                      extension chain past the bound, a non-first fragment, a VLAN tag */
