@@ -307,7 +307,11 @@ public final class EBPFDataplane: Dataplane, Sendable {
             let attached = TCAttach.attachedProgramID(ifindex: index, ingress: false) ?? TCAttach.attachedProgramID(ifindex: index, ingress: true)
             return attached == nil ? try KeptConnections.current() : []
         }
-        try keptLock.withLock { _ in try maps.keep(cookies: kept.map(\.cookie), podIndex: index) }
+        let count = try keptLock.withLock { _ in try maps.keep(cookies: kept.map(\.cookie), podIndex: index) }
+        if count < kept.count {
+            logger.warning("ra_kept is full: connections from before enrolment are cut off",
+                           metadata: ["pod": "\(pod.namespace)/\(pod.name)", "kept": "\(count)", "cut": "\(kept.count - count)"])
+        }
     }
 
     /// Forgets the kept connections `drop` selects.

@@ -99,11 +99,17 @@ public final class MapSync: Sendable {
     // MARK: kept connections
 
     /// Records connections of pod `index` (by socket cookie) that stay uncaptured, and turns the
-    /// programs' lookup on.
-    public func keep(cookies: [UInt64], podIndex index: UInt32) throws {
-        guard !cookies.isEmpty else { return }
-        for c in cookies { try kept.update(c, index) }
-        try setKeptLookup(true)
+    /// programs' lookup on. A full map keeps no more (those connections are cut off, as without
+    /// keeping: closed, never bypassed); returns how many were kept.
+    @discardableResult
+    public func keep(cookies: [UInt64], podIndex index: UInt32) throws -> Int {
+        var count = 0
+        for c in cookies {
+            do { try kept.update(c, index) } catch let e as BPFError where e.code == E2BIG { break }
+            count += 1
+        }
+        if count > 0 { try setKeptLookup(true) }
+        return count
     }
 
     /// Every kept connection: socket cookie and pod index.

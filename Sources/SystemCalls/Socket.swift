@@ -52,6 +52,14 @@ public final class Socket: Sendable {
         return m
     }
 
+    /// SO_COOKIE: the kernel's identity of the socket, what BPF programs read as its cookie.
+    public func cookie() throws -> UInt64 {
+        var v: UInt64 = 0
+        var len = socklen_t(MemoryLayout<UInt64>.size)
+        try check("getsockopt SO_COOKIE", getsockopt(fd, SOL_SOCKET, 57 /* SO_COOKIE */, &v, &len))
+        return v
+    }
+
     /// SO_PEERCRED of a connected unix socket: the peer's pid in this process's pid namespace
     /// (0 when the peer's process is outside it).
     public func peerProcessID() throws -> Int32 {

@@ -15,6 +15,11 @@ public enum SocketDiag {
         public var state: UInt8
         /// The socket's cookie: what `bpf_get_socket_cookie` returns for it; never reused.
         public var cookie: UInt64
+
+        /// Describes a socket.
+        public init(local: SocketAddress, remote: SocketAddress, state: UInt8, cookie: UInt64) {
+            self.local = local; self.remote = remote; self.state = state; self.cookie = cookie
+        }
     }
 
     /// TCP states of a connection that carries data or is closing; not listeners, handshakes in
