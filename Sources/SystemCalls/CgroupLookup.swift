@@ -7,12 +7,24 @@ extension Cgroup {
     /// The group of the process at the other end of a connected unix socket, and how it was found:
     /// by the peer's pid (SO_PEERCRED), which needs the peer's process visible in this pid
     /// namespace. (Linux has no socket option that names the peer's cgroup.)
+    ///
+    /// A pid names a process only while it lives: one that exited could be reused, and its number
+    /// then names someone else's cgroup. On Linux 6.5+ the peer's pidfd (SO_PEERPIDFD, which cannot
+    /// be reused) is taken first, and the group counts only if that process is still alive once it
+    /// has been read, so the number still named it. Before 6.5 that check is not possible.
     public static func ofPeer(_ socket: Socket, procRoot: String = "/proc") throws -> (cgroup: Cgroup, how: String) {
+        let pidfd = cshim_peer_pidfd(socket.fd)
+        defer { if pidfd >= 0 { Glibc.close(pidfd) } }
         let pid = try socket.peerProcessID()
         guard pid > 0 else {
             throw SystemError("the peer's process is outside this pid namespace (the agent needs the node's: hostPID)", code: ESRCH)
         }
-        return (try of(pid: pid, procRoot: procRoot), "SO_PEERCRED pid \(pid)")
+        let cgroup = try of(pid: pid, procRoot: procRoot)
+        guard pidfd >= 0 else { return (cgroup, "SO_PEERCRED pid \(pid)") }
+        guard cshim_pidfd_send_signal(pidfd, 0) == 0 else {
+            throw SystemError("the peer (pid \(pid)) exited while its cgroup was read: the number may name another process now", code: ESRCH)
+        }
+        return (cgroup, "SO_PEERCRED pid \(pid), alive by its SO_PEERPIDFD")
     }
 
     /// How many groups lie below this one (`nr_descendants` in its cgroup.stat).

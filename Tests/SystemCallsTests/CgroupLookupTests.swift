@@ -50,6 +50,37 @@ struct CgroupLookupTests {
         #expect(try conn.peerProcessID() == child.pid)
     }
 
+    @Test("a peer that has exited is not identified by its pid, which another process may hold by then",
+          .enabled(if: KernelRelease.atLeast(6, 5), "SO_PEERPIDFD needs Linux 6.5 or later"))
+    func exitedPeer() throws {
+        guard (try? Cgroup.mountPoint()) != nil else { Issue.record("cannot run: no cgroup2 mount"); return }
+        let made = try groups(["reused"])
+        defer { remove(made) }
+        let dir = NSTemporaryDirectory() + "ra-peer-\(UInt32.random(in: 0..<UInt32.max))"
+        try PrivateDirectory.prepare(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let listener = try UnixSocket.listen(path: dir + "/zds.sock", type: cshim_sock_seqpacket())
+        defer { listener.close() }
+        // The connecting process leaves the socket to a child (which exits once the socket closes)
+        // and waits to be killed.
+        let client = "import os, socket, time; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect('\(dir)/zds.sock'); "
+            + "os.fork() == 0 and (s.recv(1), os._exit(0)); time.sleep(30)"
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(null) }
+        let peer = try ChildProcess.spawn("/usr/bin/env", ["python3", "-c", client], stdin: null, stdout: null, stderr: null)
+        defer { stop(peer) }
+        try listener.setTimeout(seconds: 10)
+        let conn = try listener.accept()
+        defer { conn.close() }
+        // /proc as it would read if the peer's pid now belonged to a process in another group.
+        let proc = dir + "/proc"
+        try FileManager.default.createDirectory(atPath: "\(proc)/\(peer.pid)", withIntermediateDirectories: true)
+        try "0::\(made[1].path)\n".write(toFile: "\(proc)/\(peer.pid)/cgroup", atomically: true, encoding: .utf8)
+        #expect(try Cgroup.ofPeer(conn, procRoot: proc).cgroup == made[1], "the presence: while the peer lives, its pid's group is read")
+        stop(peer)
+        #expect(throws: SystemError.self, "the peer is gone: its pid proves nothing") { try Cgroup.ofPeer(conn, procRoot: proc) }
+    }
+
     @Test("a pid read from inside another cgroup namespace (as /proc shows it to a containerized agent: /../...) is named as the node names it")
     func outsideOwnNamespace() throws {
         guard (try? Cgroup.mountPoint()) != nil else { Issue.record("cannot run: no cgroup2 mount"); return }

@@ -16,6 +16,11 @@ int cshim_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 
 /// pidfd_open(2): a descriptor that polls readable once the process has exited.
 int cshim_pidfd_open(pid_t pid);
+/// pidfd_send_signal(2) with no siginfo; signal 0 only asks whether the process is still alive.
+int cshim_pidfd_send_signal(int pidfd, int sig);
+/// getsockopt SO_PEERPIDFD (Linux 6.5+): a pidfd of the process that connected a unix socket's peer end; -1 and errno
+/// (ENOPROTOOPT before 6.5).
+int cshim_peer_pidfd(int fd);
 
 /// setns(2): switch the calling thread into the namespace behind fd.
 int cshim_setns(int fd, int nstype);
