@@ -58,6 +58,12 @@ let lab: [Target] = [
     .executableTarget(name: "LabApp", dependencies: [
         "SystemCalls", "NodeLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], path: "Lab/Sources/LabApp"),
+    // The lab's Kubernetes API server (no kube-apiserver runs here): pods and namespaces over HTTPS.
+    .target(name: "KubeStandIn", dependencies: [
+        "SystemCalls", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "NIOFoundationCompat", package: "swift-nio"),
+    ], path: "Lab/Sources/KubeStandIn"),
     // `redirect-lab`: demo, bench, cleanup.
     .executableTarget(name: "LabCLI", dependencies: [
         "NodeLab", "MeshProxy", "Dataplane", "AgentAPI", "BPFLoader", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -75,7 +81,7 @@ let tests: [Target] = [
                                                       "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")]),
     .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
     .testTarget(name: "EndToEndTests", dependencies: ["NodeLab", "Dataplane", "BPFLoader", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain",
-                                                      "RedirectAgent", "CNIPlugin", "LabCLI",
+                                                      "RedirectAgent", "CNIPlugin", "LabCLI", "KubeStandIn",
                                                       "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")],
                   path: "Lab/Tests/EndToEndTests"),
 ]
@@ -97,6 +103,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: shipped + lab + tests,
     swiftLanguageModes: [.v6]

@@ -4,8 +4,10 @@ set -euo pipefail
 PACKAGES=(
   libbpf-dev libelf-dev zlib1g-dev linux-libc-dev bpftool
   iptables ipset nftables iproute2 util-linux procps kmod
-  containernetworking-plugins python3-seccomp python3-venv
+  containernetworking-plugins python3-seccomp python3-venv openssl
 )
+# kubectl for the stand-in API server's tests: whichever is there, else Debian's.
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
