@@ -30,6 +30,12 @@ let shipped: [Target] = [
                                         .product(name: "Logging", package: "swift-log")], exclude: ["zds.proto.note"]),
     // The control socket's requests and answers, shared by the agent and the CNI plugin.
     .target(name: "AgentAPI", dependencies: ["SystemCalls"]),
+    // A Kubernetes API client: config (in-cluster, kubeconfig), list, watch, informers, pods/status patches.
+    .target(name: "KubeClient", dependencies: [
+        .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOFoundationCompat", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams"),
+    ]),
     // The node agent's logic.
     .target(name: "AgentCore", dependencies: ["AgentAPI", "Dataplane", "BPFLoader", "MapSync", "ZDS", "SystemCalls",
                                               .product(name: "Logging", package: "swift-log")]),
@@ -81,7 +87,7 @@ let tests: [Target] = [
                                                       "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")]),
     .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
     .testTarget(name: "EndToEndTests", dependencies: ["NodeLab", "Dataplane", "BPFLoader", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain",
-                                                      "RedirectAgent", "CNIPlugin", "LabCLI", "KubeStandIn",
+                                                      "RedirectAgent", "CNIPlugin", "LabCLI", "KubeStandIn", "KubeClient",
                                                       "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")],
                   path: "Lab/Tests/EndToEndTests"),
 ]
