@@ -37,7 +37,7 @@ let shipped: [Target] = [
         .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams"),
     ]),
     // The node agent's logic.
-    .target(name: "AgentCore", dependencies: ["AgentAPI", "Dataplane", "BPFLoader", "MapSync", "ZDS", "SystemCalls",
+    .target(name: "AgentCore", dependencies: ["AgentAPI", "Dataplane", "BPFLoader", "MapSync", "ZDS", "SystemCalls", "KubeClient",
                                               .product(name: "Logging", package: "swift-log")]),
     // NetworkPolicy preflight.
     .target(name: "NetworkPolicyCheck", dependencies: ["SystemCalls", .product(name: "Yams", package: "Yams")]),
@@ -45,7 +45,7 @@ let shipped: [Target] = [
     .executableTarget(name: "CNIPlugin", dependencies: ["AgentAPI", "SystemCalls"]),
     // `redirect-agent`, the daemon and its CLI.
     .executableTarget(name: "RedirectAgent", dependencies: [
-        "Dataplane", "SystemCalls", "NetworkPolicyCheck", "AgentCore", "AgentAPI",
+        "Dataplane", "SystemCalls", "NetworkPolicyCheck", "AgentCore", "AgentAPI", "KubeClient",
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
@@ -59,7 +59,7 @@ let lab: [Target] = [
         "MeshProxy", "SystemCalls", .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], path: "Lab/Sources/MeshProxyMain"),
     // Nodes and pods as network namespaces wired by the real CNI plugins.
-    .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader", "AgentAPI"], path: "Lab/Sources/NodeLab"),
+    .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader", "AgentAPI", "KubeStandIn"], path: "Lab/Sources/NodeLab"),
     // `lab-app`: the workload in each lab pod.
     .executableTarget(name: "LabApp", dependencies: [
         "SystemCalls", "NodeLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -2,6 +2,7 @@ import AgentAPI
 import BPFLoader
 import Dataplane
 import Foundation
+import KubeClient
 import Logging
 import MapSync
 import Synchronization
@@ -26,6 +27,14 @@ public struct AgentOptions: Sendable {
     public var iptablesBackend: IptablesBackend?
     /// The node-local selection file.
     public var selectionFile: String?
+    /// The Kubernetes API to watch pods and namespaces in; nil: labels from CNI_ARGS and the selection file.
+    public var kube: KubeConfig?
+    /// This node's name (pods are watched with `spec.nodeName=` it).
+    public var nodeName = ProcessInfo.processInfo.hostName
+    /// How long an ADD waits for the API to know its pod.
+    public var apiWaitSeconds = 5.0
+    /// Which pods are in the mesh.
+    public var meshRules = MeshRules()
     /// Learn the proxy's cgroup from its ZDS connection (`--proxy-cgroup zds-peer`): until a
     /// proxy has connected, no socket is the proxy's.
     public var learnProxyCgroup = false
@@ -57,6 +66,10 @@ public final class Agent: Sendable {
     let guarded: Mutex<AgentState>
     private let zdsServer = Mutex<ZDSServer?>(nil)
     var zds: ZDSServer? { zdsServer.withLock { $0 } }
+    /// The cluster's pods and namespaces, when the agent watches the Kubernetes API.
+    public let cluster: ClusterView?
+    // Signalled when the cluster or the enrolled pods changed; the membership thread wakes on it.
+    let membershipSignal = DispatchSemaphore(value: 0)
 
     /// Chooses the dataplane: `ebpf` fails with the kernel's reason, `auto` falls back to
     /// iptables with it, `iptables` is iptables.
@@ -101,6 +114,13 @@ public final class Agent: Sendable {
         if options.learnProxyCgroup { options.capture.rememberProxy(state.proxyCgroup, logger: logger) }
         self.options = options
         self.selection = FileAndArgsSelection(path: options.selectionFile)
+        if let kube = options.kube {
+            do { cluster = ClusterView(client: try KubeClient(kube), nodeName: options.nodeName, rules: options.meshRules, logger: logger) } catch {
+                throw AgentError(.invalidRequest, "Kubernetes API: \(error)")
+            }
+        } else {
+            cluster = nil
+        }
         (dataplane, reason, features) = try Agent.chooseDataplane(options, logger: logger)
         guarded = Mutex(state)
         logger.info("dataplane chosen", metadata: ["dataplane": "\(dataplane.mode.rawValue)", "reason": "\(reason)"])
@@ -211,40 +231,23 @@ public final class Agent: Sendable {
     // MARK: operations
 
     /// Enrolls a pod the CNI plugin reports: selection, dataplane, proxy, state file. Returns
-    /// false when the pod is not selected for the mesh (nothing is done).
+    /// false when the pod is not selected for the mesh (nothing is done but remembering it, so a
+    /// label set later can enrol it). With the Kubernetes API, the pod must be known there: when
+    /// the API cannot say, the ADD fails, so the runtime retries and no meshed pod starts uncaptured.
     public func add(_ req: PodRequest) throws -> Bool {
         var spec = try spec(from: req)
-        spec.rerouteInterfaces = try RequestValidation.rerouteInterfaces(
-            selection.annotations(namespace: req.namespace, pod: req.name)[rerouteVirtualInterfacesAnnotation])
-        guard selection.isInMesh(namespace: req.namespace, pod: req.name, podLabels: req.podLabels, namespaceLabels: req.namespaceLabels) else {
+        let (inMesh, annotations) = try selected(req)
+        spec.rerouteInterfaces = try RequestValidation.rerouteInterfaces(annotations[rerouteVirtualInterfacesAnnotation])
+        let netnsID = try podNamespace(spec)
+        guard inMesh else {
             logger.info("pod not selected for the mesh", metadata: ["pod": "\(req.namespace)/\(req.name)"])
+            if cluster != nil { try remember(spec) }
             return false
         }
-        let netnsID = try podNamespace(spec)
         try checkInterface(spec)
         let start = DispatchTime.now()
         do {
-            try guarded.withLock { state in
-                try claim(spec, netnsID: netnsID, state: &state)
-                let wasEnrolled = state.pods[spec.uid] != nil
-                try begin(PendingOperation(op: "add", spec: spec), &state)
-                do {
-                    try dataplane.enroll(spec)
-                    do {
-                        try zds?.add(ZDSWorkload(uid: spec.uid, name: spec.name, namespace: spec.namespace, netns: spec.netns))
-                    } catch {
-                        if !wasEnrolled { try? dataplane.remove(spec) }
-                        throw AgentError(.proxyRejected, "\(error)")
-                    }
-                } catch {
-                    state.pending[spec.uid] = nil
-                    try? store.save(state)
-                    throw error
-                }
-                state.pending[spec.uid] = nil
-                state.pods[spec.uid] = EnrolledPod(spec: spec, enrolledAt: state.pods[spec.uid]?.enrolledAt ?? Date(), netnsID: netnsID)
-                try store.save(state)
-            }
+            try guarded.withLock { state in try enrollLocked(spec, netnsID: netnsID, &state) }
         } catch let e as AgentError {
             metrics.failure()
             throw e
@@ -254,22 +257,74 @@ public final class Agent: Sendable {
         }
         metrics.enrolled(seconds: Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9)
         logger.info("pod enrolled", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "ips": "\(spec.ips)"])
+        membershipChanged()
         return true
+    }
+
+    /// Whether the pod is in the mesh, and its annotations: from the Kubernetes API when the agent
+    /// watches it, else from CNI_ARGS and the selection file.
+    private func selected(_ req: PodRequest) throws -> (Bool, [String: String]) {
+        guard let cluster else {
+            return (selection.isInMesh(namespace: req.namespace, pod: req.name, podLabels: req.podLabels, namespaceLabels: req.namespaceLabels),
+                    selection.annotations(namespace: req.namespace, pod: req.name))
+        }
+        let (pod, why) = cluster.waitForPod(namespace: req.namespace, name: req.name, uid: req.uid, timeout: options.apiWaitSeconds)
+        guard let pod else { throw AgentError(.apiUnavailable, why) }
+        return (cluster.decide(pod).inMesh, pod.metadata.annotations ?? [:])
+    }
+
+    /// Records a pod that is not in the mesh, for a later label.
+    private func remember(_ spec: PodSpec) throws {
+        try guarded.withLock { state in
+            guard state.pods[spec.uid] == nil, state.known[spec.uid] != spec else { return }
+            state.known[spec.uid] = spec
+            try store.save(state)
+        }
+    }
+
+    /// Enrolment under the lock: claim, pending record, dataplane, proxy, state file.
+    func enrollLocked(_ spec: PodSpec, netnsID: String, _ state: inout AgentState) throws {
+        try claim(spec, netnsID: netnsID, state: &state)
+        let wasEnrolled = state.pods[spec.uid] != nil
+        try begin(PendingOperation(op: "add", spec: spec), &state)
+        do {
+            try dataplane.enroll(spec)
+            do {
+                try zds?.add(ZDSWorkload(uid: spec.uid, name: spec.name, namespace: spec.namespace, netns: spec.netns))
+            } catch {
+                if !wasEnrolled { try? dataplane.remove(spec) }
+                throw AgentError(.proxyRejected, "\(error)")
+            }
+        } catch {
+            state.pending[spec.uid] = nil
+            try? store.save(state)
+            throw error
+        }
+        state.pending[spec.uid] = nil
+        state.known[spec.uid] = nil
+        state.pods[spec.uid] = EnrolledPod(spec: spec, enrolledAt: state.pods[spec.uid]?.enrolledAt ?? Date(), netnsID: netnsID)
+        try store.save(state)
+    }
+
+    /// Removal under the lock: pending record, proxy, dataplane, state file.
+    func removeLocked(_ spec: PodSpec, _ state: inout AgentState) throws {
+        try begin(PendingOperation(op: "del", spec: spec), &state)
+        zds?.remove(uid: spec.uid)
+        do { try dataplane.remove(spec) } catch { throw AgentError(.removeFailed, "\(error)") }
+        state.pods[spec.uid] = nil
+        state.pending[spec.uid] = nil
+        try store.save(state)
+        metrics.removed()
     }
 
     /// Removes a pod; a pod that is not enrolled is a success.
     public func remove(_ req: PodRequest) throws {
         try guarded.withLock { state in
+            if state.known.removeValue(forKey: req.uid) != nil { try store.save(state) }
             let known = state.pods[req.uid]?.spec
             guard let spec = known ?? (try? self.spec(from: req)) else { return }
             if known == nil && !mayCleanUnknown(spec, state: state) { return }
-            try begin(PendingOperation(op: "del", spec: spec), &state)
-            zds?.remove(uid: spec.uid)
-            do { try dataplane.remove(spec) } catch { throw AgentError(.removeFailed, "\(error)") }
-            state.pods[spec.uid] = nil
-            state.pending[spec.uid] = nil
-            try store.save(state)
-            metrics.removed()
+            try removeLocked(spec, &state)
         }
     }
 
@@ -277,7 +332,7 @@ public final class Agent: Sendable {
     public func check(_ req: PodRequest) throws {
         try guarded.withLock { state in
             guard let pod = state.pods[req.uid] else {
-                if selection.isInMesh(namespace: req.namespace, pod: req.name, podLabels: req.podLabels, namespaceLabels: req.namespaceLabels) {
+                if cluster == nil, selection.isInMesh(namespace: req.namespace, pod: req.name, podLabels: req.podLabels, namespaceLabels: req.namespaceLabels) {
                     throw AgentError(.notEnrolled, "pod \(req.namespace)/\(req.name) is selected for the mesh but not enrolled")
                 }
                 return

@@ -42,10 +42,13 @@ public struct AgentState: Codable, Sendable {
     /// The proxy's cgroup as last learned from its ZDS connection (with `--proxy-cgroup zds-peer`):
     /// a restarted agent keeps it, so the proxy's open connections stay its own.
     public var proxyCgroup: Cgroup?
+    /// Pods the runtime added that are not in the mesh, by UID: what enrolling one later (a label
+    /// set with kubectl) needs, since no ADD comes again for a running pod.
+    public var known: [String: PodSpec] = [:]
     /// Creates an empty state.
     public init() {}
 
-    private enum CodingKeys: String, CodingKey { case version, dataplane, probeIPv4, probeIPv6, pods, pending, proxyCgroup }
+    private enum CodingKeys: String, CodingKey { case version, dataplane, probeIPv4, probeIPv6, pods, pending, proxyCgroup, known }
 
     /// Reads a state file; files from before `pending` existed have none.
     public init(from decoder: any Decoder) throws {
@@ -57,6 +60,7 @@ public struct AgentState: Codable, Sendable {
         pods = try c.decodeIfPresent([String: EnrolledPod].self, forKey: .pods) ?? [:]
         pending = try c.decodeIfPresent([String: PendingOperation].self, forKey: .pending) ?? [:]
         proxyCgroup = try c.decodeIfPresent(Cgroup.self, forKey: .proxyCgroup)
+        known = try c.decodeIfPresent([String: PodSpec].self, forKey: .known) ?? [:]
     }
 }
 
@@ -117,6 +121,8 @@ public struct AgentError: Error, CustomStringConvertible, Sendable {
         case conflict
         /// A ZDS peer whose cgroup cannot be the proxy's identity.
         case proxyUnidentified
+        /// The Kubernetes API cannot say whether the pod is in the mesh (not reachable, or the pod not seen yet).
+        case apiUnavailable
         case ebpfUnavailable, enrollFailed, removeFailed, notEnrolled, drift, io, proxyRejected
     }
     /// The code.

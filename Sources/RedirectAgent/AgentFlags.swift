@@ -1,4 +1,5 @@
 import AgentCore
+import KubeClient
 import ArgumentParser
 import BPFLoader
 import Dataplane
@@ -31,6 +32,9 @@ struct AgentFlags: ParsableArguments {
     var proxyCgroup: String?
     @Option(help: "cgroup v2 path of the kubelet: only its connections are SNATed to the probe IP. 'auto' (default): the cgroup of the running kubelet process, else 'none'. 'none': every host process, as Istio (env REDIRECT_KUBELET_CGROUP).")
     var kubeletCgroup: String?
+    @Option(help: "kubeconfig of the Kubernetes API to watch pods and namespaces in (env KUBECONFIG). Without it, in a pod (KUBERNETES_SERVICE_HOST set), the in-cluster service account; else none: labels come from CNI_ARGS and --selection-file.")
+    var kubeconfig: String?
+    @Option(help: "This node's name, as the API knows it (env NODE_NAME; default: the host name).") var nodeName: String?
     @Option(help: "Enter this network namespace first (the lab runs one agent per node namespace).") var netns: String?
     @Option(help: "Where the node's cgroup v2 hierarchy is mounted, when the agent runs in its own cgroup namespace: the ebpf dataplane links its probe programs to its root, and cgroup paths resolve below it (env REDIRECT_CGROUP_ROOT; default: the cgroup2 mount).")
     var cgroupRoot: String = env("REDIRECT_CGROUP_ROOT") ?? ""
@@ -69,7 +73,18 @@ struct AgentFlags: ParsableArguments {
             o.iptablesBackend = backend
         }
         o.selectionFile = selectionFile
+        o.kube = try Self.kubeConfig(kubeconfig ?? env("KUBECONFIG"))
+        if let name = nodeName ?? env("NODE_NAME") { o.nodeName = name }
         return o
+    }
+
+    /// The API to watch: a kubeconfig, else the in-cluster service account, else none.
+    static func kubeConfig(_ path: String?) throws -> KubeConfig? {
+        do {
+            if let path { return try KubeConfig.file(path) }
+            if env("KUBERNETES_SERVICE_HOST") != nil { return try KubeConfig.inCluster() }
+            return nil
+        } catch { throw ValidationError("Kubernetes API: \(error)") }
     }
 
     /// Resolves a cgroup flag: `none`, `auto` (when `auto` is given) or a path that must exist.

@@ -30,6 +30,7 @@ struct Run: ParsableCommand {
         try agent.reconcile()
         let opts = try flags.options()
         try agent.startZDS()
+        agent.startCluster()
         DedicatedThread.detach(name: "prune-kept") { // closed kept connections leave the kernel's table
             while true {
                 sleep(30)

@@ -1,10 +1,12 @@
 import Foundation
+import Glibc
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import Synchronization
+import SystemCalls
 
 /// The lab's Kubernetes API server: HTTPS with a bearer token, discovery, and pods and namespaces
 /// (list, watch, get, create, merge and strategic merge patch, delete, pods/status), speaking the
@@ -20,13 +22,18 @@ public final class APIServer: Sendable {
     private let tls: NIOSSLContext
     private let group: MultiThreadedEventLoopGroup
     private let listener = Mutex<(channel: Channel?, port: Int)>((nil, 0))
+    private let connections = Mutex<[ObjectIdentifier: Channel]>([:])
+    private let serving = Mutex(0)
     private let host: String
+    private let netns: NetworkNamespace?
 
     /// Listens on `host:port` (0: a port the kernel picks, kept across restarts) with the
-    /// certificate and key (PEM files).
-    public init(store: ObjectStore, host: String = "127.0.0.1", port: Int = 0, certificate: String, key: String, token: String,
-                bookmarkInterval: Duration = .seconds(5)) throws {
+    /// certificate and key (PEM files); with `netns`, on every IPv4 address of that network
+    /// namespace (a lab node's: where the agents can reach it).
+    public init(store: ObjectStore, host: String = "127.0.0.1", port: Int = 0, netns: NetworkNamespace? = nil,
+                certificate: String, key: String, token: String, bookmarkInterval: Duration = .seconds(5)) throws {
         self.store = store
+        self.netns = netns
         self.token = token
         self.bookmarkInterval = bookmarkInterval
         self.host = host
@@ -46,14 +53,28 @@ public final class APIServer: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [self] ch in
-                ch.eventLoop.makeCompletedFuture {
+                let id = ObjectIdentifier(ch)
+                connections.withLock { $0[id] = ch }
+                ch.closeFuture.whenComplete { _ in self.connections.withLock { _ = $0.removeValue(forKey: id) } }
+                return ch.eventLoop.makeCompletedFuture {
                     try ch.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                     try ch.pipeline.syncOperations.configureHTTPServerPipeline()
                     let async = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: ch)
-                    Task { await self.serve(async) }
+                    Task(executorPreference: ServingExecutor.shared) { await self.serve(async) }
                 }
             }
-        let ch = try bootstrap.bind(host: host, port: port).wait()
+        let ch: Channel
+        if let netns {
+            // The listening socket is made in the node's namespace; NIO serves it from its own threads.
+            let port = self.port
+            let fd = try netns.run { () -> Int32 in
+                let s = try Socket.listening(on: SocketAddress(IPAddress("0.0.0.0")!, UInt16(port)))
+                return dup(s.fd)
+            }
+            ch = try bootstrap.withBoundSocket(fd).wait()
+        } else {
+            ch = try bootstrap.bind(host: host, port: port).wait()
+        }
         listener.withLock { $0 = (ch, ch.localAddress?.port ?? $0.port) }
     }
 
@@ -62,11 +83,14 @@ public final class APIServer: Sendable {
         let ch = listener.withLock { l in defer { l.channel = nil }; return l.channel }
         try? ch?.close().wait()
         store.dropWatches()
+        for c in connections.withLock({ Array($0.values) }) { try? c.close().wait() }
     }
 
-    /// Stops for good.
+    /// Stops for good, once every connection's task has ended (none may write to a loop that is gone).
     public func shutdown() {
         stop()
+        let end = Date().addingTimeInterval(2)
+        while serving.withLock({ $0 }) > 0 && Date() < end { usleep(5_000) }
         try? group.syncShutdownGracefully()
     }
 
@@ -76,6 +100,8 @@ public final class APIServer: Sendable {
     // MARK: connections
 
     private func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
+        serving.withLock { $0 += 1 }
+        defer { serving.withLock { $0 -= 1 } }
         try? await connection.executeThenClose { inbound, outbound in
             var head: HTTPRequestHead?
             var body = ByteBuffer()
@@ -236,5 +262,18 @@ public final class APIServer: Sendable {
         default:
             throw StoreError(405, "MethodNotAllowed", "\(r.head.method) is not supported here")
         }
+    }
+}
+
+/// Where the server's connections run: a queue of its own, never Swift's shared pool, which the
+/// lab's tests (in the same process) block with their synchronous waits. A blocked pool must not
+/// starve the API the agents are waiting on.
+final class ServingExecutor: TaskExecutor {
+    static let shared = ServingExecutor()
+    private let queue = DispatchQueue(label: "kube-standin", attributes: .concurrent)
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }

@@ -19,8 +19,8 @@ public struct Credentials: Sendable {
     /// The token.
     public var token: String
 
-    /// Makes a CA and a server certificate for `host` with openssl, and a random token.
-    public static func make(in directory: String, host: String = "127.0.0.1") throws -> Credentials {
+    /// Makes a CA and a server certificate for `hosts` (IP addresses) with openssl, and a random token.
+    public static func make(in directory: String, hosts: [String] = ["127.0.0.1"]) throws -> Credentials {
         try PrivateDirectory.prepare(directory)
         let c = Credentials(directory: directory, token: UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))
         let days = ["-days", "2"]
@@ -28,15 +28,16 @@ public struct Credentials: Sendable {
                                         "-out", c.caFile, "-subj", "/CN=redirect-lab-ca"] + days)
         _ = try Command.run("openssl", ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", c.keyFile,
                                         "-out", "\(directory)/server.csr", "-subj", "/CN=kube-apiserver"])
-        try "subjectAltName=IP:\(host),DNS:localhost\nextendedKeyUsage=serverAuth\n".write(toFile: "\(directory)/ext", atomically: true, encoding: .utf8)
+        let names = (hosts.map { "IP:\($0)" } + ["DNS:localhost"]).joined(separator: ",")
+        try "subjectAltName=\(names)\nextendedKeyUsage=serverAuth\n".write(toFile: "\(directory)/ext", atomically: true, encoding: .utf8)
         _ = try Command.run("openssl", ["x509", "-req", "-in", "\(directory)/server.csr", "-CA", c.caFile, "-CAkey", "\(directory)/ca.key",
                                         "-CAcreateserial", "-out", c.certificateFile, "-extfile", "\(directory)/ext"] + days)
         try c.token.write(toFile: c.tokenFile, atomically: true, encoding: .utf8)
         return c
     }
 
-    /// Writes the kubeconfig for the server at `url`.
-    public func writeKubeconfig(server url: String) throws {
+    /// Writes the kubeconfig for the server at `url` (to ``kubeconfig`` unless another path is given).
+    public func writeKubeconfig(server url: String, to path: String? = nil) throws {
         let text = """
         apiVersion: v1
         kind: Config
@@ -57,6 +58,6 @@ public struct Credentials: Sendable {
         current-context: lab
 
         """
-        try text.write(toFile: kubeconfig, atomically: true, encoding: .utf8)
+        try text.write(toFile: path ?? kubeconfig, atomically: true, encoding: .utf8)
     }
 }

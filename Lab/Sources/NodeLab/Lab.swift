@@ -1,4 +1,5 @@
 import Foundation
+import KubeStandIn
 import Synchronization
 import Glibc
 import SystemCalls
@@ -34,6 +35,10 @@ public struct LabOptions: Sendable {
     /// only the proxy's sockets skip capture and only the kubelet's connections are SNATed.
     /// false: Istio's rules (the mark alone, any host process).
     public var identities = true
+    /// Run the stand-in Kubernetes API: lab pods and their namespaces become objects in it (with
+    /// their labels, before the runtime's ADD, as on a cluster), the runtime passes no labels, and
+    /// the agents watch it (`--kubeconfig`, `--node-name`).
+    public var kubeAPI = false
     /// Creates the defaults.
     public init() {}
 }
@@ -163,6 +168,9 @@ public final class Lab: Sendable {
     public var pods: [LabPod] { members.withLock { $0.pods } }
     /// The run's folder under /run/redirect-lab.
     public let directory: String
+    private let kubeState = Mutex<(server: APIServer, credentials: Credentials)?>(nil)
+    /// The stand-in API server (with ``LabOptions/kubeAPI``).
+    public var kube: (server: APIServer, credentials: Credentials)? { kubeState.withLock { $0 } }
 
     /// The app's ports.
     public static let httpPort: UInt16 = 8080
@@ -193,6 +201,7 @@ public final class Lab: Sendable {
             try makeNode(node)
         }
         if nodes.count == 2 { try link(nodes[0], nodes[1]) }
+        if options.kubeAPI { try startKubeAPI() }
         for node in nodes {
             if options.agentDataplane != nil { try startAgent(on: node) }
             if options.startProxies { try startProxy(on: node) }
@@ -272,9 +281,12 @@ public final class Lab: Sendable {
     /// Creates a pod on `node` the way a container runtime does: a sandbox namespace, loopback,
     /// then the node's network list, then (optionally) the app server.
     @discardableResult
-    public func addPod(on node: LabNode, name: String, namespace: String = "default", labels: [String: String] = [:]) throws -> LabPod {
+    public func addPod(on node: LabNode, name: String, namespace: String = "default", labels: [String: String] = [:],
+                       inAPI: Bool = true) throws -> LabPod {
         let uid = UUID().uuidString.lowercased()
-        let identity = PodIdentity(name: name, namespace: namespace, uid: uid, containerID: "\(options.runID)-\(name)", labels: labels)
+        if let kube, inAPI { try Self.createObjects(kube.server.store, node: node, name: name, namespace: namespace, uid: uid, labels: labels) }
+        let identity = PodIdentity(name: name, namespace: namespace, uid: uid, containerID: "\(options.runID)-\(name)",
+                                   labels: kube == nil ? labels : [:])
         let pod = LabPod(identity: identity, node: node, netnsName: "\(options.runID)-\(name)")
         try ip(["netns", "add", pod.netnsName])
         members.withLock { $0.pods.append(pod) }
@@ -364,7 +376,8 @@ public final class Lab: Sendable {
         let mode = dataplane ?? options.agentDataplane ?? "auto"
         let exe = try LabBinaries.path("redirect-agent")
         let args = options.agentWrapper.isEmpty ? agentArguments(node, dataplane: mode) : Array(options.agentWrapper.dropFirst()) + [exe] + agentArguments(node, dataplane: mode)
-        let agent = try ManagedProcess(options.agentWrapper.first ?? exe, args, logPath: "\(node.directory)/agent-\(Date().timeIntervalSince1970).log")
+        let kubeArgs = kube == nil ? [] : ["--kubeconfig", kubeconfig(for: node), "--node-name", node.name]
+        let agent = try ManagedProcess(options.agentWrapper.first ?? exe, args + kubeArgs, logPath: "\(node.directory)/agent-\(Date().timeIntervalSince1970).log")
         node.agent = agent
         try waitForLine("READY", in: agent, what: "agent on \(node.name)")
     }
@@ -397,6 +410,12 @@ public final class Lab: Sendable {
         for node in nodes {
             node.agent?.stop()
             node.proxy?.stop()
+        }
+        kubeState.withLock { k in
+            k?.server.shutdown()
+            k = nil
+        }
+        for node in nodes {
             _ = try? Command.capture("ip", ["netns", "del", node.netnsName])
             if BPFFS.isMounted(node.bpffsMount) { BPFFS.unmount(node.bpffsMount) }
         }
@@ -479,4 +498,46 @@ extension Mutex {
     func read<T: Sendable>(_ field: any KeyPath<Value, T> & Sendable) -> T { withLock { $0[keyPath: field] } }
     /// Replaces one field of the guarded value.
     func write<T: Sendable>(_ field: any WritableKeyPath<Value, T> & Sendable, _ value: T) { withLock { $0[keyPath: field] = value } }
+}
+
+extension Lab {
+    /// Starts the stand-in API server, with credentials in the run's folder.
+    /// It runs on the first node, as a control plane would: the first node's agent reaches it on
+    /// loopback, the others over the node link; each node gets its own kubeconfig.
+    func startKubeAPI() throws {
+        let home = nodes[0]
+        let creds = try Credentials.make(in: "\(directory)/kube", hosts: ["127.0.0.1", home.address.description])
+        let server = try APIServer(store: ObjectStore(), netns: home.netns, certificate: creds.certificateFile, key: creds.keyFile,
+                                   token: creds.token, bookmarkInterval: .seconds(2))
+        kubeState.withLock { $0 = (server, creds) }
+        for node in nodes {
+            let host = node === home ? "127.0.0.1" : home.address.description
+            try creds.writeKubeconfig(server: "https://\(host):\(server.port)", to: kubeconfig(for: node))
+        }
+    }
+
+    /// The kubeconfig `node`'s agent uses.
+    public func kubeconfig(for node: LabNode) -> String { "\(directory)/kube/kubeconfig-\(node.name)" }
+
+    /// The pod's object (and its namespace's, if new), as the scheduler leaves them before the
+    /// kubelet asks the runtime for the sandbox.
+    static func createObjects(_ store: ObjectStore, node: LabNode, name: String, namespace: String, uid: String, labels: [String: String]) throws {
+        if (try? store.get(.namespace, namespace: nil, name: namespace)) == nil {
+            try store.create(.namespace, namespace: nil, .object(["metadata": .object(["name": .string(namespace)])]))
+        }
+        try store.create(.pod, namespace: namespace, .object([
+            "metadata": .object(["name": .string(name), "uid": .string(uid), "labels": .object(labels.mapValues(JSONValue.string))]),
+            "spec": .object(["nodeName": .string(node.name), "containers": .array([.object(["name": .string("app"), "image": .string("lab-app")])])]),
+            "status": .object(["phase": .string("Running")]),
+        ]))
+    }
+
+    /// `kubectl` against the stand-in, with the lab's kubeconfig.
+    public func kubectl(_ args: [String]) throws -> String {
+        guard let kube else { throw LabError("the lab runs no Kubernetes API (LabOptions.kubeAPI)") }
+        _ = kube
+        let home = nodes[0]
+        return try Command.run("nsenter", ["--net=\(home.netns.path)", "--", try Command.resolve("kubectl"), "--kubeconfig", kubeconfig(for: home),
+                                           "--request-timeout", "10s"] + args)
+    }
 }

@@ -1,0 +1,80 @@
+import AgentAPI
+import Dataplane
+import Foundation
+import NodeLab
+import SystemCalls
+import Testing
+
+/// Enrolment driven by the cluster's own state, as on a real cluster: the runtime passes only the
+/// K8S_* arguments, the agents watch the lab's API server, and labels are set with the real kubectl.
+@Suite("Enrolment from the Kubernetes API", .serialized)
+struct KubeEnrolmentTests {
+    /// The agent's enrolled pods on `node`, by name.
+    func enrolled(_ node: LabNode) throws -> [String] {
+        let r = try AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket)
+        return (r.status?.pods ?? []).map { String($0.pod.split(separator: "/").last ?? "") }.sorted()
+    }
+
+    func annotation(_ lab: Lab, _ pod: LabPod) throws -> String {
+        try lab.kubectl(["get", "pod", pod.name, "-n", pod.identity.namespace, "-o", "jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}"])
+    }
+
+    /// Whether a new outbound connection from `pod` reaches the proxy's 15001.
+    func captured(_ lab: Lab, from pod: LabPod, to dst: SocketAddress) throws -> Bool {
+        let before = try lab.proxyRecords(pod.node).filter { $0.listener == 15001 }.count
+        #expect(try lab.request(from: pod, to: dst).status == 200, "the connection works either way")
+        return try lab.proxyRecords(pod.node).filter { $0.listener == 15001 }.count > before
+    }
+
+    @Test("kubectl label on a namespace enrols its running pod, on the pod takes it out again; the annotation follows", arguments: testedModes)
+    func labelsDriveEnrolment(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab({ o in
+            o.agentDataplane = mode.rawValue
+            o.kubeAPI = true
+            o.podsPerNode = 0
+        }) { lab in
+            let n1 = lab.nodes[0], n2 = lab.nodes[1]
+            let app = try lab.addPod(on: n1, name: "shop-app", namespace: "shop")
+            let peer = try lab.addPod(on: n2, name: "peer", namespace: "other")
+            let dst = SocketAddress(try #require(peer.ipv4), Lab.httpPort)
+            #expect(try enrolled(n1).isEmpty)
+            #expect(try !captured(lab, from: app, to: dst), "not labelled: not captured")
+
+            _ = try lab.kubectl(["label", "namespace", "shop", "istio.io/dataplane-mode=ambient"])
+            try waitFor("the agent enrols the running pod", seconds: 10) { try enrolled(n1) == ["shop-app"] }
+            #expect(try captured(lab, from: app, to: dst), "labelled namespace: captured")
+            try waitFor("the pod's annotation says enabled", seconds: 10) { try annotation(lab, app) == "enabled" }
+
+            // A pod created in the labelled namespace is enrolled at its ADD.
+            let second = try lab.addPod(on: n1, name: "shop-app-2", namespace: "shop")
+            #expect(try enrolled(n1) == ["shop-app", "shop-app-2"])
+            #expect(try captured(lab, from: second, to: dst))
+
+            _ = try lab.kubectl(["label", "pod", "shop-app", "-n", "shop", "istio.io/dataplane-mode=none"])
+            try waitFor("the agent releases the pod", seconds: 10) { try enrolled(n1) == ["shop-app-2"] }
+            #expect(try !captured(lab, from: app, to: dst), "opted out: not captured")
+            try waitFor("the annotation is removed", seconds: 10) { try annotation(lab, app).isEmpty }
+
+            _ = try lab.kubectl(["delete", "pod", "shop-app-2", "-n", "shop"])
+            try waitFor("a pod deleted from the API is removed", seconds: 10) { try enrolled(n1).isEmpty }
+        }
+    }
+
+    @Test("an ADD for a pod the API does not know fails, so the runtime retries and no meshed pod starts uncaptured")
+    func unknownPodFailsAdd() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab({ o in
+            o.agentDataplane = DataplaneMode.ebpf.rawValue
+            o.kubeAPI = true
+            o.podsPerNode = 0
+            o.nodes = 1
+        }) { lab in
+            #expect(throws: (any Error).self, "the CNI chain fails") {
+                try lab.addPod(on: lab.nodes[0], name: "ghost", namespace: "shop", inAPI: false)
+            }
+            let log = try String(contentsOfFile: try #require(lab.nodes[0].agent?.logPath), encoding: .utf8)
+            #expect(log.contains("apiUnavailable") || log.contains("not known to the Kubernetes API"), "\(log.suffix(2000))")
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import Dataplane
+import Foundation
+import KubeClient
+import Logging
+import SystemCalls
+
+// Live mesh membership from the Kubernetes API: a label set or removed with kubectl on a running
+// pod or its namespace enrols or releases it with no restart; a pod deleted or finished is
+// removed. While the API is unreachable nothing changes: the informers keep their last view, and
+// nothing is removed for being absent from a view that never synced.
+
+extension Agent {
+    /// Starts watching the cluster and the thread that applies what it says.
+    public func startCluster() {
+        guard let cluster else { return }
+        cluster.start { [self] in membershipChanged() }
+        DedicatedThread.detach(name: "membership") { [self] in
+            while true {
+                _ = membershipSignal.wait(timeout: .now() + 30) // also every 30 s: the proxy may have acked since
+                while membershipSignal.wait(timeout: .now()) == .success {} // one pass for a burst of changes
+                reconcileMembership()
+            }
+        }
+    }
+
+    /// Asks the membership thread for a pass.
+    func membershipChanged() {
+        if cluster != nil { membershipSignal.signal() }
+    }
+
+    /// One pass: every pod the agent knows (enrolled, or added by the runtime and not in the mesh)
+    /// against the API's view; then each pod's `ambient.istio.io/redirection` annotation.
+    public func reconcileMembership() {
+        guard let cluster, cluster.hasSynced else { return }
+        var annotations: [(PodSpec, String?)] = []
+        guarded.withLock { state in
+            for (uid, pod) in state.pods.sorted(by: { $0.key < $1.key }) {
+                let spec = pod.spec
+                let api = cluster.pod(namespace: spec.namespace, name: spec.name, uid: uid)
+                let decision = api.map(cluster.decide)
+                if let decision, decision.inMesh { continue }
+                do {
+                    try removeLocked(spec, &state)
+                    if api != nil {
+                        state.known[uid] = spec
+                        annotations.append((spec, nil))
+                        try store.save(state)
+                    }
+                    logger.info("pod left the mesh", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "why": "\(decision?.reason ?? "deleted from the API")"])
+                } catch {
+                    logger.error("releasing a pod failed", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "error": "\(error)"])
+                }
+            }
+            for (uid, spec) in state.known.sorted(by: { $0.key < $1.key }) {
+                guard let api = cluster.pod(namespace: spec.namespace, name: spec.name, uid: uid), NetworkNamespace(path: spec.netns).exists else {
+                    state.known[uid] = nil
+                    try? store.save(state)
+                    continue
+                }
+                guard cluster.decide(api).inMesh else { continue }
+                do {
+                    var s = spec
+                    s.rerouteInterfaces = (try? RequestValidation.rerouteInterfaces(api.metadata.annotations?[rerouteVirtualInterfacesAnnotation])) ?? []
+                    try enrollLocked(s, netnsID: try NetworkNamespace(path: s.netns).identity(), &state)
+                    logger.info("pod joined the mesh", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "why": "\(cluster.decide(api).reason)"])
+                } catch {
+                    logger.error("enrolling a running pod failed", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "error": "\(error)"])
+                }
+            }
+            let status = zds?.connected == true ? "enabled" : "pending"
+            for pod in state.pods.values { annotations.append((pod.spec, status)) }
+        }
+        for (spec, value) in annotations { annotate(spec, value, cluster) }
+    }
+
+    /// Writes the pod's redirection annotation through pods/status (as Istio does), when the API's
+    /// copy differs; nil removes it.
+    private func annotate(_ spec: PodSpec, _ value: String?, _ cluster: ClusterView) {
+        guard let pod = cluster.pod(namespace: spec.namespace, name: spec.name, uid: spec.uid),
+              pod.metadata.annotations?[redirectionAnnotation] != value else { return }
+        let json = value.map { "\"\($0)\"" } ?? "null"
+        let patch = Data("{\"metadata\":{\"annotations\":{\"\(redirectionAnnotation)\":\(json)}}}".utf8)
+        let client = cluster.client, logger = self.logger
+        Task {
+            do { try await client.patchPodStatus(namespace: spec.namespace, name: spec.name, patch) } catch {
+                logger.warning("writing the pod's redirection annotation failed", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "error": "\(error)"])
+            }
+        }
+    }
+}
