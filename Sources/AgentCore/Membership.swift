@@ -10,10 +10,17 @@ import SystemCalls
 // nothing is removed for being absent from a view that never synced.
 
 extension Agent {
-    /// Starts watching the cluster and the thread that applies what it says.
-    public func startCluster() {
+    /// Starts watching the cluster and the thread that applies what it says. Waits (up to
+    /// `syncTimeout`) for the API's first answer and applies it once, so the proxy's first
+    /// snapshot already reflects the cluster; an API that does not answer changes nothing.
+    public func startCluster(syncTimeout: Double = 10) {
         guard let cluster else { return }
         cluster.start { [self] in membershipChanged() }
+        let end = Date().addingTimeInterval(syncTimeout)
+        while !cluster.hasSynced && Date() < end { usleep(20_000) }
+        if cluster.hasSynced { reconcileMembership() } else {
+            logger.warning("the Kubernetes API has not answered: enrolled pods stay as they are until it does")
+        }
         DedicatedThread.detach(name: "membership") { [self] in
             while true {
                 _ = membershipSignal.wait(timeout: .now() + 30) // also every 30 s: the proxy may have acked since

@@ -29,8 +29,8 @@ struct Run: ParsableCommand {
         }
         try agent.reconcile()
         let opts = try flags.options()
+        agent.startCluster() // before ZDS: the proxy's first snapshot reflects the cluster
         try agent.startZDS()
-        agent.startCluster()
         DedicatedThread.detach(name: "prune-kept") { // closed kept connections leave the kernel's table
             while true {
                 sleep(30)

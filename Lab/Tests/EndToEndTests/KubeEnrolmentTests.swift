@@ -77,4 +77,42 @@ struct KubeEnrolmentTests {
             #expect(log.contains("apiUnavailable") || log.contains("not known to the Kubernetes API"), "\(log.suffix(2000))")
         }
     }
+
+    @Test("while the API is down capture stays as it is and the agent catches up when it returns; an agent restart keeps what it knew")
+    func outageAndRestart() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab({ o in
+            o.agentDataplane = DataplaneMode.ebpf.rawValue
+            o.kubeAPI = true
+            o.podsPerNode = 0
+            o.nodes = 1
+        }) { lab in
+            let node = lab.nodes[0], server = try #require(lab.kube?.server)
+            _ = try lab.addPod(on: node, name: "a", namespace: "shop")
+            func label(_ value: String) throws {
+                try server.store.patch(.pod, namespace: "shop", name: "a", .object(["metadata": .object(["labels": .object([
+                    "istio.io/dataplane-mode": .string(value)])])]))
+            }
+            try label("ambient")
+            try waitFor("enrolled", seconds: 10) { try enrolled(node) == ["a"] }
+
+            server.stop()
+            usleep(3_000_000) // the agent's watch fails and it retries meanwhile
+            #expect(try enrolled(node) == ["a"], "an unreachable API removes nothing")
+            try label("none") // a change the agent cannot see yet
+            try server.start()
+            try waitFor("the agent catches up once the API is back", seconds: 15) { try enrolled(node).isEmpty }
+
+            try label("ambient")
+            try waitFor("enrolled again", seconds: 10) { try enrolled(node) == ["a"] }
+            node.agent?.stop()
+            try label("none")
+            try lab.startAgent(on: node)
+            try waitFor("a change made while the agent was down applies after its restart", seconds: 15) { try enrolled(node).isEmpty }
+            node.agent?.stop()
+            try label("ambient")
+            try lab.startAgent(on: node)
+            try waitFor("the restarted agent still knows the running pod, and enrols it", seconds: 15) { try enrolled(node) == ["a"] }
+        }
+    }
 }
