@@ -72,7 +72,7 @@ let lab: [Target] = [
     ], path: "Lab/Sources/KubeStandIn"),
     // `redirect-lab`: demo, bench, cleanup.
     .executableTarget(name: "LabCLI", dependencies: [
-        "NodeLab", "MeshProxy", "Dataplane", "AgentAPI", "BPFLoader", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        "NodeLab", "MeshProxy", "Dataplane", "AgentAPI", "BPFLoader", "KubeStandIn", .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], path: "Lab/Sources/LabCLI"),
 ]
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dataplane
 import AgentAPI
 import Foundation
+import KubeStandIn
 import NodeLab
 import SystemCalls
 
@@ -17,7 +18,10 @@ struct Demo: ParsableCommand {
         var options = LabOptions()
         options.ipv6 = !noIPv6
         options.podsPerNode = 0
-        if dataplane != .none { options.agentDataplane = dataplane.rawValue }
+        if dataplane != .none {
+            options.agentDataplane = dataplane.rawValue
+            options.kubeAPI = true // membership from the (stand-in) Kubernetes API, as on a cluster
+        }
         let lab = Lab(options: options)
         let signals = tearDownOnSignal(lab)
         defer { lab.teardown(); _ = signals }
@@ -40,7 +44,8 @@ struct Demo: ParsableCommand {
             for p in s.pods { enrolled.insert(String(p.pod.split(separator: "/").last!)) }
         }
         for pod in lab.pods {
-            let label = pod.identity.labels["istio.io/dataplane-mode"].map { "label \($0)" } ?? "no label"
+            let labels = (try? lab.kube?.server.store.get(.pod, namespace: pod.identity.namespace, name: pod.name)[path: ["metadata", "labels"]]?.stringMap) ?? pod.identity.labels
+            let label = labels["istio.io/dataplane-mode"].map { "label \($0)" } ?? "no label"
             say("  \(pod.node.name)/\(pod.name)  \(pod.addresses.map(\.description).joined(separator: ", "))  (\(label): \(enrolled.contains(pod.name) ? "in the mesh" : "not in the mesh"))")
         }
 
@@ -74,6 +79,7 @@ struct Demo: ParsableCommand {
             }
         }
         guard dataplane != .none else { say("\n== tearing down"); return }
+        try showLabelDriven(lab: lab, peer: outsider)
         let node = lab.nodes[0]
         say("\n== redirect-agent status (node \(node.name), read from the kernel)")
         say(try Command.run(try LabBinaries.path("redirect-agent"), ["status", "--control-socket", node.agentControlSocket]).trimmed)
@@ -97,6 +103,44 @@ struct Demo: ParsableCommand {
 }
 
 extension Demo {
+    /// A running pod joins the mesh when its namespace is labelled with kubectl, and leaves it
+    /// when the label goes: no restart, no new ADD.
+    func showLabelDriven(lab: Lab, peer: LabPod) throws {
+        say("\n== enrolment driven by the Kubernetes API (the lab's stand-in, through the real kubectl)")
+        let node = lab.nodes[0]
+        let pod = try lab.addPod(on: node, name: "shop-app", namespace: "shop")
+        let dst = SocketAddress(peer.ipv4!, Lab.httpPort)
+        func enrolled() throws -> Bool {
+            try AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket).status!.pods.contains { $0.pod == "shop/shop-app" }
+        }
+        func traffic() throws {
+            let before = try lab.proxyRecords(node).count
+            let r = try lab.request(from: pod, to: dst)
+            let proxied = try lab.proxyRecords(node).count > before
+            say("  shop-app -> \(peer.name): HTTP \(r.status), \(proxied ? "captured (the proxy handled it)" : "not captured")")
+        }
+        func wait(_ want: Bool) throws {
+            for _ in 0..<200 where try enrolled() != want { usleep(50_000) }
+        }
+        func kubectl(_ args: [String]) throws {
+            say("$ kubectl \(args.joined(separator: " "))")
+            let out = try lab.kubectl(args).trimmed
+            if !out.isEmpty { say("  " + out.replacingOccurrences(of: "\n", with: "\n  ")) }
+        }
+        try kubectl(["get", "pods", "-n", "shop"])
+        try traffic()
+        try kubectl(["label", "namespace", "shop", "istio.io/dataplane-mode=ambient"])
+        try wait(true)
+        try traffic()
+        usleep(300_000) // the annotation is written after enrolment
+        try kubectl(["get", "pod", "shop-app", "-n", "shop", "-o", "jsonpath={.metadata.annotations}"])
+        try kubectl(["label", "namespace", "shop", "istio.io/dataplane-mode-"])
+        try wait(false)
+        try traffic()
+        usleep(300_000)
+        try kubectl(["get", "pod", "shop-app", "-n", "shop", "-o", "jsonpath={.metadata.annotations}"])
+    }
+
     func showBPFState(lab: Lab, pod: LabPod) throws {
         let maps = "\(pod.node.bpfPinRoot)/maps"
         say("\n== the maps on node \(pod.node.name) (pins under \(pod.node.bpfPinRoot))")
