@@ -18,6 +18,10 @@ struct KubeClientTests {
 
     @Test("list by node, get, and a merge patch of pods/status; a token file is read on each request")
     func basics() async throws {
+        try await withTaskExecutorPreference(OwnExecutor.shared) { try await basicsBody() }
+    }
+
+    func basicsBody() async throws {
         try await withKubeAPIAsync { server, c in
             try seed(server.store)
             var config = try KubeConfig.file(c.kubeconfig)
@@ -37,13 +41,17 @@ struct KubeClientTests {
 
     @Test("an informer follows changes, and loses none across a server restart or an expired resourceVersion")
     func informer() async throws {
+        try await withTaskExecutorPreference(OwnExecutor.shared) { try await informerBody() }
+    }
+
+    func informerBody() async throws {
         try await withKubeAPIAsync { server, c in
             try seed(server.store)
             let k = try client(c)
             defer { Task { await k.shutdown() } }
             let informer = Informer<Pod>(client: k, fieldSelector: "spec.nodeName=n1", watchTimeoutSeconds: 5, logger: Logger(label: "test"))
             let heard = Heard()
-            let task = Task { await informer.run { change in
+            let task = Task(executorPreference: OwnExecutor.shared) { await informer.run { change in
                 let s: String
                 switch change {
                 case .synced(let all): s = "synced " + all.map(\.metadata.name).sorted().joined(separator: ",")
@@ -103,4 +111,15 @@ struct LabErrorText: Error, CustomStringConvertible { var description: String; i
 /// What a test heard, from any thread.
 final class Heard: Sendable {
     let lines = Mutex<[String]>([])
+}
+
+/// Runs these tests' async work on threads of its own: the lab suites in the same process block
+/// Swift's shared pool with synchronous waits, which would starve an informer of its turns.
+final class OwnExecutor: TaskExecutor {
+    static let shared = OwnExecutor()
+    private let queue = DispatchQueue(label: "kube-client-tests", attributes: .concurrent)
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+    }
 }
