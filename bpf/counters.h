@@ -2,12 +2,17 @@
 #pragma once
 #include "maps.h"
 
-static __always_inline __u32 ra_pod_index(__u32 family, const struct ra_addr *addr)
+static __always_inline struct ra_pod_info *ra_pod_lookup(__u32 family, const struct ra_addr *addr)
 {
     struct ra_pod_key k = {};
     k.family = family;
     k.addr = *addr;
-    struct ra_pod_info *p = bpf_map_lookup_elem(&ra_pods, &k);
+    return bpf_map_lookup_elem(&ra_pods, &k);
+}
+
+static __always_inline __u32 ra_pod_index(__u32 family, const struct ra_addr *addr)
+{
+    struct ra_pod_info *p = ra_pod_lookup(family, addr);
     return p ? p->pod_index : 0;
 }
 

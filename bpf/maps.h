@@ -112,3 +112,12 @@ struct {
     __type(value, __u32);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_kept SEC(".maps");
+
+/* Accepted connections of pods whose inbound capture is bypassed (see struct ra_node). */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, RA_MAX_BYPASS_FLOWS);
+    __type(key, __u64);
+    __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_bypass_flows SEC(".maps");

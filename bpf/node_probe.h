@@ -82,3 +82,33 @@ static __always_inline void ra_node_close_flow(const struct ra_flow_key *k)
     if (v && !v->closed_ns)
         v->closed_ns = bpf_ktime_get_ns() | 1; /* never 0: 0 means open */
 }
+
+/* A connection a pod accepted, as it is established: recorded when the pod has inbound capture
+ * bypassed, so its packets may leave the pod (see ra_is_bypass_reply). Runs for every passive
+ * connection on the node; nothing more than a flag test while no pod bypasses. */
+static __always_inline void ra_node_record_bypass_flow(struct bpf_sock_ops *ctx)
+{
+    struct ra_node *node = ra_get_node();
+    if (!node || !node->bypass_pods)
+        return;
+    __u32 family = ctx->family, local4 = ctx->local_ip4;
+    __u32 l0 = ctx->local_ip6[0], l1 = ctx->local_ip6[1], l2 = ctx->local_ip6[2], l3 = ctx->local_ip6[3];
+    struct ra_addr a = {};
+    __u32 fam = RA_FAMILY_INET;
+    if (family == RA_FAMILY_INET) {
+        a.words[0] = local4;
+    } else if (family == RA_FAMILY_INET6 && l0 == 0 && l1 == 0 && l2 == bpf_htonl(0xffff)) {
+        a.words[0] = l3;
+    } else if (family == RA_FAMILY_INET6) {
+        fam = RA_FAMILY_INET6;
+        a.words[0] = l0; a.words[1] = l1; a.words[2] = l2; a.words[3] = l3;
+    } else {
+        return;
+    }
+    struct ra_pod_info *info = ra_pod_lookup(fam, &a);
+    if (!info || !(info->flags & RA_POD_BYPASS_INBOUND))
+        return;
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    __u32 pod = info->pod_index;
+    bpf_map_update_elem(&ra_bypass_flows, &cookie, &pod, BPF_ANY);
+}

@@ -85,6 +85,34 @@ static __always_inline int ra_is_kept(struct __sk_buff *skb)
     return cookie && bpf_map_lookup_elem(&ra_kept, &cookie);
 }
 
+/* Whether the packet's socket is a connection a pod with inbound capture bypassed accepted itself. */
+static __always_inline int ra_is_bypass_flow(struct __sk_buff *skb)
+{
+    __u64 cookie = bpf_get_socket_cookie(skb);
+    return cookie && bpf_map_lookup_elem(&ra_bypass_flows, &cookie);
+}
+
+/* Egress of a pod with inbound capture bypassed: its answers to inbound connections leave as they
+ * are, as iptables' REDIRECT (new connections only) leaves them: the handshake's replies (from a
+ * request socket or a listener: they carry no app data) and packets of connections it accepted.
+ * What it opens itself is captured as from any pod. */
+static __always_inline int ra_is_bypass_reply(struct __sk_buff *skb, const struct ra_flow *f)
+{
+    __u32 zero = 0;
+    struct ra_node *node = bpf_map_lookup_elem(&ra_node, &zero);
+    if (!node || !node->bypass_pods)
+        return 0;
+    struct ra_pod_info *info = ra_pod_lookup(f->family, &f->src);
+    if (!info || !(info->flags & RA_POD_BYPASS_INBOUND))
+        return 0;
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return 0;
+    if (sk->state == RA_TCP_STATE_NEW_SYN_RECV || sk->state == RA_TCP_STATE_LISTEN)
+        return 1;
+    return ra_is_bypass_flow(skb);
+}
+
 /* The pod programs' answer to what the parser could not accept: drop and count, never pass. */
 static __always_inline int ra_parse_pod(struct __sk_buff *skb, struct ra_flow *f, int inbound)
 {
@@ -122,6 +150,8 @@ int tc_pod_egress(struct __sk_buff *skb)
         ra_count(ra_pod_index(f.family, &f.src), RA_KEPT_PASS);
         return TC_ACT_OK;
     }
+    if (ra_is_bypass_reply(skb, &f))
+        return TC_ACT_OK;
     if (f.fragment) {
         ra_count(ra_pod_index(f.family, &f.src), RA_DROP_FRAGMENT);
         return TC_ACT_SHOT;
@@ -265,12 +295,40 @@ static __always_inline int ra_outbound(struct __sk_buff *skb, const struct ra_fl
     return ra_to_listener(skb, f, cfg->outbound_port, cfg, &f->src, RA_OUTBOUND_CAPTURED);
 }
 
+/* Inbound for a pod that opted out of inbound capture (`ambient.istio.io/bypass-inbound-capture`):
+ * new connections go to the stack and its listeners, as without us. A packet for an established
+ * socket still reaches only the proxy's, one the pod accepted, or one kept from before enrolment:
+ * the pod's own outbound connections, which the proxy carries, stay closed to injected segments. */
+static __always_inline int ra_inbound_bypassed(struct __sk_buff *skb, const struct ra_flow *f, const struct ra_config *cfg,
+                                               __u32 pod)
+{
+    struct bpf_sock *sk = ra_flow_socket(skb, f);
+    if (!sk)
+        return TC_ACT_OK;
+    if (sk->state == RA_TCP_STATE_TIME_WAIT || sk->state == RA_TCP_STATE_NEW_SYN_RECV) {
+        bpf_sk_release(sk);
+        return TC_ACT_OK;
+    }
+    int marked = cfg->proxy_cgroup || ra_sk_marked_proxy(sk, cfg);
+    if (ra_assign(skb, sk, pod, RA_DECISION_COUNT) != TC_ACT_OK)
+        return TC_ACT_SHOT;
+    if (marked && (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup))
+        return TC_ACT_OK;
+    if (ra_is_bypass_flow(skb) || ra_is_kept(skb))
+        return TC_ACT_OK;
+    ra_count(pod, RA_DROP_NOT_PROXY);
+    return TC_ACT_SHOT;
+}
+
 /* A packet from outside the pod. It reaches a socket of the proxy, a kubelet probe flow this
  * node SNATed, or nothing: an app socket that owns its tuple (the proxy's connection to the app,
  * whose 4-tuple an attacker can guess or sniff) never receives it. */
 static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flow *f, const struct ra_config *cfg)
 {
-    __u32 pod = ra_pod_index(f->family, &f->dst);
+    struct ra_pod_info *info = ra_pod_lookup(f->family, &f->dst);
+    __u32 pod = info ? info->pod_index : 0;
+    if (info && (info->flags & RA_POD_BYPASS_INBOUND))
+        return ra_inbound_bypassed(skb, f, cfg, pod);
     if (ra_is_probe_ip(cfg, f->family, &f->src)) {
         if (ra_is_probe_flow(cfg, f, 1)) {
             if (ra_is_new_connection(f))
@@ -466,6 +524,10 @@ SEC("sockops")
 int sockops_node(struct bpf_sock_ops *ctx)
 {
     __u32 op = ctx->op;
+    if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        ra_node_record_bypass_flow(ctx);
+        return 1;
+    }
     if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_STATE_CB)
         return 1;
     struct bpf_sock *sk = ctx->sk;

@@ -237,7 +237,7 @@ public final class Agent: Sendable {
     public func add(_ req: PodRequest) throws -> Bool {
         var spec = try spec(from: req)
         let (inMesh, annotations) = try selected(req)
-        spec.rerouteInterfaces = try RequestValidation.rerouteInterfaces(annotations[rerouteVirtualInterfacesAnnotation])
+        try applyAnnotations(annotations, to: &spec)
         let netnsID = try podNamespace(spec)
         guard inMesh else {
             logger.info("pod not selected for the mesh", metadata: ["pod": "\(req.namespace)/\(req.name)"])

@@ -45,7 +45,19 @@ extension Agent {
                 let spec = pod.spec
                 let api = cluster.pod(namespace: spec.namespace, name: spec.name, uid: uid)
                 let decision = api.map(cluster.decide)
-                if let decision, decision.inMesh { continue }
+                if let api, let decision, decision.inMesh {
+                    // Still in the mesh; its annotations may have changed what its capture is.
+                    var want = spec
+                    try? applyAnnotations(api.metadata.annotations ?? [:], to: &want)
+                    guard want != spec, let netnsID = pod.netnsID ?? (try? NetworkNamespace(path: spec.netns).identity()) else { continue }
+                    do {
+                        try enrollLocked(want, netnsID: netnsID, &state)
+                        logger.info("pod's capture changed with its annotations", metadata: ["pod": "\(spec.namespace)/\(spec.name)"])
+                    } catch {
+                        logger.error("changing a pod's capture failed", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "error": "\(error)"])
+                    }
+                    continue
+                }
                 do {
                     try removeLocked(spec, &state)
                     if api != nil {
@@ -67,7 +79,7 @@ extension Agent {
                 guard cluster.decide(api).inMesh else { continue }
                 do {
                     var s = spec
-                    s.rerouteInterfaces = (try? RequestValidation.rerouteInterfaces(api.metadata.annotations?[rerouteVirtualInterfacesAnnotation])) ?? []
+                    try applyAnnotations(api.metadata.annotations ?? [:], to: &s)
                     try enrollLocked(s, netnsID: try NetworkNamespace(path: s.netns).identity(), &state)
                     logger.info("pod joined the mesh", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "why": "\(cluster.decide(api).reason)"])
                 } catch {

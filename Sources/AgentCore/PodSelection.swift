@@ -1,3 +1,4 @@
+import Dataplane
 import Foundation
 
 /// The label that puts pods in the mesh.
@@ -5,6 +6,15 @@ public let dataplaneModeLabel = "istio.io/dataplane-mode"
 
 /// Istio's pod annotation naming interfaces whose inbound traffic is the pod's outbound (comma-separated).
 public let rerouteVirtualInterfacesAnnotation = "istio.io/reroute-virtual-interfaces"
+
+/// Istio's pod annotation that turns inbound capture off for the pod (`"true"`); outbound stays captured.
+public let bypassInboundCaptureAnnotation = "ambient.istio.io/bypass-inbound-capture"
+
+/// The parts of a pod's capture its annotations decide.
+func applyAnnotations(_ annotations: [String: String], to spec: inout PodSpec) throws {
+    spec.rerouteInterfaces = try RequestValidation.rerouteInterfaces(annotations[rerouteVirtualInterfacesAnnotation])
+    spec.bypassInboundCapture = annotations[bypassInboundCaptureAnnotation] == "true"
+}
 
 /// Decides whether a pod is in the mesh. One seam: today labels come from CNI_ARGS or a
 /// node-local selection file; a Kubernetes API watch can replace it.

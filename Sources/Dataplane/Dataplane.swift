@@ -17,15 +17,19 @@ public struct PodSpec: Sendable, Codable, Hashable {
     /// Interfaces whose inbound TCP is treated as the pod's outbound traffic (Istio's
     /// `istio.io/reroute-virtual-interfaces`: a KubeVirt VM's tap device, for example).
     public var rerouteInterfaces: [String]
+    /// Inbound traffic is not captured, only outbound (Istio's `ambient.istio.io/bypass-inbound-capture: "true"`,
+    /// for pods such as ingress gateways that take outside traffic themselves).
+    public var bypassInboundCapture: Bool
 
     /// Creates a spec.
     public init(uid: String, name: String, namespace: String, netns: String, ips: [IPAddress], interface: String = "eth0",
-                rerouteInterfaces: [String] = []) {
+                rerouteInterfaces: [String] = [], bypassInboundCapture: Bool = false) {
         self.uid = uid; self.name = name; self.namespace = namespace; self.netns = netns; self.ips = ips; self.interface = interface
         self.rerouteInterfaces = rerouteInterfaces
+        self.bypassInboundCapture = bypassInboundCapture
     }
 
-    private enum CodingKeys: String, CodingKey { case uid, name, namespace, netns, ips, interface, rerouteInterfaces }
+    private enum CodingKeys: String, CodingKey { case uid, name, namespace, netns, ips, interface, rerouteInterfaces, bypassInboundCapture }
 
     /// Decodes a spec; state files written before `rerouteInterfaces` existed have none.
     public init(from decoder: any Decoder) throws {
@@ -33,7 +37,8 @@ public struct PodSpec: Sendable, Codable, Hashable {
         self.init(uid: try c.decode(String.self, forKey: .uid), name: try c.decode(String.self, forKey: .name),
                   namespace: try c.decode(String.self, forKey: .namespace), netns: try c.decode(String.self, forKey: .netns),
                   ips: try c.decode([IPAddress].self, forKey: .ips), interface: try c.decode(String.self, forKey: .interface),
-                  rerouteInterfaces: try c.decodeIfPresent([String].self, forKey: .rerouteInterfaces) ?? [])
+                  rerouteInterfaces: try c.decodeIfPresent([String].self, forKey: .rerouteInterfaces) ?? [],
+                  bypassInboundCapture: try c.decodeIfPresent(Bool.self, forKey: .bypassInboundCapture) ?? false)
     }
 
     /// Whether the pod has an IPv6 address.
@@ -71,8 +76,9 @@ public protocol Dataplane: AnyObject, Sendable {
     /// Takes up an enrolled pod whose kernel state is intact (after an agent restart): whatever
     /// this process must keep doing for it, such as watching for new interfaces.
     func resume(_ pod: PodSpec) throws
-    /// Forgets the kept connections (``KeptConnection``) of `pods` that have closed, and those of
-    /// pods not in `pods`; returns how many are still kept.
+    /// Periodic housekeeping: forgets the kept connections (``KeptConnection``) of `pods` that have
+    /// closed, and those of pods not in `pods` (and turns off per-pod handling no pod needs any
+    /// more); returns how many connections are still kept.
     @discardableResult
     func pruneKept(pods: [PodSpec]) throws -> Int
 }

@@ -236,9 +236,12 @@ public final class EBPFDataplane: Dataplane, Sendable {
             var flags = earlier?.flags ?? 0
             if attached.createdClsact { flags |= UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) }
             if attached.setAcceptLocal { flags |= UInt32(RA_POD_SET_ACCEPT_LOCAL.rawValue) }
+            let bypass = UInt32(RA_POD_BYPASS_INBOUND.rawValue)
+            flags = pod.bypassInboundCapture ? flags | bypass : flags & ~bypass
             // Recorded before anything changes, so a failure below, a crash, or a removal later
             // undoes exactly what is ours (undoing a change not yet made is harmless).
             var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: earlier?.host_ifindex ?? 0, flags: flags)
+            if pod.bypassInboundCapture { try maps.setBypassLookup(true) } // before the pod's entry says so
             try maps.upsert(entry)
             if earlier == nil { try keepExisting(pod, index: index) }
             try watcher.watch(pod) // before attaching: an interface that appears from now on is seen
@@ -327,6 +330,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// reused, so a stale entry lets nothing through.
     @discardableResult
     public func pruneKept(pods: [PodSpec]) throws -> Int {
+        let bypass = UInt32(RA_POD_BYPASS_INBOUND.rawValue)
+        if try !maps.allPods().contains(where: { $0.1.flags & bypass != 0 }) { try maps.setBypassLookup(false) }
         let all = try keptLock.withLock { _ in try maps.keptConnections() }
         guard !all.isEmpty else { return 0 }
         var byIndex: [UInt32: PodSpec] = [:]

@@ -35,7 +35,9 @@ public final class IptablesDataplane: Dataplane, Sendable {
     private var rules: IptablesRules { IptablesRules(config: config) }
 
     /// The renderer for one pod (its rerouted interfaces are part of its rules).
-    private func rules(for pod: PodSpec) -> IptablesRules { IptablesRules(config: config, reroute: pod.rerouteInterfaces) }
+    private func rules(for pod: PodSpec) -> IptablesRules {
+        IptablesRules(config: config, reroute: pod.rerouteInterfaces, bypassInbound: pod.bypassInboundCapture)
+    }
 
     // MARK: node
 

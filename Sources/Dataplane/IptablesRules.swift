@@ -8,8 +8,13 @@ public struct IptablesRules: Sendable {
     public var config: CaptureConfig
     /// The pod's interfaces whose inbound TCP is treated as outbound (`istio.io/reroute-virtual-interfaces`).
     public var reroute: [String]
+    /// No inbound capture for this pod (`ambient.istio.io/bypass-inbound-capture`): Istio leaves out
+    /// its inbound REDIRECT, and so do we; everything else stays.
+    public var bypassInbound: Bool
     /// Creates a renderer.
-    public init(config: CaptureConfig, reroute: [String] = []) { self.config = config; self.reroute = reroute }
+    public init(config: CaptureConfig, reroute: [String] = [], bypassInbound: Bool = false) {
+        self.config = config; self.reroute = reroute; self.bypassInbound = bypassInbound
+    }
 
     /// Our pre-routing chain.
     public var prerouting: String { "\(config.chainPrefix)_PRERT" }
@@ -65,7 +70,9 @@ public struct IptablesRules: Sendable {
         var nat: [(String, String)] = [(prerouting, "-s \(probe) -p tcp -m tcp -j ACCEPT")]
         // As Istio: TCP arriving on a virtual interface (a VM's tap) is the VM's outbound traffic.
         nat += reroute.map { (prerouting, "-i \($0) -p tcp -j REDIRECT --to-ports \(c.outboundPort)") }
-        nat.append((prerouting, "! -d \(lo) -p tcp -m tcp ! --dport \(c.tunnelPort) -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.inboundPort)"))
+        if !bypassInbound {
+            nat.append((prerouting, "! -d \(lo) -p tcp -m tcp ! --dport \(c.tunnelPort) -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.inboundPort)"))
+        }
         if let proxy { nat.append((output, "\(proxy) -j ACCEPT")) }
         if c.dnsCapture {
             nat += [

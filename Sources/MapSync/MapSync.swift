@@ -74,6 +74,8 @@ public final class MapSync: Sendable {
     public let node: BPFMap
     /// ra_kept.
     public let kept: BPFMap
+    /// ra_bypass_flows.
+    public let bypassFlows: BPFMap
 
     /// Uses the maps of a loaded object.
     public init(object: BPFObject) throws {
@@ -86,6 +88,7 @@ public final class MapSync: Sendable {
         egressInterfaces = try object.map("ra_egress_ifaces")
         node = try object.map("ra_node")
         kept = try object.map("ra_kept")
+        bypassFlows = try object.map("ra_bypass_flows")
     }
 
     /// Writes the node's namespace cookie: the node's socket programs act on connect() calls
@@ -132,6 +135,18 @@ public final class MapSync: Sendable {
         v.kept_connections = on ? 1 : 0
         try node.update(UInt32(0), v)
     }
+
+    /// Turns the programs' handling of pods with inbound capture bypassed on or off
+    /// (ra_node.bypass_pods): on before such a pod's entry says so, off once none does.
+    public func setBypassLookup(_ on: Bool) throws {
+        var v = try node.lookup(UInt32(0), as: ra_node.self) ?? ra_node()
+        guard (v.bypass_pods != 0) != on else { return }
+        v.bypass_pods = on ? 1 : 0
+        try node.update(UInt32(0), v)
+    }
+
+    /// Whether that handling is on.
+    public func bypassLookup() throws -> Bool { (try node.lookup(UInt32(0), as: ra_node.self)?.bypass_pods ?? 0) != 0 }
 
     /// The node's namespace cookie as the programs see it.
     public func nodeNetnsCookie() throws -> UInt64 {

@@ -25,6 +25,7 @@ struct IptablesGoldenTests {
         ("pod_proxycgroup_dns_v6", IptablesRules(config: config { $0.proxyCgroup = Cgroup(path: "/kubepods/ztunnel", id: 7); $0.dnsCapture = true }).pod(ipv6: true)),
         ("pod_proxyunknown_dns_v4", IptablesRules(config: config { $0.proxyUnknown = true; $0.dnsCapture = true }).pod(ipv6: false)),
         ("pod_reroute_v4", IptablesRules(config: config(), reroute: ["tap0", "net1"]).pod(ipv6: false)),
+        ("pod_bypassinbound_v4", IptablesRules(config: config(), bypassInbound: true).pod(ipv6: false)),
         ("node_kubeletcgroup_v4", IptablesRules(config: config { $0.kubeletCgroup = Cgroup(path: "/system.slice/kubelet.service", id: 9) }).node(ipv6: false, jumpPresent: false, jumpIsFirst: false)),
         ("node_default_v4", IptablesRules(config: config()).node(ipv6: false, jumpPresent: false, jumpIsFirst: false)),
         ("node_default_v6", IptablesRules(config: config()).node(ipv6: true, jumpPresent: false, jumpIsFirst: false)),

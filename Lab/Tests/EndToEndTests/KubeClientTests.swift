@@ -62,7 +62,9 @@ struct KubeClientTests {
             } }
             defer { task.cancel() }
             func saw(_ s: String, times: Int = 1) async throws {
-                try await waitForAsync(s) { heard.lines.withLock { $0.filter { $0 == s }.count >= times } }
+                do { try await waitForAsync(s) { heard.lines.withLock { $0.filter { $0 == s }.count >= times } } } catch {
+                    throw LabErrorText("\(error); heard \(heard.lines.withLock { $0 }); last error \(informer.lastError ?? "none")")
+                }
             }
             try await saw("synced cart-1")
             try server.store.patch(.pod, namespace: "shop", name: "cart-1", .object(["metadata": .object(["labels": .object(["istio.io/dataplane-mode": .string("ambient")])])]))
@@ -97,7 +99,7 @@ func withKubeAPIAsync(_ body: (APIServer, Credentials) async throws -> Void) asy
 }
 
 /// Polls `condition` for up to `seconds`.
-func waitForAsync(_ what: String, seconds: Double = 10, _ condition: () -> Bool) async throws {
+func waitForAsync(_ what: String, seconds: Double = 60, _ condition: () -> Bool) async throws {
     let end = Date().addingTimeInterval(seconds)
     while Date() < end {
         if condition() { return }

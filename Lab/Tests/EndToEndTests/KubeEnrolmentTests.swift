@@ -42,9 +42,21 @@ struct KubeEnrolmentTests {
             #expect(try !captured(lab, from: app, to: dst), "not labelled: not captured")
 
             _ = try lab.kubectl(["label", "namespace", "shop", "istio.io/dataplane-mode=ambient"])
-            try waitFor("the agent enrols the running pod", seconds: 10) { try enrolled(n1) == ["shop-app"] }
+            try waitFor("the agent enrols the running pod", seconds: 30) { try enrolled(n1) == ["shop-app"] }
             #expect(try captured(lab, from: app, to: dst), "labelled namespace: captured")
-            try waitFor("the pod's annotation says enabled", seconds: 10) { try annotation(lab, app) == "enabled" }
+            try waitFor("the pod's annotation says enabled", seconds: 30) { try annotation(lab, app) == "enabled" }
+
+            // Istio's per-pod annotation, set with kubectl on the running pod: inbound goes direct.
+            let inward = SocketAddress(try #require(app.ipv4), Lab.httpPort)
+            func inboundCaptured() throws -> Bool {
+                let before = try lab.proxyRecords(n1).filter { $0.listener == 15006 }.count
+                #expect(try lab.request(from: peer, to: inward).status == 200)
+                return try lab.proxyRecords(n1).filter { $0.listener == 15006 }.count > before
+            }
+            #expect(try inboundCaptured(), "the presence: inbound is captured")
+            _ = try lab.kubectl(["annotate", "pod", "shop-app", "-n", "shop", "ambient.istio.io/bypass-inbound-capture=true"])
+            try waitFor("inbound capture is bypassed", seconds: 30) { try !inboundCaptured() }
+            #expect(try captured(lab, from: app, to: dst), "outbound still captured")
 
             // A pod created in the labelled namespace is enrolled at its ADD.
             let second = try lab.addPod(on: n1, name: "shop-app-2", namespace: "shop")
@@ -52,12 +64,12 @@ struct KubeEnrolmentTests {
             #expect(try captured(lab, from: second, to: dst))
 
             _ = try lab.kubectl(["label", "pod", "shop-app", "-n", "shop", "istio.io/dataplane-mode=none"])
-            try waitFor("the agent releases the pod", seconds: 10) { try enrolled(n1) == ["shop-app-2"] }
+            try waitFor("the agent releases the pod", seconds: 30) { try enrolled(n1) == ["shop-app-2"] }
             #expect(try !captured(lab, from: app, to: dst), "opted out: not captured")
-            try waitFor("the annotation is removed", seconds: 10) { try annotation(lab, app).isEmpty }
+            try waitFor("the annotation is removed", seconds: 30) { try annotation(lab, app).isEmpty }
 
             _ = try lab.kubectl(["delete", "pod", "shop-app-2", "-n", "shop"])
-            try waitFor("a pod deleted from the API is removed", seconds: 10) { try enrolled(n1).isEmpty }
+            try waitFor("a pod deleted from the API is removed", seconds: 30) { try enrolled(n1).isEmpty }
         }
     }
 
@@ -94,25 +106,25 @@ struct KubeEnrolmentTests {
                     "istio.io/dataplane-mode": .string(value)])])]))
             }
             try label("ambient")
-            try waitFor("enrolled", seconds: 10) { try enrolled(node) == ["a"] }
+            try waitFor("enrolled", seconds: 30) { try enrolled(node) == ["a"] }
 
             server.stop()
             usleep(3_000_000) // the agent's watch fails and it retries meanwhile
             #expect(try enrolled(node) == ["a"], "an unreachable API removes nothing")
             try label("none") // a change the agent cannot see yet
             try server.start()
-            try waitFor("the agent catches up once the API is back", seconds: 15) { try enrolled(node).isEmpty }
+            try waitFor("the agent catches up once the API is back", seconds: 30) { try enrolled(node).isEmpty }
 
             try label("ambient")
-            try waitFor("enrolled again", seconds: 10) { try enrolled(node) == ["a"] }
+            try waitFor("enrolled again", seconds: 30) { try enrolled(node) == ["a"] }
             node.agent?.stop()
             try label("none")
             try lab.startAgent(on: node)
-            try waitFor("a change made while the agent was down applies after its restart", seconds: 15) { try enrolled(node).isEmpty }
+            try waitFor("a change made while the agent was down applies after its restart", seconds: 30) { try enrolled(node).isEmpty }
             node.agent?.stop()
             try label("ambient")
             try lab.startAgent(on: node)
-            try waitFor("the restarted agent still knows the running pod, and enrols it", seconds: 15) { try enrolled(node) == ["a"] }
+            try waitFor("the restarted agent still knows the running pod, and enrols it", seconds: 30) { try enrolled(node) == ["a"] }
         }
     }
 }

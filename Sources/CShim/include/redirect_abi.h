@@ -33,6 +33,8 @@ enum ra_pod_flags {
     RA_POD_CREATED_CLSACT_HOST = 2, /* an earlier agent created the clsact qdisc on the host-side veth (it
                                        attached probe SNAT programs there; this one removes them) */
     RA_POD_SET_ACCEPT_LOCAL = 4,    /* we changed the pod interface's accept_local from 0 to 1 */
+    RA_POD_BYPASS_INBOUND = 8,      /* inbound is not captured (ambient.istio.io/bypass-inbound-capture): the stack
+                                       delivers it; outbound is captured as ever */
 };
 
 struct ra_pod_info {
@@ -68,8 +70,15 @@ struct ra_config {
 struct ra_node {
     __u64 netns_cookie; /* the node's network namespace: only connect() calls made there are the node's */
     __u64 kept_connections; /* nonzero while ra_kept holds a connection: the pod programs look there only then */
-    __u64 reserved[2];
+    __u64 bypass_pods;      /* nonzero while a pod has inbound capture bypassed: the programs look up their
+                               accepted connections (ra_bypass_flows) only then */
+    __u64 reserved[1];
 };
+
+/* Connections a pod with inbound capture bypassed accepted itself, by socket cookie (recorded by
+ * sockops_node as each one is established): only their packets, and the handshake's answers, leave
+ * such a pod uncaptured. LRU: a connection whose entry is evicted fails closed (captured). */
+#define RA_MAX_BYPASS_FLOWS 65536
 
 /* A connection that existed when its pod was enrolled and keeps going uncaptured until it closes
  * (as conntrack keeps it under iptables rules), keyed by its socket's cookie: cookies are never

@@ -1,0 +1,36 @@
+import Dataplane
+import Foundation
+import NodeLab
+import SystemCalls
+import Testing
+
+/// Istio's per-pod capture annotations, in every dataplane.
+@Suite("Per-pod capture annotations", .serialized)
+struct PodAnnotationTests {
+    @Test("ambient.istio.io/bypass-inbound-capture: inbound reaches the app directly, outbound is still captured; taken back, inbound is captured again",
+          arguments: conformanceModes)
+    func bypassInbound(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            let pod = cl.meshed[0], peer = try cl.outsider(cl.n2)
+            let inward = SocketAddress(pod.ip4, Lab.httpPort), out = SocketAddress(peer.ip4, Lab.httpPort)
+            func inboundCaptured() throws -> Bool {
+                let before = try cl.records(pod.node, listener: 15006, to: inward).count
+                let r = try cl.lab.request(from: peer, to: inward)
+                #expect(r.status == 200 && clientIP(r.body) == peer.ip4.description)
+                return try cl.records(pod.node, listener: 15006, to: inward).count > before
+            }
+            #expect(try inboundCaptured(), "the presence: enrolled, inbound is captured")
+            var spec = cl.lab.podSpec(pod)
+            spec.bypassInboundCapture = true
+            try cl.capture.dataplane(pod.node).enroll(spec)
+            #expect(try !inboundCaptured(), "bypassed: the app gets it directly")
+            #expect(try cl.lab.probe(pod).status == 200, "probes still work")
+            #expect(try cl.lab.request(from: pod, to: out).status == 200)
+            #expect(try cl.records(pod.node, listener: 15001, to: out).count == 1, "outbound is still captured")
+            spec.bypassInboundCapture = false
+            try cl.capture.dataplane(pod.node).enroll(spec)
+            #expect(try inboundCaptured(), "taken back: captured again")
+        }
+    }
+}
