@@ -70,6 +70,8 @@ public final class Agent: Sendable {
     public let cluster: ClusterView?
     // Signalled when the cluster or the enrolled pods changed; the membership thread wakes on it.
     let membershipSignal = DispatchSemaphore(value: 0)
+    // When each unrecorded pod's processes were last looked for.
+    let scanned = Mutex<[String: Date]>([:])
 
     /// Chooses the dataplane: `ebpf` fails with the kernel's reason, `auto` falls back to
     /// iptables with it, `iptables` is iptables.

@@ -86,10 +86,35 @@ extension Agent {
                     logger.error("enrolling a running pod failed", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "error": "\(error)"])
                 }
             }
+            adoptUnrecorded(cluster, &state)
             let status = zds?.connected == true ? "enabled" : "pending"
             for pod in state.pods.values { annotations.append((pod.spec, status)) }
         }
         for (spec, value) in annotations { annotate(spec, value, cluster) }
+    }
+
+    /// Pods the API puts in the mesh on this node that the agent holds no record of (they started
+    /// before it, or their ADD was never recorded): found through their processes' cgroups
+    /// (``PodNamespaceScan``), at most once every 30 s each, and enrolled.
+    private func adoptUnrecorded(_ cluster: ClusterView, _ state: inout AgentState) {
+        let recorded = Set(state.pods.keys).union(state.known.keys)
+        for api in cluster.pods.objects where api.status?.phase == "Running" {
+            guard let uid = api.metadata.uid, !recorded.contains(uid), cluster.decide(api).inMesh else { continue }
+            let due = scanned.withLock { last in
+                defer { last[uid] = Date() }
+                return last[uid].map { Date().timeIntervalSince($0) > 30 } ?? true
+            }
+            guard due, let netns = PodNamespaceScan.find(uid: uid) else { continue }
+            do {
+                let ips = try NetworkNamespace(path: netns).run { try Netlink.addresses() }.filter { !$0.isReserved && !$0.isLinkLocal }
+                var spec = PodSpec(uid: uid, name: api.metadata.name, namespace: api.metadata.namespace ?? "", netns: netns, ips: ips)
+                try applyAnnotations(api.metadata.annotations ?? [:], to: &spec)
+                try enrollLocked(spec, netnsID: try NetworkNamespace(path: netns).identity(), &state)
+                logger.info("pod joined the mesh, found by its processes", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "netns": "\(netns)"])
+            } catch {
+                logger.error("enrolling a pod found by its processes failed", metadata: ["pod": "\(api.metadata.namespace ?? "")/\(api.metadata.name)", "error": "\(error)"])
+            }
+        }
     }
 
     /// Writes the pod's redirection annotation through pods/status (as Istio does), when the API's

@@ -33,6 +33,12 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Codable {
         return b[0] == 127 || b[0] >= 224
     }
 
+    /// True for link-local addresses (169.254.0.0/16, fe80::/10), which no pod is reached by.
+    public var isLinkLocal: Bool {
+        let b = bytes
+        return isIPv6 ? (b[0] == 0xfe && b[1] & 0xc0 == 0x80) : (b[0] == 169 && b[1] == 254)
+    }
+
     /// Bit length of the address: 32 or 128.
     public var bitLength: Int { isIPv6 ? 128 : 32 }
 

@@ -300,7 +300,12 @@ public final class Lab: Sendable {
         for addr in CNIRuntime.addresses(in: pod.cniResult) {
             if addr.isIPv6 { pod.ipv6 = addr } else { pod.ipv4 = addr }
         }
-        if options.startApps { try startApp(in: pod) }
+        if options.startApps {
+            // With the API, as the kubelet places them: in a cgroup named after the pod's UID.
+            let group = kube == nil ? nil : "\(node.cgroupPath)/kubepods/pod\(uid)"
+            if let group { _ = try Lab.retryingSweepRace { try Cgroup.create(path: group) } }
+            try startApp(in: pod, cgroup: group)
+        }
         return pod
     }
 
@@ -342,11 +347,11 @@ public final class Lab: Sendable {
     // MARK: processes
 
     /// Starts the app server (HTTP with /healthz and /whoami, TCP echo) in `pod`.
-    public func startApp(in pod: LabPod) throws {
+    public func startApp(in pod: LabPod, cgroup: String? = nil) throws {
         let app = try ManagedProcess(try LabBinaries.path("lab-app"), [
             "serve", "--netns", pod.netns.path, "--pod", pod.name,
             "--http-port", "\(Lab.httpPort)", "--echo-port", "\(Lab.echoPort)", "--records", pod.appRecordsPath,
-        ], logPath: "\(pod.node.directory)/\(pod.name)-app.log")
+        ], logPath: "\(pod.node.directory)/\(pod.name)-app.log", cgroup: cgroup)
         pod.app = app
         try waitForLine("READY", in: app, what: "app in \(pod.name)")
     }

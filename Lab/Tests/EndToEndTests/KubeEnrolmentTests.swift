@@ -127,4 +127,28 @@ struct KubeEnrolmentTests {
             try waitFor("the restarted agent still knows the running pod, and enrols it", seconds: 30) { try enrolled(node) == ["a"] }
         }
     }
+
+    @Test("a running pod the agent has no record of is found by its processes' cgroup when it is labelled")
+    func unrecordedPod() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab({ o in
+            o.agentDataplane = DataplaneMode.ebpf.rawValue
+            o.kubeAPI = true
+            o.podsPerNode = 0
+            o.nodes = 1
+        }) { lab in
+            let node = lab.nodes[0]
+            let pod = try lab.addPod(on: node, name: "old", namespace: "shop")
+            // As if the agent had been installed after the pod started: no record of its ADD.
+            node.agent?.stop()
+            try FileManager.default.removeItem(atPath: node.agentDirectory + "/state.json")
+            try lab.startAgent(on: node)
+            _ = try lab.kubectl(["label", "namespace", "shop", "istio.io/dataplane-mode=ambient"])
+            try waitFor("the agent finds and enrols the pod", seconds: 30) { try enrolled(node) == ["old"] }
+            let status = try AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket).status
+            #expect(status?.pods.first?.ips.contains(try #require(pod.ipv4).description) == true, "its addresses read from its namespace")
+            let log = try String(contentsOfFile: try #require(node.agent?.logPath), encoding: .utf8)
+            #expect(log.contains("found by its processes"), "enrolled through the scan, not a record: \(log.suffix(1500))")
+        }
+    }
 }
