@@ -12,7 +12,7 @@
 # a regex runs those suites on 6.1 only; KERNEL_MATRIX_KERNELS="6.1 6.12" picks the kernels)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FULL=${1:-${KERNEL_MATRIX_SUITES:-BPFProgramTests|EBPFCaptureTests|InterfaceCaptureTests|AdversarialTests|CoexistenceTests|KernelFeaturesTests|CgroupLookupTests|CgroupNamespaceRunnerTests|KeptConnectionsTests|SocketDiagTests}}
+FULL=${1:-${KERNEL_MATRIX_SUITES:-BPFProgramTests|EBPFCaptureTests|InterfaceCaptureTests|AdversarialTests|CoexistenceTests|KernelFeaturesTests|CgroupLookupTests|CgroupNamespaceRunnerTests|KeptConnectionsTests|SocketDiagTests|PodAnnotationTests}}
 KERNELS=${KERNEL_MATRIX_KERNELS:-$([ $# -gt 0 ] && echo 6.1 || echo "6.1 6.12")}
 BUNDLE=.build/debug/redirect-agentPackageTests.xctest
 VENV=.venv-tools

@@ -225,7 +225,8 @@ public final class Agent: Sendable {
     public func startZDS() throws {
         let initial = guarded.withLock { $0.pods.values.map { ZDSWorkload(uid: $0.spec.uid, name: $0.spec.name, namespace: $0.spec.namespace, netns: $0.spec.netns) } }
         let server = try ZDSServer(path: options.zdsSocket, logger: logger, initial: initial,
-                                   admit: { [self] socket in try admitProxy(socket) })
+                                   admit: { [self] socket in try admitProxy(socket) },
+                                   connectionChanged: { [self] in membershipChanged() }) // annotations follow the proxy
         zdsServer.withLock { $0 = server }
         server.start()
     }

@@ -35,6 +35,8 @@ struct AgentFlags: ParsableArguments {
     @Option(help: "kubeconfig of the Kubernetes API to watch pods and namespaces in (env KUBECONFIG). Without it, in a pod (KUBERNETES_SERVICE_HOST set), the in-cluster service account; else none: labels come from CNI_ARGS and --selection-file.")
     var kubeconfig: String?
     @Option(help: "This node's name, as the API knows it (env NODE_NAME; default: the host name).") var nodeName: String?
+    @Option(help: "Namespaces whose pods are never captured, comma-separated (env REDIRECT_EXCLUDED_NAMESPACES; Istio's cni.excludeNamespaces).")
+    var excludedNamespaces: String = env("REDIRECT_EXCLUDED_NAMESPACES") ?? "kube-system"
     @Option(help: "Enter this network namespace first (the lab runs one agent per node namespace).") var netns: String?
     @Option(help: "Where the node's cgroup v2 hierarchy is mounted, when the agent runs in its own cgroup namespace: the ebpf dataplane links its probe programs to its root, and cgroup paths resolve below it (env REDIRECT_CGROUP_ROOT; default: the cgroup2 mount).")
     var cgroupRoot: String = env("REDIRECT_CGROUP_ROOT") ?? ""
@@ -75,6 +77,7 @@ struct AgentFlags: ParsableArguments {
         o.selectionFile = selectionFile
         o.kube = try Self.kubeConfig(kubeconfig ?? env("KUBECONFIG"))
         if let name = nodeName ?? env("NODE_NAME") { o.nodeName = name }
+        o.meshRules.excludedNamespaces = Set(excludedNamespaces.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
         return o
     }
 

@@ -37,19 +37,24 @@ public final class ZDSServer: Sendable {
     private let admission = Mutex(())
     private let ackTimeout: Double
     private let admit: @Sendable (Socket) throws -> (@Sendable () -> Void)
+    private let connectionChanged: @Sendable () -> Void
 
     /// Listens on `path`; `initial` are the pods a new proxy receives in its snapshot. `admit` sees
     /// each proxy's connection after its hello and before its snapshot; a proxy it throws for is
     /// dropped with the reason in the log. What it returns undoes the admission, and runs when the
     /// proxy is lost before its snapshot is through (the previous proxy, if any, stays the proxy).
+    /// `connectionChanged` runs once a proxy has its snapshot and when a proxy is lost; it must not
+    /// block or call back into the server.
     public init(path: String, ackTimeout: Double = 5, logger: Logger = Logger(label: "zds"), initial: [ZDSWorkload],
-                admit: @escaping @Sendable (Socket) throws -> (@Sendable () -> Void) = { _ in {} }) throws {
+                admit: @escaping @Sendable (Socket) throws -> (@Sendable () -> Void) = { _ in {} },
+                connectionChanged: @escaping @Sendable () -> Void = {}) throws {
         // Whoever connects here receives pod network namespaces: root only (0600 in a 0700 directory).
         try PrivateDirectory.prepare((path as NSString).deletingLastPathComponent)
         self.listener = try UnixSocket.listen(path: path, type: cshim_sock_seqpacket(), mode: 0o600)
         self.logger = logger
         self.ackTimeout = ackTimeout
         self.admit = admit
+        self.connectionChanged = connectionChanged
         peer.withLock { p in for w in initial { p.workloads[w.uid] = w } }
     }
 
@@ -98,6 +103,7 @@ public final class ZDSServer: Sendable {
                 p.channel = ch
             }
             logger.info("snapshot sent to proxy")
+            connectionChanged()
         } catch {
             logger.warning("proxy dropped during its snapshot", metadata: ["error": "\(error)"])
             ch.socket.close()
@@ -158,7 +164,10 @@ public final class ZDSServer: Sendable {
     private func drop(_ ch: ZDSChannel, _ error: any Error, _ p: inout Peer) {
         logger.warning("proxy connection lost", metadata: ["error": "\(error)"])
         ch.socket.close()
-        if p.channel === ch { p.channel = nil }
+        if p.channel === ch {
+            p.channel = nil
+            connectionChanged()
+        }
     }
 }
 

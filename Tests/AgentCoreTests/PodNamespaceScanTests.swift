@@ -1,4 +1,5 @@
 import AgentCore
+import KubeClient
 import Testing
 
 /// Which /proc/PID/cgroup texts place a process in a pod, in both of the kubelet's layouts.
@@ -14,5 +15,33 @@ struct PodNamespaceScanTests {
         #expect(!PodNamespaceScan.names(pod: uid, cgroupText: "0::/kubepods/besteffort/pod\(uid)x/abc\n"), "a longer UID is another pod")
         #expect(!PodNamespaceScan.names(pod: uid, cgroupText: "0::/kubepods/besteffort/podffffffff-9b7d-4e21-8c55-0a1b2c3d4e5f\n"))
         #expect(!PodNamespaceScan.names(pod: uid, cgroupText: "0::/system.slice/kubelet.service\n"))
+    }
+}
+
+/// istio-cni's selection rules over the API's objects.
+@Suite("mesh rules")
+struct MeshRulesTests {
+    func pod(_ labels: [String: String] = [:], annotations: [String: String] = [:], namespace: String = "shop",
+             hostNetwork: Bool = false, phase: String = "Running") -> Pod {
+        Pod(metadata: ObjectMeta(name: "p", namespace: namespace, uid: "u", labels: labels, annotations: annotations),
+            spec: Pod.Spec(nodeName: "n1", hostNetwork: hostNetwork), status: Pod.Status(phase: phase))
+    }
+    func ns(_ labels: [String: String] = [:], name: String = "shop") -> Namespace { Namespace(metadata: ObjectMeta(name: name, labels: labels)) }
+
+    @Test("ambient on the pod or its namespace; none opts out; the exclusions win")
+    func rules() {
+        let r = MeshRules(), ambient = ["istio.io/dataplane-mode": "ambient"], none = ["istio.io/dataplane-mode": "none"]
+        #expect(!r.decide(pod(), namespace: ns()).inMesh)
+        #expect(r.decide(pod(ambient), namespace: ns()).inMesh)
+        #expect(r.decide(pod(), namespace: ns(ambient)).inMesh)
+        #expect(!r.decide(pod(none), namespace: ns(ambient)).inMesh)
+        #expect(!r.decide(pod(ambient, hostNetwork: true), namespace: ns()).inMesh)
+        #expect(!r.decide(pod(ambient, annotations: ["sidecar.istio.io/status": "{}"]), namespace: ns()).inMesh)
+        #expect(!r.decide(pod(ambient, annotations: ["ambient.istio.io/redirection": "disabled"]), namespace: ns()).inMesh)
+        #expect(!r.decide(pod(ambient, namespace: "kube-system"), namespace: ns(name: "kube-system")).inMesh)
+        #expect(!r.decide(pod(ambient, phase: "Succeeded"), namespace: ns()).inMesh)
+        var custom = MeshRules()
+        custom.excludedNamespaces = ["shop"]
+        #expect(!custom.decide(pod(ambient), namespace: ns()).inMesh)
     }
 }

@@ -151,4 +151,24 @@ struct KubeEnrolmentTests {
             #expect(log.contains("found by its processes"), "enrolled through the scan, not a record: \(log.suffix(1500))")
         }
     }
+
+    @Test("a pod's annotation says pending until a proxy has it, then enabled as soon as the proxy's snapshot is through")
+    func pendingUntilProxy() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab({ o in
+            o.agentDataplane = DataplaneMode.ebpf.rawValue
+            o.kubeAPI = true
+            o.podsPerNode = 0
+            o.nodes = 1
+            o.startProxies = false
+        }) { lab in
+            let node = lab.nodes[0]
+            let pod = try lab.addPod(on: node, name: "p", namespace: "shop", labels: ["istio.io/dataplane-mode": "ambient"])
+            #expect(try enrolled(node) == ["p"], "enrolled at its ADD, with no proxy yet")
+            try waitFor("pending without a proxy", seconds: 30) { try annotation(lab, pod) == "pending" }
+            try lab.startProxy(on: node)
+            // Well under the agent's 30 s periodic pass: the proxy's snapshot itself triggers one.
+            try waitFor("enabled once the proxy has its snapshot", seconds: 10) { try annotation(lab, pod) == "enabled" }
+        }
+    }
 }
