@@ -54,7 +54,7 @@ struct Bench: ParsableCommand {
         let node = lab.nodes[0]
         let enrollModes = ["iptables", "ebpf"] + (tcx ? ["ebpf-tcx"] : [])
         let enrollSamples = try enroll.run(sizes: sizes, modes: enrollModes) { try traffic.makeDataplane($0, node: node) }
-        let rss = try enroll.agentRSS(steps: quick ? [0, 10] : [0, 100, min(1000, sizes.max() ?? 1000)].filter { $0 <= (sizes.max() ?? 0) })
+        let rss = try enroll.agentRSS(steps: quick ? [0, 1, 10] : [0, 1, 100, min(1000, sizes.max() ?? 1000)].filter { $0 <= (sizes.max() ?? 0) })
 
         let result = BenchResult(machine: MachineInfo.read(), quick: quick, rounds: rounds, durationSeconds: duration, modes: modes,
                                  traffic: samples, bpfNsPerRun: cost, enrollment: enrollSamples, agentRSS: rss,

@@ -18,6 +18,10 @@ struct RSSSample: Codable {
     var pods: Int
     var rssKiB: Int
     var addMsPerPod: Double
+    /// Median and 99th percentile of the single ADDs that brought the node to `pods` (each answered
+    /// only once durable), nil for a step with no ADD.
+    var addP50Ms: Double?
+    var addP99Ms: Double?
 }
 
 final class EnrollBench {
@@ -86,17 +90,22 @@ final class EnrollBench {
         var enrolled = 0
         for target in steps {
             let batch = pods[enrolled..<min(target, pods.count)]
+            var each: [Double] = []
             let ms = try time {
                 for p in batch {
                     let req = PodRequest(uid: p.uid, name: p.name, namespace: p.namespace, netns: p.netns, ips: p.ips.map(\.description),
                                          podLabels: ["istio.io/dataplane-mode": "ambient"])
-                    let r = try AgentClient.call(ControlRequest(op: "add", pod: req), socket: node.agentControlSocket)
-                    guard r.ok else { throw LabError("agent add failed: \(r.error ?? "?")") }
+                    var r: ControlResponse?
+                    each.append(try time { r = try AgentClient.call(ControlRequest(op: "add", pod: req), socket: node.agentControlSocket) })
+                    guard r?.ok == true else { throw LabError("agent add failed: \(r?.error ?? "?")") }
                 }
             }
             enrolled = target
             let rss = Self.rssKiB(node.agent!.pid)
-            out.append(RSSSample(pods: target, rssKiB: rss, addMsPerPod: batch.isEmpty ? 0 : ms / Double(batch.count)))
+            let sorted = each.sorted()
+            func pct(_ q: Double) -> Double? { sorted.isEmpty ? nil : sorted[min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)] }
+            out.append(RSSSample(pods: target, rssKiB: rss, addMsPerPod: batch.isEmpty ? 0 : ms / Double(batch.count),
+                                 addP50Ms: pct(0.5), addP99Ms: pct(0.99)))
             log("agent RSS with \(target) pods: \(rss) KiB" + (batch.isEmpty ? "" : String(format: " (ADD %.2f ms/pod through the agent)", ms / Double(batch.count))))
         }
         for p in pods.prefix(enrolled) {

@@ -81,8 +81,10 @@ struct BenchReport {
         if result.modes.contains("ebpf-tcx") { s += "\nebpf-tcx is measured up to 100 pods: each tcx attach waits for an RCU grace period under RTNL.\n" }
         s += "\n![enrollment time per pod count](enrollment.svg)\n"
 
-        s += "\n## Agent memory\n\n| pods enrolled through the agent | RSS KiB | ADD through the agent, ms per pod |\n|---|---|---|\n"
-        for x in result.agentRSS { s += "| \(x.pods) | \(x.rssKiB) | \(x.pods == 0 ? "-" : String(format: "%.2f", x.addMsPerPod)) |\n" }
+        s += "\n## Agent memory and ADD latency (ebpf)\n\n| pods enrolled through the agent | RSS KiB | ADD through the agent, ms per pod | ADD p50 ms | ADD p99 ms |\n|---|---|---|---|---|\n"
+        for x in result.agentRSS {
+            s += "| \(x.pods) | \(x.rssKiB) | \(x.pods == 0 ? "-" : String(format: "%.2f", x.addMsPerPod)) | \(r(x.addP50Ms)) | \(r(x.addP99Ms)) |\n"
+        }
 
         s += "\n## Against the targets\n\n" + targets().map { "- \($0)" }.joined(separator: "\n") + "\n"
         return s
@@ -107,6 +109,12 @@ struct BenchReport {
             check("ebpf per-pod enrollment at \(big.pods) vs \(small.pods) pods (flat = 1)", (big.enrollMs / Double(big.pods)) / (small.enrollMs / Double(small.pods)), 1.5, higher: false)
         }
         if let change = e.last?.probeChangeMs { check("ebpf probe-IP change with \(e.last!.pods) pods", change, 10, higher: false, " ms") }
+        if let last = result.agentRSS.last(where: { $0.addP50Ms != nil }) {
+            check("agent ADD p50 at \(last.pods) pods", last.addP50Ms, 1.0, higher: false, " ms")
+            check("agent ADD p99 at \(last.pods) pods", last.addP99Ms, 3.0, higher: false, " ms")
+        }
+        let iptables = result.enrollment.filter { $0.mode == "iptables" }
+        if let worst = iptables.map({ $0.enrollMs / Double($0.pods) }).max() { check("iptables enrollment per pod (worst size)", worst, 10, higher: false, " ms") }
         return out
     }
 

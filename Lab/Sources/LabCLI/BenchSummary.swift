@@ -68,7 +68,28 @@ struct BenchSummary: Encodable {
         for (program, byMode) in BenchSummary.bpfCost(result) {
             metrics["bpf_ns_per_run_\(program)"] = Metric(unit: "ns", better: "lower", values: Dictionary(uniqueKeysWithValues: modes.map { ($0, byMode[$0]) }))
         }
+        for s in result.agentRSS where s.pods > 0 {
+            func agent(_ name: String, _ unit: String, _ v: Double?) {
+                metrics["\(name)_\(s.pods)"] = Metric(unit: unit, better: "lower", values: Dictionary(uniqueKeysWithValues: modes.map { ($0, $0 == "ebpf" ? v : nil) }))
+            }
+            agent("agent_add_ms_p50", "ms", s.addP50Ms)
+            agent("agent_add_ms_p99", "ms", s.addP99Ms)
+            agent("agent_rss_mib", "MiB", Double(s.rssKiB) / 1024)
+        }
+        BenchSummary.addIssueNames(&metrics)
         self.metrics = metrics
+    }
+
+    /// The names issue #14 gives its metrics, as aliases of the ones above (same node, where a
+    /// placement applies; a packet's cost is the pod programs' cost per run).
+    private static func addIssueNames(_ metrics: inout [String: Metric]) {
+        let aliases = ["short_conn_per_s": "short_conn_per_s_same_node", "long_req_per_s": "long_req_per_s_same_node",
+                       "bulk_gbit_per_s": "bulk_gbps_same_node", "bpf_ns_per_packet_ingress": "bpf_ns_per_run_tc_pod_ingress",
+                       "bpf_ns_per_packet_egress": "bpf_ns_per_run_tc_pod_egress"]
+        for (alias, name) in aliases { if let m = metrics[name] { metrics[alias] = m } }
+        for (name, m) in metrics where name.hasPrefix("enrol_ms_per_pod_") && name.hasSuffix("_pods") {
+            metrics["enroll_ms_per_pod_" + name.dropFirst("enrol_ms_per_pod_".count).dropLast("_pods".count)] = m
+        }
     }
 
     /// BPF ns per run, by program and mode.

@@ -36,6 +36,12 @@ struct BenchTests {
         let enrol = try #require(metrics["enrol_ms_per_pod_10_pods"])
         #expect(enrol["direct"] is NSNull && (enrol["ebpf"] as? Double ?? 0) > 0, "\(enrol)")
         #expect(metrics.keys.contains { $0.hasPrefix("bpf_ns_per_run_tc_pod_ingress") })
+        // Issue #14's names are there too, the agent's ADD latency among them.
+        for name in ["short_conn_per_s", "long_req_per_s", "bulk_gbit_per_s", "bpf_ns_per_packet_ingress", "bpf_ns_per_packet_egress",
+                     "enroll_ms_per_pod_10", "agent_add_ms_p50_10", "agent_add_ms_p99_10", "agent_rss_mib_10"] {
+            #expect(metrics[name] != nil, "\(name) in \(metrics.keys.sorted())")
+        }
+        #expect((metrics["agent_add_ms_p99_10"]?["ebpf"] as? Double ?? 0) > 0)
         let report = try String(contentsOfFile: "\(out)/README.md", encoding: .utf8)
         #expect(report.contains("## Against the targets") && report.contains("ebpf / iptables"))
         for plot in ["traffic.svg", "latency.svg", "enrollment.svg"] {
