@@ -121,3 +121,13 @@ struct {
     __type(value, __u32);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_bypass_flows SEC(".maps");
+
+/* Sockets that called connect() while a pod bypasses inbound capture: never recorded as accepted
+ * connections (see ra_node_record_bypass_flow). Freed with the socket. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_connecting_sockets SEC(".maps");

@@ -108,7 +108,35 @@ static __always_inline void ra_node_record_bypass_flow(struct bpf_sock_ops *ctx)
     struct ra_pod_info *info = ra_pod_lookup(fam, &a);
     if (!info || !(info->flags & RA_POD_BYPASS_INBOUND))
         return;
+    /* A socket that called connect() and completed by a simultaneous open (a SYN injected from
+     * inside the pod) also reaches here: it is the pod's own outbound connection, never a reply. */
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk || bpf_sk_storage_get(&ra_connecting_sockets, sk, 0, 0))
+        return;
     __u64 cookie = bpf_get_socket_cookie(ctx);
     __u32 pod = info->pod_index;
     bpf_map_update_elem(&ra_bypass_flows, &cookie, &pod, BPF_ANY);
+    bpf_sock_ops_cb_flags_set(ctx, BPF_SOCK_OPS_STATE_CB_FLAG); /* forgotten when it closes */
+}
+
+/* A socket that connects, or closes: whatever it was kept or accepted as, it is no longer. While
+ * a pod bypasses inbound capture, connecting sockets are also marked, so a simultaneous open is
+ * never taken for an accepted connection. A flag test and nothing more while nothing is kept or
+ * bypassed. */
+static __always_inline void ra_node_forget_socket(struct bpf_sock_ops *ctx, __u32 op)
+{
+    struct ra_node *node = ra_get_node();
+    if (!node || !(node->kept_connections || node->bypass_pods))
+        return;
+    if (op == BPF_SOCK_OPS_STATE_CB && ctx->args[1] != BPF_TCP_CLOSE)
+        return;
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    if (node->kept_connections)
+        bpf_map_delete_elem(&ra_kept, &cookie);
+    if (node->bypass_pods) {
+        bpf_map_delete_elem(&ra_bypass_flows, &cookie);
+        struct bpf_sock *sk = ctx->sk;
+        if (op == BPF_SOCK_OPS_TCP_CONNECT_CB && sk)
+            bpf_sk_storage_get(&ra_connecting_sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    }
 }

@@ -146,11 +146,12 @@ int tc_pod_egress(struct __sk_buff *skb)
     }
     if (ra_is_probe_flow(cfg, &f, 0))
         return TC_ACT_OK; /* replies to kubelet probes, as Istio's `-d <probe> -j ACCEPT` */
-    if (ra_is_kept(skb)) {
+    /* Neither a kept nor an accepted connection opens anything: a SYN is always captured. */
+    if (!ra_is_new_connection(&f) && ra_is_kept(skb)) {
         ra_count(ra_pod_index(f.family, &f.src), RA_KEPT_PASS);
         return TC_ACT_OK;
     }
-    if (ra_is_bypass_reply(skb, &f))
+    if (!ra_is_new_connection(&f) && ra_is_bypass_reply(skb, &f))
         return TC_ACT_OK;
     if (f.fragment) {
         ra_count(ra_pod_index(f.family, &f.src), RA_DROP_FRAGMENT);
@@ -205,14 +206,14 @@ static __always_inline int ra_assign_proxy(struct __sk_buff *skb, struct bpf_soc
  * kept from before enrolment (read once assigned: a socket's cookie can only be read through the
  * packet), else dropped. */
 static __always_inline int ra_assign_owner(struct __sk_buff *skb, struct bpf_sock *sk, const struct ra_config *cfg,
-                                           __u32 pod)
+                                           __u32 pod, const struct ra_flow *f)
 {
     int marked = cfg->proxy_cgroup || ra_sk_marked_proxy(sk, cfg);
     if (ra_assign(skb, sk, pod, RA_DECISION_COUNT) != TC_ACT_OK)
         return TC_ACT_SHOT;
     if (marked && (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup))
         return TC_ACT_OK; /* every packet of every flow: not counted */
-    if (ra_is_kept(skb)) {
+    if (!ra_is_new_connection(f) && ra_is_kept(skb)) {
         ra_count(pod, RA_KEPT_PASS);
         return TC_ACT_OK;
     }
@@ -314,7 +315,7 @@ static __always_inline int ra_inbound_bypassed(struct __sk_buff *skb, const stru
         return TC_ACT_SHOT;
     if (marked && (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup))
         return TC_ACT_OK;
-    if (ra_is_bypass_flow(skb) || ra_is_kept(skb))
+    if (!ra_is_new_connection(f) && (ra_is_bypass_flow(skb) || ra_is_kept(skb)))
         return TC_ACT_OK;
     ra_count(pod, RA_DROP_NOT_PROXY);
     return TC_ACT_SHOT;
@@ -351,7 +352,7 @@ static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flo
             ra_count(pod, RA_TIME_WAIT_HANDOFF);
             return TC_ACT_OK;
         }
-        return ra_assign_owner(skb, sk, cfg, pod);
+        return ra_assign_owner(skb, sk, cfg, pod, f);
     }
     /* HBONE reaches the proxy's 15008 listener directly, never an app that bound 15008. */
     return ra_to_listener(skb, f, tunnel ? cfg->tunnel_port : cfg->inbound_port, cfg, &f->dst,
@@ -530,6 +531,9 @@ int sockops_node(struct bpf_sock_ops *ctx)
     }
     if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_STATE_CB)
         return 1;
+    /* A socket that connects (again: a kept or accepted socket can disconnect and connect
+     * elsewhere) or closes is no longer the connection it was kept or accepted as. */
+    ra_node_forget_socket(ctx, op);
     struct bpf_sock *sk = ctx->sk;
     if (!sk || !bpf_sk_storage_get(&ra_probe_sockets, sk, 0, 0))
         return 1;

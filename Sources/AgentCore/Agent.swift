@@ -273,7 +273,9 @@ public final class Agent: Sendable {
         }
         let (pod, why) = cluster.waitForPod(namespace: req.namespace, name: req.name, uid: req.uid, timeout: options.apiWaitSeconds)
         guard let pod else { throw AgentError(.apiUnavailable, why) }
-        return (cluster.decide(pod).inMesh, pod.metadata.annotations ?? [:])
+        let decision = cluster.decide(pod)
+        guard let inMesh = decision.inMesh else { throw AgentError(.apiUnavailable, "pod \(req.namespace)/\(req.name): \(decision.reason)") }
+        return (inMesh, pod.metadata.annotations ?? [:])
     }
 
     /// Records a pod that is not in the mesh, for a later label.
@@ -404,7 +406,7 @@ public final class Agent: Sendable {
     // MARK: isolation: a request may touch only its own pod
 
     /// The identity of the pod's namespace; never the node's or the agent's own.
-    private func podNamespace(_ spec: PodSpec) throws -> String {
+    func podNamespace(_ spec: PodSpec) throws -> String {
         let ns = NetworkNamespace(path: spec.netns)
         guard ns.exists, let id = try? ns.identity() else {
             throw AgentError(.invalidRequest, "network namespace \(RequestValidation.quoted(spec.netns)) does not exist")

@@ -2,6 +2,7 @@ import Foundation
 import KubeClient
 import Logging
 import Synchronization
+import SystemCalls
 
 /// The cluster as the agent sees it: the pods of this node and every namespace, kept by
 /// informers. It answers CNI ADDs (is this pod in the mesh?) and tells the agent when anything
@@ -43,9 +44,24 @@ public final class ClusterView: Sendable {
         return p
     }
 
-    /// The decision for a pod the cache has.
-    public func decide(_ pod: Pod) -> (inMesh: Bool, reason: String) {
+    /// The decision for a pod the cache has; nil when its namespace is not known yet.
+    public func decide(_ pod: Pod) -> (inMesh: Bool?, reason: String) {
         rules.decide(pod, namespace: namespaces.get(namespace: nil, name: pod.metadata.namespace ?? ""))
+    }
+
+    /// Whether the API has really lost the pod (it is not in the cache): asked directly, so a
+    /// watch that selects the wrong node, or a cache that missed something, never releases a
+    /// running pod. Blocks the calling thread (never one of Swift's shared ones) up to `timeout`.
+    public func confirmGone(namespace: String, name: String, uid: String, timeout: Double = 5) -> Bool {
+        let slot = ResultSlot<Bool>()
+        let client = self.client
+        Task {
+            do {
+                let p = try await client.get(Pod.self, namespace: namespace, name: name)
+                slot.fill(p == nil || (p?.metadata.uid != nil && p?.metadata.uid != uid))
+            } catch { slot.fill(false) }
+        }
+        return slot.wait(timeout: timeout) ?? false
     }
 
     /// Waits up to `timeout` for the pod to be known (a CNI ADD can come before the watch

@@ -39,13 +39,18 @@ extension Agent {
     /// against the API's view; then each pod's `ambient.istio.io/redirection` annotation.
     public func reconcileMembership() {
         guard let cluster, cluster.hasSynced else { return }
+        if let error = cluster.pods.lastError ?? cluster.namespaces.lastError {
+            logger.warning("the Kubernetes API is unreachable: enrolled pods stay as they are until it answers", metadata: ["error": "\(error)"])
+        }
         var annotations: [(PodSpec, String?)] = []
         guarded.withLock { state in
             for (uid, pod) in state.pods.sorted(by: { $0.key < $1.key }) {
                 let spec = pod.spec
                 let api = cluster.pod(namespace: spec.namespace, name: spec.name, uid: uid)
                 let decision = api.map(cluster.decide)
-                if let api, let decision, decision.inMesh {
+                if let decision, decision.inMesh == nil { continue } // its namespace is not known yet: no guess
+                if api == nil, !cluster.confirmGone(namespace: spec.namespace, name: spec.name, uid: uid) { continue }
+                if let api, let decision, decision.inMesh == true {
                     // Still in the mesh; its annotations may have changed what its capture is.
                     var want = spec
                     try? applyAnnotations(api.metadata.annotations ?? [:], to: &want)
@@ -76,7 +81,7 @@ extension Agent {
                     try? store.save(state)
                     continue
                 }
-                guard cluster.decide(api).inMesh else { continue }
+                guard cluster.decide(api).inMesh == true else { continue }
                 do {
                     var s = spec
                     try applyAnnotations(api.metadata.annotations ?? [:], to: &s)
@@ -99,17 +104,23 @@ extension Agent {
     private func adoptUnrecorded(_ cluster: ClusterView, _ state: inout AgentState) {
         let recorded = Set(state.pods.keys).union(state.known.keys)
         for api in cluster.pods.objects where api.status?.phase == "Running" {
-            guard let uid = api.metadata.uid, !recorded.contains(uid), cluster.decide(api).inMesh else { continue }
+            guard let uid = api.metadata.uid, !recorded.contains(uid), cluster.decide(api).inMesh == true else { continue }
             let due = scanned.withLock { last in
                 defer { last[uid] = Date() }
                 return last[uid].map { Date().timeIntervalSince($0) > 30 } ?? true
             }
             guard due, let netns = PodNamespaceScan.find(uid: uid) else { continue }
             do {
-                let ips = try NetworkNamespace(path: netns).run { try Netlink.addresses() }.filter { !$0.isReserved && !$0.isLinkLocal }
+                // The addresses are the API's (the kubelet's report), and the namespace must hold
+                // them: a pod cannot claim another's address by adding it to its interface.
+                let ips = (api.status?.podIPs ?? []).compactMap { IPAddress($0.ip) }
+                let held = Set(try NetworkNamespace(path: netns).run { try Netlink.addresses() })
+                guard !ips.isEmpty, ips.allSatisfy(held.contains) else {
+                    throw AgentError(.invalidRequest, "the namespace found for it does not hold its addresses \(ips) (it has \(held.sorted { $0.description < $1.description }))")
+                }
                 var spec = PodSpec(uid: uid, name: api.metadata.name, namespace: api.metadata.namespace ?? "", netns: netns, ips: ips)
                 try applyAnnotations(api.metadata.annotations ?? [:], to: &spec)
-                try enrollLocked(spec, netnsID: try NetworkNamespace(path: netns).identity(), &state)
+                try enrollLocked(spec, netnsID: try podNamespace(spec), &state)
                 logger.info("pod joined the mesh, found by its processes", metadata: ["pod": "\(spec.namespace)/\(spec.name)", "netns": "\(netns)"])
             } catch {
                 logger.error("enrolling a pod found by its processes failed", metadata: ["pod": "\(api.metadata.namespace ?? "")/\(api.metadata.name)", "error": "\(error)"])

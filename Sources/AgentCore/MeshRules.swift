@@ -14,19 +14,22 @@ public struct MeshRules: Sendable, Equatable {
     /// In the mesh when the pod, or its namespace without the pod saying `none`, has
     /// `istio.io/dataplane-mode=ambient`; never a host-network pod, a pod with a sidecar, the
     /// proxy's own pods (`ambient.istio.io/redirection: disabled`), a pod in an excluded namespace,
-    /// or one that has finished or is being deleted. Returns the decision and why.
-    public func decide(_ pod: Pod, namespace: Namespace?) -> (inMesh: Bool, reason: String) {
+    /// or one that has finished. A pod being deleted stays as it is until it has finished or is
+    /// gone (its author decides how long it runs after the delete). Returns the decision and why;
+    /// nil when it depends on a namespace the cache does not have (the caller must not guess).
+    public func decide(_ pod: Pod, namespace: Namespace?) -> (inMesh: Bool?, reason: String) {
         let annotations = pod.metadata.annotations ?? [:]
         if pod.spec?.hostNetwork == true { return (false, "host network") }
         if annotations["sidecar.istio.io/status"] != nil { return (false, "has a sidecar") }
         if annotations[redirectionAnnotation] == "disabled" { return (false, "\(redirectionAnnotation): disabled") }
         if excludedNamespaces.contains(pod.metadata.namespace ?? "") { return (false, "namespace \(pod.metadata.namespace ?? "") is excluded") }
-        if pod.isFinished || pod.metadata.deletionTimestamp != nil { return (false, "finished or being deleted") }
+        if pod.isFinished { return (false, "finished") }
         switch pod.metadata.labels?[dataplaneModeLabel] {
         case "none": return (false, "the pod says \(dataplaneModeLabel)=none")
         case "ambient": return (true, "the pod says \(dataplaneModeLabel)=ambient")
         default:
-            if namespace?.metadata.labels?[dataplaneModeLabel] == "ambient" { return (true, "its namespace says \(dataplaneModeLabel)=ambient") }
+            guard let namespace else { return (nil, "its namespace \(pod.metadata.namespace ?? "") is not known yet") }
+            if namespace.metadata.labels?[dataplaneModeLabel] == "ambient" { return (true, "its namespace says \(dataplaneModeLabel)=ambient") }
             return (false, "neither the pod nor its namespace says \(dataplaneModeLabel)=ambient")
         }
     }

@@ -259,8 +259,12 @@ public final class EBPFDataplane: Dataplane, Sendable {
                 try maps.upsert(entry)
             }
         } catch {
-            try? remove(pod)
-            if earlier == nil { releaseIndex(index) }
+            // A first enrolment is undone; a repeated one (an update in place) leaves the capture
+            // there is: removing it would leave a running pod uncaptured.
+            if earlier == nil {
+                try? remove(pod)
+                releaseIndex(index)
+            }
             throw DataplaneError(.applyFailed, pod: pod.name, "\(error)")
         }
     }
@@ -302,6 +306,14 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// keeps nothing.
     private func keepExisting(_ pod: PodSpec, index: UInt32) throws {
         guard config.keepExistingConnections else { return }
+        // Failing to keep them cuts them off (closed); it never stops the pod's capture.
+        do { try recordExisting(pod, index: index) } catch {
+            logger.warning("connections from before enrolment cannot be kept: they are cut off",
+                           metadata: ["pod": "\(pod.namespace)/\(pod.name)", "error": "\(error)"])
+        }
+    }
+
+    private func recordExisting(_ pod: PodSpec, index: UInt32) throws {
         let pinned = [linkPin(pod), tcxPin(pod, "ingress"), tcxPin(pod, "egress")].contains { FileManager.default.fileExists(atPath: $0) }
         guard !pinned else { return }
         let name = pod.interface
@@ -342,7 +354,9 @@ public final class EBPFDataplane: Dataplane, Sendable {
         for index in Set(all.map(\.pod)) {
             guard let pod = byIndex[index] else { live[index] = .some([]); continue }
             if !FileManager.default.fileExists(atPath: pod.netns) { live[index] = .some([]); continue }
-            live[index] = try? Set(NetworkNamespace(path: pod.netns).run { try SocketDiag.tcp(states: SocketDiag.liveStates).map(\.cookie) })
+            // Only sockets still carrying their connection: one that disconnected is forgotten
+            // (and one that connects again is forgotten by sockops_node at once).
+            live[index] = try? Set(NetworkNamespace(path: pod.netns).run { try SocketDiag.tcp(states: SocketDiag.connectedStates).map(\.cookie) })
         }
         let gone = Set(all.filter { c in live[c.pod].flatMap { $0 }.map { !$0.contains(c.cookie) } ?? false }.map(\.cookie))
         try forgetKept { gone.contains($0.cookie) }

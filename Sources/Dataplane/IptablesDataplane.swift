@@ -85,14 +85,16 @@ public final class IptablesDataplane: Dataplane, Sendable {
     /// On failure everything of the pod's is removed again, so no half-applied capture remains.
     public func enroll(_ pod: PodSpec) throws {
         try validate(pod)
+        var wasCaptured = false
         do {
-            for v6 in families(of: pod) { try applyPodRules(pod, ipv6: v6, first: true) }
+            for v6 in families(of: pod) { wasCaptured = try applyPodRules(pod, ipv6: v6, first: true) || wasCaptured }
             try routing.apply(netns: pod.netns, families: families(of: pod))
             for ip in pod.ips {
                 try runner.checked("ipset", ["add", config.ipsetName(ipv6: ip.isIPv6), ip.description, "comment", pod.uid, "-exist"])
             }
         } catch {
-            try? remove(pod)
+            // Only a first enrolment is undone: an update in place leaves the capture there is.
+            if !wasCaptured { try? remove(pod) }
             throw DataplaneError(.applyFailed, pod: pod.name, "\(error)")
         }
     }
@@ -213,11 +215,20 @@ public final class IptablesDataplane: Dataplane, Sendable {
 
     /// Loads the pod's rules of one family. At an enrolment (`first`) into a namespace that has
     /// none of them yet, its connections are told to conntrack first, so they stay uncaptured.
-    private func applyPodRules(_ pod: PodSpec, ipv6: Bool, first: Bool = false) throws {
+    /// Returns whether the family had our rules already.
+    @discardableResult
+    private func applyPodRules(_ pod: PodSpec, ipv6: Bool, first: Bool = false) throws -> Bool {
         let r = rules(for: pod)
         let have = r.installed(in: try podCommand(pod, backend.save(ipv6: ipv6), []))
-        if first, have.jumps.isEmpty, config.keepExistingConnections { try keepConnections(pod, ipv6: ipv6) }
+        if first, have.jumps.isEmpty, config.keepExistingConnections {
+            // Failing to keep them cuts them off (closed); it never stops the pod's capture.
+            do { try keepConnections(pod, ipv6: ipv6) } catch {
+                logger.warning("connections from before enrolment cannot be kept: they are cut off",
+                               metadata: ["pod": "\(pod.namespace)/\(pod.name)", "error": "\(error)"])
+            }
+        }
         try podCommand(pod, backend.restore(ipv6: ipv6), ["--noflush"], input: r.pod(ipv6: ipv6, present: have.jumps))
+        return !have.jumps.isEmpty
     }
 
     /// Conntrack follows a connection only from the moment rules need it: a connection opened

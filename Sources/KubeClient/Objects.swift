@@ -55,8 +55,17 @@ public struct Pod: KubeObject, Equatable {
     public struct Status: Codable, Sendable, Equatable {
         /// Pending, Running, Succeeded, Failed.
         public var phase: String?
+        /// The pod's addresses, as the kubelet reported them.
+        public var podIPs: [PodIP]?
+        /// One address.
+        public struct PodIP: Codable, Sendable, Equatable {
+            /// The address.
+            public var ip: String
+            /// Creates one.
+            public init(ip: String) { self.ip = ip }
+        }
         /// Creates a status.
-        public init(phase: String? = nil) { self.phase = phase }
+        public init(phase: String? = nil, podIPs: [String]? = nil) { self.phase = phase; self.podIPs = podIPs?.map(PodIP.init) }
     }
 
     /// Creates a pod.

@@ -15,6 +15,11 @@ extension Cgroup {
     public static func ofPeer(_ socket: Socket, procRoot: String = "/proc") throws -> (cgroup: Cgroup, how: String) {
         let pidfd = cshim_peer_pidfd(socket.fd)
         defer { if pidfd >= 0 { Glibc.close(pidfd) } }
+        // Only a kernel without the option (before 6.5) falls back to the pid alone; any other
+        // failure (a peer already reaped answers EINVAL on some kernels) is the case the check is for.
+        if pidfd < 0, case let e = cshim_errno(), e != ENOPROTOOPT {
+            throw SystemError("SO_PEERPIDFD: the peer cannot be pinned down (it may have exited)", code: e)
+        }
         let pid = try socket.peerProcessID()
         guard pid > 0 else {
             throw SystemError("the peer's process is outside this pid namespace (the agent needs the node's: hostPID)", code: ESRCH)

@@ -42,4 +42,10 @@ public final class ResultSlot<T: Sendable>: Sendable {
         ready.wait()
         return value.withLock { $0! }
     }
+
+    /// Blocks until the value is there or `timeout` seconds have passed (nil).
+    public func wait(timeout: Double) -> T? {
+        guard ready.wait(timeout: .now() + timeout) == .success else { return nil }
+        return value.withLock { $0 }
+    }
 }

@@ -52,6 +52,14 @@ public final class Socket: Sendable {
         return m
     }
 
+    /// connect() to AF_UNSPEC: a connected TCP socket drops its connection (with a reset) and may
+    /// connect again, elsewhere, keeping its identity (cookie).
+    public func disconnect() throws {
+        var sa = sockaddr()
+        sa.sa_family = sa_family_t(AF_UNSPEC)
+        try check("connect AF_UNSPEC", Glibc.connect(fd, &sa, socklen_t(MemoryLayout<sockaddr>.size)))
+    }
+
     /// SO_COOKIE: the kernel's identity of the socket, what BPF programs read as its cookie.
     public func cookie() throws -> UInt64 {
         var v: UInt64 = 0

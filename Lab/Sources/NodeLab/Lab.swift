@@ -300,6 +300,11 @@ public final class Lab: Sendable {
         for addr in CNIRuntime.addresses(in: pod.cniResult) {
             if addr.isIPv6 { pod.ipv6 = addr } else { pod.ipv4 = addr }
         }
+        if let kube, inAPI { // as the kubelet reports them once the sandbox has its network
+            let ips = pod.addresses.map { JSONValue.object(["ip": .string($0.description)]) }
+            try kube.server.store.patch(.pod, namespace: namespace, name: name, .object(["status": .object([
+                "podIP": .string(pod.addresses.first?.description ?? ""), "podIPs": .array(ips)])]), statusOnly: true)
+        }
         if options.startApps {
             // With the API, as the kubelet places them: in a cgroup named after the pod's UID.
             let group = kube == nil ? nil : "\(node.cgroupPath)/kubepods/pod\(uid)"

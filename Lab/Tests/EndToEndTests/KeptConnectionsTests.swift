@@ -36,6 +36,18 @@ struct KeptConnectionsTests {
                 #expect(try cl.records(pod.node, listener: 15001, to: out).count == 1, "a new outbound connection is captured")
                 #expect(try cl.lab.request(from: peer, to: inward).status == 200)
                 #expect(try cl.records(pod.node, listener: 15006, to: inward).count == 1, "a new inbound connection is captured")
+                // The attack: a kept socket that drops its connection and connects elsewhere is a
+                // new connection, captured like any other (it keeps its cookie).
+                if keep, let reused = open.first(where: { $0.name == "outbound IPv4" })?.socket {
+                    let before = try cl.records(pod.node, listener: 15001, to: out).count
+                    try reused.disconnect()
+                    try reused.connect(out)
+                    let r = try MiniHTTP.get(reused, host: "peer", path: "/whoami")
+                    #expect(r.status == 200)
+                    #expect(try cl.records(pod.node, listener: 15001, to: out).count == before + 1, "a kept socket reconnected is captured")
+                    open.removeAll { $0.socket === reused }
+                    reused.close()
+                }
                 guard keep, mode == .ebpf else { return }
                 let dp = try ebpfDataplane(cl, pod.node), spec = cl.lab.podSpec(pod)
                 #expect(try dp.keptConnections(spec).count == open.count)

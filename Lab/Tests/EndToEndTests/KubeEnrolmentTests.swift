@@ -109,7 +109,13 @@ struct KubeEnrolmentTests {
             try waitFor("enrolled", seconds: 30) { try enrolled(node) == ["a"] }
 
             server.stop()
-            usleep(3_000_000) // the agent's watch fails and it retries meanwhile
+            // A membership pass while the API is unreachable: a proxy's new snapshot wakes one,
+            // which says the API is unreachable (once the informers have noticed).
+            let log = { (try? String(contentsOfFile: node.agent?.logPath ?? "", encoding: .utf8)) ?? "" }
+            try waitFor("the agent notices the outage", seconds: 30) { log().contains("Kubernetes API unavailable, retrying") }
+            node.proxy?.stop()
+            try lab.startProxy(on: node)
+            try waitFor("a membership pass during the outage", seconds: 30) { log().contains("the Kubernetes API is unreachable: enrolled pods stay") }
             #expect(try enrolled(node) == ["a"], "an unreachable API removes nothing")
             try label("none") // a change the agent cannot see yet
             try server.start()

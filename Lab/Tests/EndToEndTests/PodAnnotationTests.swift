@@ -1,5 +1,6 @@
 import Dataplane
 import Foundation
+import Glibc
 import NodeLab
 import SystemCalls
 import Testing
@@ -28,6 +29,25 @@ struct PodAnnotationTests {
             #expect(try cl.lab.probe(pod).status == 200, "probes still work")
             #expect(try cl.lab.request(from: pod, to: out).status == 200)
             #expect(try cl.records(pod.node, listener: 15001, to: out).count == 1, "outbound is still captured")
+            // The attack: a connection the pod accepted (so its answers leave uncaptured) is dropped
+            // and its socket connects elsewhere: that is the pod's own outbound, and captured.
+            let listener = try pod.netns.run { try Socket.listening(on: SocketAddress(IPAddress("0.0.0.0")!, 9099)) }
+            defer { listener.close() }
+            let client = try peer.netns.run { try Socket.connected(to: SocketAddress(pod.ip4, 9099), timeout: 2) }
+            defer { client.close() }
+            let accepted = try listener.accept()
+            defer { accepted.close() }
+            try accepted.setTimeout(seconds: 3)
+            try client.writeAll("hi\n")
+            #expect(try accepted.readLine() == "hi")
+            try accepted.writeAll("ho\n")
+            #expect(try client.readLine() == "ho", "the presence: an accepted connection's answers leave")
+            let before = try cl.records(pod.node, listener: 15001, to: out).count
+            try accepted.disconnect()
+            try accepted.connect(out)
+            #expect(try MiniHTTP.get(accepted, host: "peer", path: "/whoami").status == 200)
+            #expect(try cl.records(pod.node, listener: 15001, to: out).count == before + 1, "an accepted socket reconnected is captured")
+
             spec.bypassInboundCapture = false
             try cl.capture.dataplane(pod.node).enroll(spec)
             #expect(try inboundCaptured(), "taken back: captured again")
