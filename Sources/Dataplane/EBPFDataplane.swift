@@ -232,7 +232,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
         let earlier = pod.ips.lazy.compactMap { try? self.maps.pod($0) }.first
         let index = try earlier?.pod_index ?? allocateIndex()
         do {
-            let attached = try inspectPod(pod)
+            let pinned = [linkPin(pod), tcxPin(pod, "ingress"), tcxPin(pod, "egress")].contains { FileManager.default.fileExists(atPath: $0) }
+            let attached = try inspectPod(pod, snapshot: earlier == nil && !pinned && config.keepExistingConnections)
             var flags = earlier?.flags ?? 0
             if attached.createdClsact { flags |= UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) }
             if attached.setAcceptLocal { flags |= UInt32(RA_POD_SET_ACCEPT_LOCAL.rawValue) }
@@ -243,7 +244,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: earlier?.host_ifindex ?? 0, flags: flags)
             if pod.bypassInboundCapture { try maps.setBypassLookup(true) } // before the pod's entry says so
             try maps.upsert(entry)
-            if earlier == nil { try keepExisting(pod, index: index) }
+            if let existing = attached.existing { keep(existing, pod, index: index) }
             try watcher.watch(pod) // before attaching: an interface that appears from now on is seen
             try attachInPod(pod, attached)
             try attachLock.withLock { _ in // the watcher may react to this pod's links already
@@ -299,33 +300,22 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     // MARK: kept connections
 
-    /// Records the connections the pod has now, before any program is attached to it (so none of
-    /// them can be a captured one): their sockets' packets keep going uncaptured until they close.
-    /// Only at a pod's first enrolment: a repeated one would take captured connections for kept.
-    /// A pod that still carries programs of ours (its map entry lost) is not a first enrolment and
-    /// keeps nothing.
-    private func keepExisting(_ pod: PodSpec, index: UInt32) throws {
-        guard config.keepExistingConnections else { return }
-        // Failing to keep them cuts them off (closed); it never stops the pod's capture.
-        do { try recordExisting(pod, index: index) } catch {
+    /// Records the connections the pod had when it was inspected, before any program was attached
+    /// to it (so none of them can be a captured one): their sockets' packets keep going uncaptured
+    /// until they close. Only at a pod's first enrolment (a repeated one would take captured
+    /// connections for kept), and only if nothing of ours is attached there (its map entry lost).
+    /// Failing to keep them cuts them off (closed); it never stops the pod's capture.
+    private func keep(_ existing: Result<[KeptConnection], any Error>, _ pod: PodSpec, index: UInt32) {
+        do {
+            let kept = try existing.get()
+            let count = try keptLock.withLock { _ in try maps.keep(cookies: kept.map(\.cookie), podIndex: index) }
+            if count < kept.count {
+                logger.warning("ra_kept is full: connections from before enrolment are cut off",
+                               metadata: ["pod": "\(pod.namespace)/\(pod.name)", "kept": "\(count)", "cut": "\(kept.count - count)"])
+            }
+        } catch {
             logger.warning("connections from before enrolment cannot be kept: they are cut off",
                            metadata: ["pod": "\(pod.namespace)/\(pod.name)", "error": "\(error)"])
-        }
-    }
-
-    private func recordExisting(_ pod: PodSpec, index: UInt32) throws {
-        let pinned = [linkPin(pod), tcxPin(pod, "ingress"), tcxPin(pod, "egress")].contains { FileManager.default.fileExists(atPath: $0) }
-        guard !pinned else { return }
-        let name = pod.interface
-        let kept = try NetworkNamespace(path: pod.netns).run { () -> [KeptConnection] in
-            let index = try TCAttach.ifindex(name)
-            let attached = TCAttach.attachedProgramID(ifindex: index, ingress: false) ?? TCAttach.attachedProgramID(ifindex: index, ingress: true)
-            return attached == nil ? try KeptConnections.current() : []
-        }
-        let count = try keptLock.withLock { _ in try maps.keep(cookies: kept.map(\.cookie), podIndex: index) }
-        if count < kept.count {
-            logger.warning("ra_kept is full: connections from before enrolment are cut off",
-                           metadata: ["pod": "\(pod.namespace)/\(pod.name)", "kept": "\(count)", "cut": "\(kept.count - count)"])
         }
     }
 
@@ -470,20 +460,30 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     // MARK: attach
 
-    private struct PodAttachment { var podIfindex: Int32; var createdClsact: Bool; var setAcceptLocal: Bool }
+    private struct PodAttachment {
+        var podIfindex: Int32
+        var createdClsact: Bool
+        var setAcceptLocal: Bool
+        var existing: Result<[KeptConnection], any Error>?
+    }
 
     /// What removal may undo: only what enrolment created or changed.
     private struct PodCleanup { var destroyClsact: Bool; var resetAcceptLocal: Bool }
 
     /// What enrolment will find and change in the pod's namespace, read before anything changes:
     /// the interface, and whether accept_local and a clsact qdisc are already there.
-    private func inspectPod(_ pod: PodSpec) throws -> PodAttachment {
+    /// With `snapshot`, also the connections to keep (``KeptConnections``), read in the same visit
+    /// to the namespace, only if no program of ours is attached there yet.
+    private func inspectPod(_ pod: PodSpec, snapshot: Bool) throws -> PodAttachment {
         let name = pod.interface, clsact = options.attach == .clsact
         return try NetworkNamespace(path: pod.netns).run {
             let link = try Netlink.link(named: name)
             let acceptLocal = pod.hasIPv4 ? (try? readSysctl(interfaceSysctl("ipv4", name, "accept_local"))) : "1"
             let hasClsact = clsact ? try NetlinkRouting.hasClsact(ifindex: link.index) : true
-            return PodAttachment(podIfindex: link.index, createdClsact: !hasClsact, setAcceptLocal: acceptLocal != "1")
+            var plan = PodAttachment(podIfindex: link.index, createdClsact: !hasClsact, setAcceptLocal: acceptLocal != "1")
+            let ours = TCAttach.attachedProgramID(ifindex: link.index, ingress: false) ?? TCAttach.attachedProgramID(ifindex: link.index, ingress: true)
+            if snapshot, ours == nil { plan.existing = Result { try KeptConnections.current() } }
+            return plan
         }
     }
 
