@@ -73,33 +73,26 @@ static __always_inline int ra_is_probe_flow(const struct ra_config *cfg, const s
 }
 
 /* Whether the socket the packet carries (its sender on egress; the one bpf_sk_assign gave it on
- * ingress) belongs to a connection that existed before its pod was enrolled. The node's flag
- * spares every other packet the hash lookup while no such connection is kept. */
-static __always_inline int ra_is_kept(struct __sk_buff *skb)
+ * ingress) has its cookie in `map`. */
+static __always_inline int ra_socket_in(struct __sk_buff *skb, void *map)
 {
-    __u32 zero = 0;
-    struct ra_node *node = bpf_map_lookup_elem(&ra_node, &zero);
-    if (!node || !node->kept_connections)
-        return 0;
     __u64 cookie = bpf_get_socket_cookie(skb);
-    return cookie && bpf_map_lookup_elem(&ra_kept, &cookie);
+    return cookie && bpf_map_lookup_elem(map, &cookie);
 }
 
-/* Whether the packet's socket is a connection a pod with inbound capture bypassed accepted itself. */
-static __always_inline int ra_is_bypass_flow(struct __sk_buff *skb)
+/* Whether that socket belongs to a connection that existed before its pod was enrolled. The
+ * node's flag spares every other packet the hash lookup while no such connection is kept. */
+static __always_inline int ra_is_kept(struct __sk_buff *skb, const struct ra_node *node)
 {
-    __u64 cookie = bpf_get_socket_cookie(skb);
-    return cookie && bpf_map_lookup_elem(&ra_bypass_flows, &cookie);
+    return node && node->kept_connections && ra_socket_in(skb, &ra_kept);
 }
 
 /* Egress of a pod with inbound capture bypassed: its answers to inbound connections leave as they
  * are, as iptables' REDIRECT (new connections only) leaves them: the handshake's replies (from a
  * request socket or a listener: they carry no app data) and packets of connections it accepted.
  * What it opens itself is captured as from any pod. */
-static __always_inline int ra_is_bypass_reply(struct __sk_buff *skb, const struct ra_flow *f)
+static __always_inline int ra_is_bypass_reply(struct __sk_buff *skb, const struct ra_flow *f, const struct ra_node *node)
 {
-    __u32 zero = 0;
-    struct ra_node *node = bpf_map_lookup_elem(&ra_node, &zero);
     if (!node || !node->bypass_pods)
         return 0;
     struct ra_pod_info *info = ra_pod_lookup(f->family, &f->src);
@@ -110,7 +103,7 @@ static __always_inline int ra_is_bypass_reply(struct __sk_buff *skb, const struc
         return 0;
     if (sk->state == RA_TCP_STATE_NEW_SYN_RECV || sk->state == RA_TCP_STATE_LISTEN)
         return 1;
-    return ra_is_bypass_flow(skb);
+    return ra_socket_in(skb, &ra_bypass_flows);
 }
 
 /* The pod programs' answer to what the parser could not accept: drop and count, never pass. */
@@ -147,12 +140,15 @@ int tc_pod_egress(struct __sk_buff *skb)
     if (ra_is_probe_flow(cfg, &f, 0))
         return TC_ACT_OK; /* replies to kubelet probes, as Istio's `-d <probe> -j ACCEPT` */
     /* Neither a kept nor an accepted connection opens anything: a SYN is always captured. */
-    if (!ra_is_new_connection(&f) && ra_is_kept(skb)) {
-        ra_count(ra_pod_index(f.family, &f.src), RA_KEPT_PASS);
-        return TC_ACT_OK;
+    if (!ra_is_new_connection(&f)) {
+        struct ra_node *node = ra_get_node();
+        if (ra_is_kept(skb, node)) {
+            ra_count(ra_pod_index(f.family, &f.src), RA_KEPT_PASS);
+            return TC_ACT_OK;
+        }
+        if (ra_is_bypass_reply(skb, &f, node))
+            return TC_ACT_OK;
     }
-    if (!ra_is_new_connection(&f) && ra_is_bypass_reply(skb, &f))
-        return TC_ACT_OK;
     if (f.fragment) {
         ra_count(ra_pod_index(f.family, &f.src), RA_DROP_FRAGMENT);
         return TC_ACT_SHOT;
@@ -206,16 +202,20 @@ static __always_inline int ra_assign_proxy(struct __sk_buff *skb, struct bpf_soc
  * kept from before enrolment (read once assigned: a socket's cookie can only be read through the
  * packet), else dropped. */
 static __always_inline int ra_assign_owner(struct __sk_buff *skb, struct bpf_sock *sk, const struct ra_config *cfg,
-                                           __u32 pod, const struct ra_flow *f)
+                                           __u32 pod, const struct ra_flow *f, int bypass)
 {
     int marked = cfg->proxy_cgroup || ra_sk_marked_proxy(sk, cfg);
     if (ra_assign(skb, sk, pod, RA_DECISION_COUNT) != TC_ACT_OK)
         return TC_ACT_SHOT;
     if (marked && (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup))
         return TC_ACT_OK; /* every packet of every flow: not counted */
-    if (!ra_is_new_connection(f) && ra_is_kept(skb)) {
-        ra_count(pod, RA_KEPT_PASS);
-        return TC_ACT_OK;
+    if (!ra_is_new_connection(f)) {
+        if (bypass && ra_socket_in(skb, &ra_bypass_flows))
+            return TC_ACT_OK; /* a connection a pod that bypasses inbound capture accepted */
+        if (ra_is_kept(skb, ra_get_node())) {
+            ra_count(pod, RA_KEPT_PASS);
+            return TC_ACT_OK;
+        }
     }
     ra_count(pod, RA_DROP_NOT_PROXY);
     return TC_ACT_SHOT;
@@ -310,15 +310,7 @@ static __always_inline int ra_inbound_bypassed(struct __sk_buff *skb, const stru
         bpf_sk_release(sk);
         return TC_ACT_OK;
     }
-    int marked = cfg->proxy_cgroup || ra_sk_marked_proxy(sk, cfg);
-    if (ra_assign(skb, sk, pod, RA_DECISION_COUNT) != TC_ACT_OK)
-        return TC_ACT_SHOT;
-    if (marked && (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup))
-        return TC_ACT_OK;
-    if (!ra_is_new_connection(f) && (ra_is_bypass_flow(skb) || ra_is_kept(skb)))
-        return TC_ACT_OK;
-    ra_count(pod, RA_DROP_NOT_PROXY);
-    return TC_ACT_SHOT;
+    return ra_assign_owner(skb, sk, cfg, pod, f, 1);
 }
 
 /* A packet from outside the pod. It reaches a socket of the proxy, a kubelet probe flow this
@@ -352,7 +344,7 @@ static __always_inline int ra_inbound(struct __sk_buff *skb, const struct ra_flo
             ra_count(pod, RA_TIME_WAIT_HANDOFF);
             return TC_ACT_OK;
         }
-        return ra_assign_owner(skb, sk, cfg, pod, f);
+        return ra_assign_owner(skb, sk, cfg, pod, f, 0);
     }
     /* HBONE reaches the proxy's 15008 listener directly, never an app that bound 15008. */
     return ra_to_listener(skb, f, tunnel ? cfg->tunnel_port : cfg->inbound_port, cfg, &f->dst,

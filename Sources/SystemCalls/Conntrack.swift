@@ -40,12 +40,7 @@ public enum Conntrack {
 
     static func nested(_ type: UInt16, _ payload: [UInt8]) -> [UInt8] { attr(type | 0x8000 /* NLA_F_NESTED */, payload) }
 
-    static func attr(_ type: UInt16, _ payload: [UInt8]) -> [UInt8] {
-        let len = UInt16(4 + payload.count)
-        var out = withUnsafeBytes(of: len) { Array($0) } + withUnsafeBytes(of: type) { Array($0) } + payload
-        while out.count % 4 != 0 { out.append(0) }
-        return out
-    }
+    static func attr(_ type: UInt16, _ payload: [UInt8]) -> [UInt8] { NetlinkRouting.bytesAttr(type, payload) }
 
     static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xff)] }
     static func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)] }

@@ -36,15 +36,9 @@ extension Netlink {
         b[1] = UInt8(ip.bitLength)
         b[3] = 0 // RT_SCOPE_UNIVERSE: a source for connections that leave the node
         withUnsafeBytes(of: UInt32(bitPattern: index)) { b.replaceSubrange(4..<8, with: $0) }
-        b += bytesAttr(2, ip.bytes) + bytesAttr(1, ip.bytes)                 // IFA_LOCAL, IFA_ADDRESS
+        b += NetlinkRouting.bytesAttr(2, ip.bytes) + NetlinkRouting.bytesAttr(1, ip.bytes)                 // IFA_LOCAL, IFA_ADDRESS
         if ip.isIPv6 { b += NetlinkRouting.attr(8, 0x02) }                   // IFA_FLAGS: IFA_F_NODAD
         return b
     }
 
-    private static func bytesAttr(_ type: UInt16, _ value: [UInt8]) -> [UInt8] {
-        let len = UInt16(4 + value.count)
-        var a = withUnsafeBytes(of: len) { Array($0) } + withUnsafeBytes(of: type) { Array($0) } + value
-        while a.count % 4 != 0 { a.append(0) }
-        return a
-    }
 }

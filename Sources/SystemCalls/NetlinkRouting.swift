@@ -89,6 +89,14 @@ public enum NetlinkRouting {
         withUnsafeBytes(of: UInt16(8)) { Array($0) } + withUnsafeBytes(of: type) { Array($0) } + withUnsafeBytes(of: value) { Array($0) }
     }
 
+    /// An attribute carrying `value` as it is, padded to 4 bytes.
+    static func bytesAttr(_ type: UInt16, _ value: [UInt8]) -> [UInt8] {
+        let len = UInt16(4 + value.count)
+        var a = withUnsafeBytes(of: len) { Array($0) } + withUnsafeBytes(of: type) { Array($0) } + value
+        while a.count % 4 != 0 { a.append(0) }
+        return a
+    }
+
     static func attributes(_ msg: [UInt8], headerSize: Int) -> [UInt16: UInt32] {
         var out: [UInt16: UInt32] = [:]
         var off = headerSize

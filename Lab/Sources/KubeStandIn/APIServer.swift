@@ -60,7 +60,7 @@ public final class APIServer: Sendable {
                     try ch.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                     try ch.pipeline.syncOperations.configureHTTPServerPipeline()
                     let async = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: ch)
-                    Task(executorPreference: ServingExecutor.shared) { await self.serve(async) }
+                    Task(executorPreference: QueueExecutor.shared) { await self.serve(async) }
                 }
             }
         let ch: Channel
@@ -267,12 +267,14 @@ public final class APIServer: Sendable {
 
 /// Where the server's connections run: a queue of its own, never Swift's shared pool, which the
 /// lab's tests (in the same process) block with their synchronous waits. A blocked pool must not
-/// starve the API the agents are waiting on.
-final class ServingExecutor: TaskExecutor {
-    static let shared = ServingExecutor()
+/// starve the API the agents are waiting on, nor a test's own async work (its informers).
+public final class QueueExecutor: TaskExecutor {
+    /// The one instance.
+    public static let shared = QueueExecutor()
     private let queue = DispatchQueue(label: "kube-standin", attributes: .concurrent)
 
-    func enqueue(_ job: consuming ExecutorJob) {
+    /// Runs the job on the queue.
+    public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }

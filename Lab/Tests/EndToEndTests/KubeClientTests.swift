@@ -18,10 +18,6 @@ struct KubeClientTests {
 
     @Test("list by node, get, and a merge patch of pods/status; a token file is read on each request")
     func basics() async throws {
-        try await withTaskExecutorPreference(OwnExecutor.shared) { try await basicsBody() }
-    }
-
-    func basicsBody() async throws {
         try await withKubeAPIAsync { server, c in
             try seed(server.store)
             var config = try KubeConfig.file(c.kubeconfig)
@@ -46,17 +42,13 @@ struct KubeClientTests {
 
     @Test("an informer follows changes, and loses none across a server restart or an expired resourceVersion")
     func informer() async throws {
-        try await withTaskExecutorPreference(OwnExecutor.shared) { try await informerBody() }
-    }
-
-    func informerBody() async throws {
         try await withKubeAPIAsync { server, c in
             try seed(server.store)
             let k = try client(c)
             defer { Task { await k.shutdown() } }
             let informer = Informer<Pod>(client: k, fieldSelector: "spec.nodeName=n1", watchTimeoutSeconds: 5, logger: Logger(label: "test"))
             let heard = Heard()
-            let task = Task(executorPreference: OwnExecutor.shared) { await informer.run { change in
+            let task = Task(executorPreference: QueueExecutor.shared) { await informer.run { change in
                 let s: String
                 switch change {
                 case .synced(let all): s = "synced " + all.map(\.metadata.name).sorted().joined(separator: ",")
@@ -91,16 +83,12 @@ struct KubeClientTests {
     }
 }
 
-/// withKubeAPI for async bodies.
-func withKubeAPIAsync(_ body: (APIServer, Credentials) async throws -> Void) async throws {
-    let dir = "/tmp/ra-kube-\(UInt32.random(in: 0..<UInt32.max))"
-    defer { try? FileManager.default.removeItem(atPath: dir) }
-    let creds = try Credentials.make(in: dir)
-    let server = try APIServer(store: ObjectStore(historyLimit: 50), certificate: creds.certificateFile, key: creds.keyFile,
-                               token: creds.token, bookmarkInterval: .milliseconds(200))
-    defer { server.shutdown() }
-    try creds.writeKubeconfig(server: server.url)
-    try await body(server, creds)
+/// withKubeAPI for async bodies, which run on threads of their own (``QueueExecutor``): the lab
+/// suites in the same process block Swift's shared pool, which would starve an informer.
+func withKubeAPIAsync(_ body: @escaping (APIServer, Credentials) async throws -> Void) async throws {
+    let (server, creds, cleanup) = try makeKubeAPI()
+    defer { cleanup() }
+    try await withTaskExecutorPreference(QueueExecutor.shared) { try await body(server, creds) }
 }
 
 /// Polls `condition` for up to `seconds`.
@@ -118,15 +106,4 @@ struct LabErrorText: Error, CustomStringConvertible { var description: String; i
 /// What a test heard, from any thread.
 final class Heard: Sendable {
     let lines = Mutex<[String]>([])
-}
-
-/// Runs these tests' async work on threads of its own: the lab suites in the same process block
-/// Swift's shared pool with synchronous waits, which would starve an informer of its turns.
-final class OwnExecutor: TaskExecutor {
-    static let shared = OwnExecutor()
-    private let queue = DispatchQueue(label: "kube-client-tests", attributes: .concurrent)
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
-    }
 }

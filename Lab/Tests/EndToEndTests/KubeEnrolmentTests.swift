@@ -9,6 +9,17 @@ import Testing
 /// K8S_* arguments, the agents watch the lab's API server, and labels are set with the real kubectl.
 @Suite("Enrolment from the Kubernetes API", .serialized)
 struct KubeEnrolmentTests {
+    /// A lab whose agents watch the stand-in API, with no pods yet.
+    func withKubeLab(mode: DataplaneMode = .ebpf, nodes: Int = 2, startProxies: Bool = true, _ body: (Lab) throws -> Void) throws {
+        try withLab({ o in
+            o.agentDataplane = mode.rawValue
+            o.kubeAPI = true
+            o.podsPerNode = 0
+            o.nodes = nodes
+            o.startProxies = startProxies
+        }, body)
+    }
+
     /// The agent's enrolled pods on `node`, by name.
     func enrolled(_ node: LabNode) throws -> [String] {
         let r = try AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket)
@@ -29,11 +40,7 @@ struct KubeEnrolmentTests {
     @Test("kubectl label on a namespace enrols its running pod, on the pod takes it out again; the annotation follows", arguments: testedModes)
     func labelsDriveEnrolment(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withLab({ o in
-            o.agentDataplane = mode.rawValue
-            o.kubeAPI = true
-            o.podsPerNode = 0
-        }) { lab in
+        try withKubeLab(mode: mode) { lab in
             let n1 = lab.nodes[0], n2 = lab.nodes[1]
             let app = try lab.addPod(on: n1, name: "shop-app", namespace: "shop")
             let peer = try lab.addPod(on: n2, name: "peer", namespace: "other")
@@ -76,12 +83,7 @@ struct KubeEnrolmentTests {
     @Test("an ADD for a pod the API does not know fails, so the runtime retries and no meshed pod starts uncaptured")
     func unknownPodFailsAdd() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withLab({ o in
-            o.agentDataplane = DataplaneMode.ebpf.rawValue
-            o.kubeAPI = true
-            o.podsPerNode = 0
-            o.nodes = 1
-        }) { lab in
+        try withKubeLab(nodes: 1) { lab in
             #expect(throws: (any Error).self, "the CNI chain fails") {
                 try lab.addPod(on: lab.nodes[0], name: "ghost", namespace: "shop", inAPI: false)
             }
@@ -93,12 +95,7 @@ struct KubeEnrolmentTests {
     @Test("while the API is down capture stays as it is and the agent catches up when it returns; an agent restart keeps what it knew")
     func outageAndRestart() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withLab({ o in
-            o.agentDataplane = DataplaneMode.ebpf.rawValue
-            o.kubeAPI = true
-            o.podsPerNode = 0
-            o.nodes = 1
-        }) { lab in
+        try withKubeLab(nodes: 1) { lab in
             let node = lab.nodes[0], server = try #require(lab.kube?.server)
             _ = try lab.addPod(on: node, name: "a", namespace: "shop")
             func label(_ value: String) throws {
@@ -137,12 +134,7 @@ struct KubeEnrolmentTests {
     @Test("a running pod the agent has no record of is found by its processes' cgroup when it is labelled")
     func unrecordedPod() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withLab({ o in
-            o.agentDataplane = DataplaneMode.ebpf.rawValue
-            o.kubeAPI = true
-            o.podsPerNode = 0
-            o.nodes = 1
-        }) { lab in
+        try withKubeLab(nodes: 1) { lab in
             let node = lab.nodes[0]
             let pod = try lab.addPod(on: node, name: "old", namespace: "shop")
             // As if the agent had been installed after the pod started: no record of its ADD.
@@ -161,13 +153,7 @@ struct KubeEnrolmentTests {
     @Test("a pod's annotation says pending until a proxy has it, then enabled as soon as the proxy's snapshot is through")
     func pendingUntilProxy() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withLab({ o in
-            o.agentDataplane = DataplaneMode.ebpf.rawValue
-            o.kubeAPI = true
-            o.podsPerNode = 0
-            o.nodes = 1
-            o.startProxies = false
-        }) { lab in
+        try withKubeLab(nodes: 1, startProxies: false) { lab in
             let node = lab.nodes[0]
             let pod = try lab.addPod(on: node, name: "p", namespace: "shop", labels: ["istio.io/dataplane-mode": "ambient"])
             #expect(try enrolled(node) == ["p"], "enrolled at its ADD, with no proxy yet")

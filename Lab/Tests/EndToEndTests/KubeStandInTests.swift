@@ -4,15 +4,29 @@ import KubeStandIn
 import SystemCalls
 import Testing
 
-/// A stand-in API server with fresh credentials, torn down afterwards.
-func withKubeAPI(bookmarkInterval: Duration = .milliseconds(200), _ body: (APIServer, Credentials) throws -> Void) throws {
+/// A stand-in API server with fresh credentials and a kubeconfig, and what tears it all down.
+func makeKubeAPI() throws -> (APIServer, Credentials, @Sendable () -> Void) {
     let dir = "/tmp/ra-kube-\(UInt32.random(in: 0..<UInt32.max))"
-    defer { try? FileManager.default.removeItem(atPath: dir) }
-    let creds = try Credentials.make(in: dir)
-    let server = try APIServer(store: ObjectStore(historyLimit: 50), certificate: creds.certificateFile, key: creds.keyFile,
-                               token: creds.token, bookmarkInterval: bookmarkInterval)
-    defer { server.shutdown() }
-    try creds.writeKubeconfig(server: server.url)
+    do {
+        let creds = try Credentials.make(in: dir)
+        let server = try APIServer(store: ObjectStore(historyLimit: 50), certificate: creds.certificateFile, key: creds.keyFile,
+                                   token: creds.token, bookmarkInterval: .milliseconds(200))
+        let cleanup: @Sendable () -> Void = {
+            server.shutdown()
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        do { try creds.writeKubeconfig(server: server.url) } catch { cleanup(); throw error }
+        return (server, creds, cleanup)
+    } catch {
+        try? FileManager.default.removeItem(atPath: dir)
+        throw error
+    }
+}
+
+/// A stand-in API server for `body`, torn down afterwards.
+func withKubeAPI(_ body: (APIServer, Credentials) throws -> Void) throws {
+    let (server, creds, cleanup) = try makeKubeAPI()
+    defer { cleanup() }
     try body(server, creds)
 }
 
