@@ -20,7 +20,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-    __uint(max_entries, RA_MAX_PODS * RA_DECISION_COUNT);
+    __uint(max_entries, RA_MAX_PODS * RA_COUNTER_SLOTS_PER_POD);
     __type(key, struct ra_counter_key);
     __type(value, __u64);
     __uint(pinning, LIBBPF_PIN_BY_NAME);

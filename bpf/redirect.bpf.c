@@ -9,6 +9,8 @@
  *   cg_node_connect4, cg_node_connect6  the node's cgroup root: a kubelet connect() to an in-mesh
  *                   pod is bound to the probe IP
  *   sockops_node    the node's cgroup root: records that connection as a probe flow
+ *   lsm_pod_socket_create, lsm_pod_setsockopt  the node's security hooks (BPF LSM): no socket in a
+ *                   meshed pod may send past the tc programs
  * Nothing is attached to the host side of a pod's veth: the primary CNI owns it.
  * Behaviour matches Istio's in-pod iptables rules; see README.md for the decisions. */
 #include <linux/bpf.h>
@@ -21,6 +23,7 @@
 #include "sockets.h"
 #include "node_probe.h"
 #include "netfilter.h"
+#include "lsm.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -567,4 +570,42 @@ int nf_pod_egress(struct bpf_nf_ctx *ctx)
     __u32 *pod = bpf_map_lookup_elem(&ra_egress_ifaces, &k);
     ra_count(pod ? *pod : 0, RA_DROP_UNWATCHED);
     return RA_NF_DROP;
+}
+
+/* Two kinds of socket send frames that no tc program sees (they call the driver directly,
+ * __dev_direct_xmit): AF_PACKET with PACKET_QDISC_BYPASS, and AF_XDP. A process in a meshed pod
+ * (CAP_NET_RAW, a default capability, is enough for both) could speak TCP through them with no
+ * capture at all, as AF_PACKET always can under iptables rules. These hooks refuse both in the
+ * namespaces of meshed pods (EPERM, counted); elsewhere they change nothing. Reading frames
+ * (tcpdump) and AF_PACKET sends through the qdisc, which tc_pod_egress sees, stay allowed.
+ * Node-wide, like every LSM hook: each call costs a few comparisons before the family test fails. */
+SEC("lsm/socket_create")
+int lsm_pod_socket_create(unsigned long long *ctx)
+{
+    int family = (int)ctx[0], protocol = (int)ctx[2], kern = (int)ctx[3], ret = (int)ctx[4];
+    if (ret || kern || family != RA_AF_XDP)
+        return ret;
+    if (protocol == RA_LSM_PROBE_PROTOCOL)
+        return -RA_LSM_PROBE_ERRNO; /* the agent checking that this hook runs */
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    __u32 *pod = ra_meshed_netns(BPF_CORE_READ(task, nsproxy, net_ns, ns.inum));
+    if (!pod)
+        return 0;
+    ra_count(*pod, RA_REFUSED_TC_BYPASS);
+    return -RA_EPERM;
+}
+
+/* The socket's own namespace decides (the one it sends in), not the caller's. */
+SEC("lsm/socket_setsockopt")
+int lsm_pod_setsockopt(unsigned long long *ctx)
+{
+    struct socket *sock = (struct socket *)ctx[0];
+    int level = (int)ctx[1], optname = (int)ctx[2], ret = (int)ctx[3];
+    if (ret || level != RA_SOL_PACKET || optname != RA_PACKET_QDISC_BYPASS)
+        return ret;
+    __u32 *pod = ra_meshed_netns(BPF_CORE_READ(sock, sk, __sk_common.skc_net.net, ns.inum));
+    if (!pod)
+        return 0;
+    ra_count(*pod, RA_REFUSED_TC_BYPASS);
+    return -RA_EPERM;
 }

@@ -61,6 +61,7 @@ modprobe br_netfilter  # as on every Kubernetes node with a bridge CNI (kube-pro
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$(dirname "$(command -v swift)")
 export REDIRECT_BPF_OBJECT=$PWD/bpf/redirect.bpf.o
 export REDIRECT_TEST_DATAPLANES=ebpf  # the multi-mode suites in ebpf mode only: iptables mode uses no BPF of ours
+export REDIRECT_EXPECT_BPF_LSM=1  # Debian's kernels run BPF LSM (bpf is in their lsm= list): the refusal must be tested
 cd $PWD
 echo "kernel: \$(uname -r)" > $result/log
 $BUNDLE --testing-library swift-testing --filter '$SUITES' >> $result/log 2>&1

@@ -6,8 +6,16 @@
       from src to dst seen on IF (an AF_PACKET socket: what the wire carries, nothing else).
   send --src IP:PORT --dst IP:PORT --seq N --ack N [--flags PA] [--payload TEXT] [--tsval N --tsecr N]
       Sends one segment from a raw socket (IP header built here), so any source may be claimed.
+  frame --iface IF --dst-mac MAC --src IP:PORT --dst IP:PORT [--seq N --ack N --flags PA --payload TEXT] [--qdisc-bypass]
+      Sends the same segment as a whole Ethernet frame from an AF_PACKET socket bound to IF; with
+      --qdisc-bypass, after asking for PACKET_QDISC_BYPASS (which skips the device's qdisc and tc).
+      Prints {"sent": N}, or {"refused": "setsockopt"|"socket", "errno": E} and exits 3.
+  xsk
+      Opens an AF_XDP socket. Prints {"opened": true}, or {"refused": "socket", "errno": E} and exits 3.
 """
-import argparse, json, select, socket, struct, sys, time
+import argparse, fcntl, json, os, select, socket, struct, sys, time
+
+SOL_PACKET, PACKET_QDISC_BYPASS, AF_XDP, SIOCGIFHWADDR = 263, 20, 44, 0x8927
 
 
 def addr(text):
@@ -48,6 +56,39 @@ def send(a):
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     s.sendto(packet, (dst[0], 0))
     print(json.dumps({"sent": len(packet)}))
+
+
+def refused(step, e):
+    print(json.dumps({"refused": step, "errno": e.errno, "error": os.strerror(e.errno)}), flush=True)
+    sys.exit(3)
+
+
+def frame(a):
+    src, dst = addr(a.src), addr(a.dst)
+    packet = segment(src, dst, a.seq, a.ack, a.flags, a.payload.encode())
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    except OSError as e:
+        refused("socket", e)
+    if a.qdisc_bypass:
+        try:
+            s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        except OSError as e:
+            refused("setsockopt", e)
+    s.bind((a.iface, 0))
+    own = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", a.iface.encode()[:15]))[18:24]
+    dst_mac = bytes(int(b, 16) for b in a.dst_mac.split(":"))
+    sent = s.send(dst_mac + own + b"\x08\x00" + packet)
+    print(json.dumps({"sent": sent}), flush=True)
+
+
+def xsk(_):
+    try:
+        s = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
+    except OSError as e:
+        refused("socket", e)
+    s.close()
+    print(json.dumps({"opened": True}), flush=True)
 
 
 def timestamps(options):
@@ -116,8 +157,19 @@ def main():
     se.add_argument("--payload", default="")
     se.add_argument("--tsval", type=int)
     se.add_argument("--tsecr", type=int)
+    fr = sub.add_parser("frame")
+    fr.add_argument("--iface", required=True)
+    fr.add_argument("--dst-mac", required=True)
+    fr.add_argument("--src", required=True)
+    fr.add_argument("--dst", required=True)
+    fr.add_argument("--seq", type=int, default=1)
+    fr.add_argument("--ack", type=int, default=1)
+    fr.add_argument("--flags", default="PA")
+    fr.add_argument("--payload", default="")
+    fr.add_argument("--qdisc-bypass", action="store_true")
+    sub.add_parser("xsk")
     a = p.parse_args()
-    sniff(a) if a.cmd == "sniff" else send(a)
+    {"sniff": sniff, "send": send, "frame": frame, "xsk": xsk}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -373,7 +373,7 @@ public final class Agent: Sendable {
                                features: ["bpf_syscall": f.bpfSyscall, "tc_programs": f.tcPrograms, "sk_lookup_programs": f.skLookupPrograms,
                                           "sk_assign_helper": f.skAssignHelper, "skc_lookup_tcp_helper": f.skcLookupHelper, "bpffs": f.bpffs,
                                           "tcx": f.tcx, "netfilter_egress_guard": f.netfilterPrograms,
-                                          "node_socket_programs": f.nodeSocketPrograms],
+                                          "node_socket_programs": f.nodeSocketPrograms, "bpf_lsm_programs": f.lsmPrograms],
                                ebpfMissing: f.missing, probeIPv4: dataplane.config.probeIPv4.description,
                                probeIPv6: dataplane.config.probeIPv6.description, proxyConnected: zds?.connected ?? false, pods: pods)
             status.proxyIdentity = proxyIdentity(dataplane.config)

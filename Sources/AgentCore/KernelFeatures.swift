@@ -28,6 +28,10 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
     /// bpf_bind and bpf_get_netns_cookie, sockops with socket storage (Linux 5.7+), and a cgroup v2
     /// hierarchy.
     public var nodeSocketPrograms: Bool = false
+    /// BPF LSM programs load: the node's security hooks refuse sockets that send past tc in meshed
+    /// pods (whether the kernel also calls them shows once attached; see `status`). Without them
+    /// ebpf still runs, with that bypass open.
+    public var lsmPrograms: Bool = false
     /// Why ebpf cannot be used; nil when it can.
     public var missing: String?
 
@@ -53,6 +57,7 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
         f.tcx = sysOK && KernelRelease.atLeast(6, 6)
         f.netfilterPrograms = sysOK && BPFObject.netfilterProgramsSupported
         f.nodeSocketPrograms = sysOK && nodeSocketProgramsLoad() && (try? Cgroup.mountPoint()) != nil
+        f.lsmPrograms = sysOK && BPFObject.lsmProgramsSupported
         f.missing = f.reason(tcResult: tc, bpffsProblem: fsProblem)
         return f
     }

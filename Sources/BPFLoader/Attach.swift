@@ -108,14 +108,38 @@ public enum LinkAttach {
     /// `program` is kept; one that runs another (an upgrade) is replaced with no gap: netfilter
     /// links cannot change their program, so the new link goes in before the old pin goes.
     public static func netfilter(_ program: BPFProgram, family: UInt32, pinPath: String) throws {
+        try replacingPin(program, pinPath) {
+            try bpfCheck("netfilter attach \(program.name) (family \(family))",
+                         cshim_link_create_netfilter(program.fd, family, netfilterPostRouting, netfilterPriority))
+        }
+    }
+
+    /// Attaches an LSM program to its security hook (node-wide) and pins the link, as
+    /// ``netfilter(_:family:pinPath:)`` does: tracing links cannot change their program either.
+    public static func lsm(_ program: BPFProgram, pinPath: String) throws {
+        try replacingPin(program, pinPath) { try bpfCheck("LSM attach \(program.name)", cshim_link_create_lsm(program.fd)) }
+    }
+
+    /// Keeps a pinned link that runs `program`; otherwise makes one with `create` and pins it
+    /// where the old one was, the new link in place before the old pin goes (no gap).
+    private static func replacingPin(_ program: BPFProgram, _ pinPath: String, _ create: () throws -> Int32) throws {
         if FileManager.default.fileExists(atPath: pinPath), let current = try? pinnedLinkProgramID(pinPath), current == (try program.id()) { return }
-        let link = try bpfCheck("netfilter attach \(program.name) (family \(family))",
-                                cshim_link_create_netfilter(program.fd, family, netfilterPostRouting, netfilterPriority))
+        let link = try create()
         defer { close(link) }
         try FileManager.default.createDirectory(atPath: (pinPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         unlink(pinPath)
         try bpfCheck("pin link \(pinPath)", bpf_obj_pin(link, pinPath))
     }
+
+    /// Whether the node's LSM programs run: a socket() only lsm_pod_socket_create answers with
+    /// RA_LSM_PROBE_ERRNO (AF_XDP itself refuses the protocol differently). False where the
+    /// kernel loads LSM programs but does not call them (bpf missing from its lsm= list).
+    public static func lsmHooksRun() -> Bool {
+        let fd = socket(afXDP, Int32(SOCK_RAW.rawValue), RA_LSM_PROBE_PROTOCOL)
+        if fd >= 0 { close(fd); return false }
+        return cshim_errno() == RA_LSM_PROBE_ERRNO
+    }
+    private static let afXDP: Int32 = 44
 
     /// Where a cgroup program hooks in.
     public enum CgroupHook: Sendable, CaseIterable {

@@ -23,6 +23,7 @@ public final class BPFObject: @unchecked Sendable {
             throw BPFError("open \(path)", code: cshim_errno() == 0 ? ENOENT : cshim_errno())
         }
         Self.prepareNetfilterPrograms(obj)
+        Self.prepareLSMPrograms(obj)
         let err = bpf_object__load(obj)
         if err < 0 {
             bpf_object__close(obj)
@@ -44,6 +45,24 @@ public final class BPFObject: @unchecked Sendable {
             if let section = bpf_program__section_name(p), String(cString: section) == "netfilter" {
                 if !netfilterProgramsSupported || cshim_program_set_netfilter(p) != 0 { bpf_program__set_autoload(p, false) }
             }
+            prog = bpf_object__next_program(obj, p)
+        }
+    }
+
+    /// Whether the kernel loads the "lsm/" programs (CONFIG_BPF_LSM, and nothing such as a lockdown
+    /// policy refusing BPF tracing programs), probed once: 0, or why not. Whether the kernel then
+    /// calls them (bpf in its lsm= list) shows only once they are attached.
+    public static let lsmProbe: Int32 = cshim_probe_lsm_program()
+
+    /// Whether the kernel loads the "lsm/" programs.
+    public static var lsmProgramsSupported: Bool { lsmProbe == 0 }
+
+    /// Leaves the "lsm/" programs out where the kernel cannot load them (the rest still loads).
+    private static func prepareLSMPrograms(_ obj: OpaquePointer) {
+        guard !lsmProgramsSupported else { return }
+        var prog = bpf_object__next_program(obj, nil)
+        while let p = prog {
+            if let section = bpf_program__section_name(p), String(cString: section).hasPrefix("lsm/") { bpf_program__set_autoload(p, false) }
             prog = bpf_object__next_program(obj, p)
         }
     }

@@ -7,6 +7,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <bpf/btf.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
 
@@ -163,6 +164,28 @@ int cshim_link_create_netfilter(int prog_fd, uint32_t pf, uint32_t hooknum, int3
     attr[5] = hooknum;
     attr[6] = (uint32_t)priority;
     int fd = (int)syscall(__NR_bpf, BPF_LINK_CREATE, attr, sizeof(attr));
+    return fd < 0 ? -errno : fd;
+}
+
+int cshim_probe_lsm_program(void) {
+    struct btf *vmlinux = btf__load_vmlinux_btf();
+    if (!vmlinux) return -ENOENT;
+    int hook = btf__find_by_name_kind(vmlinux, "bpf_lsm_socket_create", BTF_KIND_FUNC);
+    btf__free(vmlinux);
+    if (hook < 0) return -ENOENT;
+    struct bpf_insn insns[] = {
+        { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0 },
+        { .code = BPF_JMP | BPF_EXIT },
+    };
+    LIBBPF_OPTS(bpf_prog_load_opts, o, .expected_attach_type = BPF_LSM_MAC, .attach_btf_id = (uint32_t)hook);
+    int fd = bpf_prog_load(BPF_PROG_TYPE_LSM, "ra_probe_lsm", "GPL", insns, 2, &o);
+    if (fd < 0) return fd;
+    close(fd);
+    return 0;
+}
+
+int cshim_link_create_lsm(int prog_fd) {
+    int fd = bpf_raw_tracepoint_open(NULL, prog_fd);
     return fd < 0 ? -errno : fd;
 }
 

@@ -70,7 +70,11 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     /// The programs, by attach point.
     public static let programNames = ["tc_pod_ingress", "tc_pod_ingress_reroute", "tc_pod_egress", "sk_lookup_pod", egressGuardProgram]
-        + nodePrograms.map(\.name)
+        + nodePrograms.map(\.name) + lsmPrograms
+
+    /// The node's security-hook programs (BPF LSM): no socket in a meshed pod may send past the tc
+    /// programs (AF_PACKET with PACKET_QDISC_BYPASS, AF_XDP).
+    public static let lsmPrograms = ["lsm_pod_socket_create", "lsm_pod_setsockopt"]
 
     /// The node's socket programs and where each hooks in, on the cgroup root.
     public static let nodePrograms: [(name: String, hook: LinkAttach.CgroupHook)] = [
@@ -87,7 +91,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     /// The programs this kernel loads: all but the egress guard before Linux 6.4.
     public static var availableProgramNames: [String] {
-        programNames.filter { $0 != egressGuardProgram || BPFObject.netfilterProgramsSupported }
+        programNames.filter { ($0 != egressGuardProgram || BPFObject.netfilterProgramsSupported)
+            && (!lsmPrograms.contains($0) || BPFObject.lsmProgramsSupported) }
     }
 
     /// Whether pods get the egress guard here.
@@ -142,11 +147,50 @@ public final class EBPFDataplane: Dataplane, Sendable {
         for (name, hook) in Self.nodePrograms {
             try LinkAttach.cgroup(try program(name), hook: hook, cgroupDirectory: root, pinPath: nodeLinkPin(name))
         }
+        try attachSecurityHooks()
+    }
+
+    /// Links the LSM programs where the kernel has BPF LSM, and keeps them only if the kernel calls
+    /// them: a kernel booted without bpf in its lsm= list loads and links them, then never runs them.
+    private func attachSecurityHooks() throws {
+        var why: String?
+        if !BPFObject.lsmProgramsSupported {
+            why = "the kernel does not load BPF LSM programs (\(SystemError("load an LSM program", code: -BPFObject.lsmProbe)))"
+        } else {
+            for name in Self.lsmPrograms { try LinkAttach.lsm(try program(name), pinPath: nodeLinkPin(name)) }
+            if !LinkAttach.lsmHooksRun() {
+                for name in Self.lsmPrograms { LinkAttach.unpin(nodeLinkPin(name)) }
+                why = "BPF LSM is not enabled at boot (bpf is missing from the kernel's lsm= list)"
+            }
+        }
+        securityHooksOff.withLock { $0 = why }
+        if let why {
+            logger.warning("a process in a meshed pod can send past capture with AF_PACKET (PACKET_QDISC_BYPASS) or AF_XDP", metadata: ["reason": "\(why)"])
+        }
+    }
+
+    /// Why the security hooks are off (nil: linked and running).
+    private let securityHooksOff = Mutex<String?>(nil)
+
+    /// Why this node does not refuse sockets that send past the tc programs (nil: it does).
+    public var securityHooksOffReason: String? { securityHooksOff.withLock { $0 } }
+
+    /// The security hooks as `status` shows them, and what is wrong with them.
+    private func describeSecurityHooks() -> (summary: String, drift: [String]) {
+        if let why = securityHooksOff.withLock({ $0 }) { return ("sends past tc not refused: \(why)", []) }
+        var drift: [String] = [], linked: [String] = []
+        for name in Self.lsmPrograms {
+            let want = try? program(name).id()
+            if let have = try? LinkAttach.pinnedLinkProgramID(nodeLinkPin(name)), have == want { linked.append("\(name) prog \(have)") }
+            else { drift.append("node link \(nodeLinkPin(name)) missing or not running program \(want.map(String.init) ?? "?")") }
+        }
+        if drift.isEmpty, !LinkAttach.lsmHooksRun() { drift.append("the node's security hooks are linked but the kernel does not run them") }
+        return ("AF_PACKET qdisc bypass and AF_XDP refused in meshed pods (\(linked.joined(separator: ", ")))", drift)
     }
 
     /// Removes the node's links and the probe addresses it held, and the pinned programs, maps and links.
     public func uninstallNode() throws {
-        for (name, _) in Self.nodePrograms { LinkAttach.unpin(nodeLinkPin(name)) }
+        for name in Self.nodePrograms.map(\.name) + Self.lsmPrograms { LinkAttach.unpin(nodeLinkPin(name)) }
         if let held = try? maps.readConfig() { try? holdProbeAddresses([], releasing: [held.probeIPv4, held.probeIPv6]) }
         for sub in ["node", "links", "progs", "maps"] { try? FileManager.default.removeItem(atPath: "\(options.pinRoot)/\(sub)") }
         try? FileManager.default.removeItem(atPath: options.pinRoot)
@@ -189,9 +233,9 @@ public final class EBPFDataplane: Dataplane, Sendable {
         for ip in [config.probeIPv4, config.probeIPv6] where !local.contains(ip.description) {
             drift.append("probe IP \(ip) is not a local address of the node")
         }
-        let root = (try? Self.cgroupRoot()) ?? "?"
+        let root = (try? Self.cgroupRoot()) ?? "?", hooks = describeSecurityHooks()
         return ("kubelet connections bound to the probe IP by socket programs on cgroup \(root) (\(linked.joined(separator: ", "))); "
-                + "\(Self.probeDevice) holds \(held.map(\.description).joined(separator: ", ")); nothing on host veths", drift)
+                + "\(Self.probeDevice) holds \(held.map(\.description).joined(separator: ", ")); nothing on host veths; \(hooks.summary)", drift + hooks.drift)
     }
 
     /// Makes `ips` local addresses of the node, on the probe device, unless another device already

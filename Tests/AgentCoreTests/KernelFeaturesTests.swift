@@ -21,5 +21,9 @@ struct KernelFeaturesTests {
         #expect(f.nodeSocketPrograms, "cgroup connect hooks, sockops and socket storage (5.7+)")
         #expect(f.skLookupPrograms && f.skAssignHelper && f.skcLookupHelper && f.tcPrograms && f.bpffs)
         #expect(f.ebpfUsable, "\(f.missing ?? "")")
+        // bpftool's own probe is the second opinion: this host refuses LSM programs (lockdown), Debian's 6.1 loads them.
+        let bpftool = try Command.capture(try Command.resolve("bpftool"), ["feature", "probe", "kernel"])
+        #expect(bpftool.stdout.contains("eBPF program_type lsm is available") || bpftool.stdout.contains("eBPF program_type lsm is NOT available"))
+        #expect(f.lsmPrograms == bpftool.stdout.contains("eBPF program_type lsm is available"), "BPF LSM on \(release)")
     }
 }

@@ -225,6 +225,59 @@ struct AdversarialTests {
         }
     }
 
+    @Test("a process in a meshed pod cannot send past tc: AF_PACKET with PACKET_QDISC_BYPASS and AF_XDP are refused in ebpf mode (iptables mode, like Istio, lets raw frames out)",
+          arguments: conformanceModes)
+    func sendsPastTC(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            let victim = cl.meshed[0], outsider = try cl.outsider(victim.node)
+            let peer = SocketAddress(try cl.outsider(cl.n2).ip4, Lab.httpPort)
+            // A segment of no connection, as a userspace TCP stack would send it: the frame goes to
+            // the node's bridge (the pods' gateway), and is looked for on the pod's host-side veth.
+            func attempt(from pod: LabPod, bypass: Bool) throws -> (answer: [String: Any], seen: Bool) {
+                let src = "\(pod.ip4):40\(bypass ? 1 : 2)\(mode == .ebpf ? 1 : 2)", dst = peer.description
+                let sniffer = try sniff(cl.lab, on: pod, src: src, dst: dst, timeout: 2)
+                defer { sniffer.stop() }
+                let answer = try craftJSON(in: pod.netns, ["frame", "--iface", "eth0", "--dst-mac", try gatewayMAC(pod), "--src", src, "--dst", dst,
+                                                           "--payload", "raw\n"] + (bypass ? ["--qdisc-bypass"] : []))
+                try waitFor("the sniffer's verdict", seconds: 10) { sniffer.log().contains("\"seq\"") || sniffer.log().contains("\"error\"") }
+                return (answer, sniffer.log().contains("\"seq\""))
+            }
+            let presence = try attempt(from: outsider, bypass: true)
+            #expect(presence.answer["sent"] != nil && presence.seen, "the presence: a pod outside the mesh sends past its qdisc, and the frame is seen: \(presence)")
+            #expect(try craftJSON(in: outsider.netns, ["xsk"])["opened"] as? Bool == true, "outside the mesh AF_XDP is untouched")
+
+            let bypassing = try attempt(from: victim, bypass: true), plain = try attempt(from: victim, bypass: false)
+            let xsk = try craftJSON(in: victim.netns, ["xsk"])
+            switch mode {
+            case .ebpf:
+                #expect(plain.answer["sent"] != nil, "AF_PACKET itself stays usable in a meshed pod: \(plain)")
+                #expect(!plain.seen, "a frame through the qdisc meets tc_pod_egress and does not leave")
+                let dp = try ebpfDataplane(cl, victim.node)
+                if let why = dp.securityHooksOffReason {
+                    if ProcessInfo.processInfo.environment["REDIRECT_EXPECT_BPF_LSM"] == "1" {
+                        Issue.record("the kernel matrix's kernels run BPF LSM, yet: \(why)")
+                    }
+                    // A kernel that cannot run BPF LSM programs (this host's: lockdown refuses tracing
+                    // programs): the known remaining bypass (docs/security.md), and status says so.
+                    print("sendsPastTC: no security hooks on this kernel (\(why)); the kernel matrix runs the refusal")
+                    #expect(bypassing.seen && xsk["opened"] as? Bool == true, "\(bypassing) \(xsk)")
+                    #expect(dp.describeNode().summary.contains("sends past tc not refused: \(why)"))
+                } else {
+                    #expect(bypassing.answer["refused"] as? String == "setsockopt" && bypassing.answer["errno"] as? Int == Int(EPERM), "\(bypassing)")
+                    #expect(!bypassing.seen)
+                    #expect(xsk["refused"] as? String == "socket" && xsk["errno"] as? Int == Int(EPERM), "\(xsk)")
+                    #expect(try dp.counters(cl.lab.podSpec(victim))[.refusedTCBypass, default: 0] == 2)
+                    #expect(dp.describeNode().summary.contains("AF_PACKET qdisc bypass and AF_XDP refused in meshed pods"))
+                }
+            default:
+                // Istio's rules are netfilter rules, which AF_PACKET never meets: both frames leave.
+                #expect(bypassing.seen && plain.seen, "iptables mode lets raw frames out, as Istio does: \(bypassing) \(plain)")
+                #expect(xsk["opened"] as? Bool == true)
+            }
+        }
+    }
+
     @Test("with SYN cookies always on in the pods, captured connections still complete, in and out", arguments: conformanceModes)
     func synCookies(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
@@ -256,6 +309,32 @@ let craftScript = "\(repoRoot)/scripts/tcp-craft.py"
 func craft(in netns: NetworkNamespace, src: String, dst: String, seq: Int, ack: Int, payload: String) throws {
     try Command.run("/usr/bin/nsenter", ["--net=\(netns.path)", "/usr/bin/python3", craftScript, "send",
                                          "--src", src, "--dst", dst, "--seq", "\(seq)", "--ack", "\(ack)", "--payload", payload])
+}
+
+/// Runs the crafting helper inside `netns` and returns the JSON object it printed last.
+func craftJSON(in netns: NetworkNamespace, _ args: [String]) throws -> [String: Any] {
+    let r = try Command.capture("/usr/bin/nsenter", ["--net=\(netns.path)", "/usr/bin/python3", craftScript] + args)
+    guard let line = r.stdout.split(separator: "\n").last,
+          let json = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+        throw LabError("tcp-craft \(args.first ?? ""): exit \(r.status): \(r.stdout)\(r.stderr)")
+    }
+    return json
+}
+
+/// A sniffer on `pod`'s host-side veth (in its node's namespace: what left the pod) for the first
+/// segment with payload from `src` to `dst`; its log ends in {"seq": ...} or {"error": ...}.
+func sniff(_ lab: Lab, on pod: LabPod, src: String, dst: String, timeout: Double) throws -> ManagedProcess {
+    let sniffer = try ManagedProcess("/usr/bin/nsenter", ["--net=\(pod.node.netns.path)", "/usr/bin/python3", craftScript, "sniff",
+                                                          "--iface", try hostVeth(pod).name, "--src", src, "--dst", dst, "--timeout", "\(timeout)"],
+                                     logPath: "\(lab.directory)/sniff-\(pod.name)-\(src.replacingOccurrences(of: ":", with: "-")).log")
+    try waitFor("sniffer ready") { sniffer.log().contains("READY") }
+    return sniffer
+}
+
+/// The MAC address of `pod`'s gateway (its node's bridge, as the bridge plugin reported it).
+func gatewayMAC(_ pod: LabPod) throws -> String {
+    let interfaces = pod.cniResult["interfaces"] as? [[String: Any]] ?? []
+    return try #require(interfaces.first { $0["name"] as? String == "cni0" }?["mac"] as? String, "no bridge in \(pod.cniResult)")
 }
 
 /// The client port of the app's accepted connection from `client` that is not `excluding` (the

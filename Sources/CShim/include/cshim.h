@@ -87,6 +87,11 @@ int cshim_tc_detach(int ifindex, int ingress, uint32_t handle, uint32_t priority
 int cshim_tc_query(int ifindex, int ingress, uint32_t handle, uint32_t priority, uint32_t *prog_id);
 /// bpf_link_create for a netns attach point (BPF_SK_LOOKUP) from a namespace fd.
 int cshim_link_create_sk_lookup(int prog_fd, int netns_fd);
+/// Loads a two-instruction LSM program for the socket_create hook and closes it: 0 when the kernel
+/// loads LSM programs (CONFIG_BPF_LSM, and no policy such as lockdown refusing them), else -errno.
+int cshim_probe_lsm_program(void);
+/// Attaches an LSM program to its hook (BPF_RAW_TRACEPOINT_OPEN with no name): a link fd, or -errno.
+int cshim_link_create_lsm(int prog_fd);
 /// Makes `prog` a netfilter program (BPF_PROG_TYPE_NETFILTER, expected attach BPF_NETFILTER) before
 /// load: libbpf 1.1 does not know the "netfilter" section.
 int cshim_program_set_netfilter(struct bpf_program *prog);

@@ -115,8 +115,22 @@ enum ra_decision {
     RA_DROP_UNWATCHED = 19,       /* traffic through an interface our tc programs do not watch (added after
                                      enrolment, not attached yet): a SYN that reached the pod's listener lookup,
                                      or a packet leaving the pod (netfilter guard, Linux 6.4+): dropped */
-    RA_DECISION_COUNT = 20,
+    RA_REFUSED_TC_BYPASS = 20,    /* node (BPF LSM): a process in a meshed pod asked for a socket that sends past the
+                                     tc programs (PACKET_QDISC_BYPASS, AF_XDP): refused with EPERM */
+    RA_DECISION_COUNT = 21,
 };
+
+/* Room in ra_counters per pod. It stays at the 20 decisions the map was first sized for, so a
+ * map pinned by an older agent is reused: a pod meets only a few decisions, and a counter that
+ * finds the map full is lost, never the packet it counts. */
+#define RA_COUNTER_SLOTS_PER_POD 20
+
+/* The agent's check that the LSM programs run (the kernel may load them without calling them:
+ * BPF LSM off in its lsm= list): socket(AF_XDP, SOCK_RAW, RA_LSM_PROBE_PROTOCOL), which AF_XDP
+ * itself refuses with EPROTONOSUPPORT, fails with RA_LSM_PROBE_ERRNO (EBADSLT, which socket()
+ * never returns) when lsm_pod_socket_create saw it. */
+#define RA_LSM_PROBE_PROTOCOL 0x7261
+#define RA_LSM_PROBE_ERRNO 57
 
 struct ra_counter_key {
     __u32 pod_index;
