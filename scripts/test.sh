@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 export REDIRECT_BPF_OBJECT="$PWD/bpf/redirect.bpf.o"
 bash scripts/validate-manifests.sh
 manifests=$?
+# The CRI client the containerd suite drives the runtime with (grpcio, and grpcio-tools for its messages).
+.venv-tools/bin/python -c 'import grpc, grpc_tools' 2>/dev/null || .venv-tools/bin/pip install -q grpcio grpcio-tools
 swift test 2>&1 | tee /tmp/redirect-agent-test.log
 status=${PIPESTATUS[0]}
 [ "$manifests" -eq 0 ] || status=1

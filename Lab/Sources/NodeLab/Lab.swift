@@ -39,8 +39,19 @@ public struct LabOptions: Sendable {
     /// their labels, before the runtime's ADD, as on a cluster), the runtime passes no labels, and
     /// the agents watch it (`--kubeconfig`, `--node-name`).
     public var kubeAPI = false
+    /// Who creates pods: the lab calling the CNI chain as a runtime does (fast), or a real runtime,
+    /// containerd's CRI plugin, told over CRI to run each pod's sandbox (it then calls the chain).
+    public var runtime: PodRuntime = .cni
     /// Creates the defaults.
     public init() {}
+}
+
+/// Who creates a lab's pods.
+public enum PodRuntime: String, Sendable {
+    /// The lab calls the CNI chain itself, as containerd and CRI-O do.
+    case cni
+    /// containerd (CRI plugin) in each node's namespace, driven over CRI (``LabContainerd``).
+    case containerd
 }
 
 /// A lab node: its own network namespace, a CNI bridge for its pods, a link to the other node.
@@ -71,12 +82,14 @@ public final class LabNode: Sendable {
     public var bpffsMount: String { "\(directory)/bpffs" }
     /// The eBPF dataplane's pin root on this node.
     public var bpfPinRoot: String { "\(bpffsMount)/redirect-agent" }
-    private struct Processes { var proxy: ManagedProcess?; var agent: ManagedProcess? }
+    private struct Processes { var proxy: ManagedProcess?; var agent: ManagedProcess?; var containerd: LabContainerd? }
     private let processes = Mutex(Processes())
     /// The mesh proxy, if started.
     public internal(set) var proxy: ManagedProcess? { get { processes.read(\.proxy) } set { processes.write(\.proxy, newValue) } }
     /// The node's agent, if started.
     public internal(set) var agent: ManagedProcess? { get { processes.read(\.agent) } set { processes.write(\.agent, newValue) } }
+    /// The node's container runtime (with ``PodRuntime/containerd``).
+    public internal(set) var containerd: LabContainerd? { get { processes.read(\.containerd) } set { processes.write(\.containerd, newValue) } }
     /// The agent's state directory.
     public var agentDirectory: String { "\(directory)/agent" }
     /// The agent's control socket.
@@ -203,6 +216,7 @@ public final class Lab: Sendable {
         if nodes.count == 2 { try link(nodes[0], nodes[1]) }
         if options.kubeAPI { try startKubeAPI() }
         for node in nodes {
+            if options.runtime == .containerd { node.containerd = try LabContainerd(node: node) }
             if options.agentDataplane != nil { try startAgent(on: node) }
             if options.startProxies { try startProxy(on: node) }
             if options.agentDataplane != nil && options.startProxies { try waitForProxyOnAgent(node) }
@@ -285,20 +299,14 @@ public final class Lab: Sendable {
                        inAPI: Bool = true) throws -> LabPod {
         let uid = UUID().uuidString.lowercased()
         if let kube, inAPI { try Self.createObjects(kube.server.store, node: node, name: name, namespace: namespace, uid: uid, labels: labels) }
-        let identity = PodIdentity(name: name, namespace: namespace, uid: uid, containerID: "\(options.runID)-\(name)",
-                                   labels: kube == nil ? labels : [:])
-        let pod = LabPod(identity: identity, node: node, netnsName: "\(options.runID)-\(name)")
-        try ip(["netns", "add", pod.netnsName])
-        members.withLock { $0.pods.append(pod) }
-        // Addresses must be usable at once: a bridge gateway or pod address still in duplicate
-        // address detection drops the first packets, which shows up as slow connects under load.
-        if options.ipv6 { try pod.netns.run { try Lab.disableDAD() } }
-        let rt = runtime(for: node)
-        _ = try rt.add(list: Lab.loopbackList, pod: identity, netns: pod.netns, ifname: "lo")
-        let list = try CNIRuntime.loadNetworkList(directory: node.cniConfDir)
-        pod.cniResult = try rt.add(list: list, pod: identity, netns: pod.netns)
-        for addr in CNIRuntime.addresses(in: pod.cniResult) {
-            if addr.isIPv6 { pod.ipv6 = addr } else { pod.ipv4 = addr }
+        let pod: LabPod
+        if let containerd = node.containerd {
+            pod = try addSandbox(containerd, on: node, name: name, namespace: namespace, uid: uid)
+        } else {
+            let identity = PodIdentity(name: name, namespace: namespace, uid: uid, containerID: "\(options.runID)-\(name)",
+                                       labels: kube == nil ? labels : [:])
+            pod = LabPod(identity: identity, node: node, netnsName: "\(options.runID)-\(name)")
+            try addNetwork(pod)
         }
         if let kube, inAPI { // as the kubelet reports them once the sandbox has its network
             let ips = pod.addresses.map { JSONValue.object(["ip": .string($0.description)]) }
@@ -314,6 +322,36 @@ public final class Lab: Sendable {
         return pod
     }
 
+    /// The runtime's part of a pod, done by the lab: a namespace, loopback, then the node's
+    /// network list.
+    private func addNetwork(_ pod: LabPod) throws {
+        try ip(["netns", "add", pod.netnsName])
+        members.withLock { $0.pods.append(pod) }
+        // Addresses must be usable at once: a bridge gateway or pod address still in duplicate
+        // address detection drops the first packets, which shows up as slow connects under load.
+        if options.ipv6 { try pod.netns.run { try Lab.disableDAD() } }
+        let rt = runtime(for: pod.node)
+        _ = try rt.add(list: Lab.loopbackList, pod: pod.identity, netns: pod.netns, ifname: "lo")
+        let list = try CNIRuntime.loadNetworkList(directory: pod.node.cniConfDir)
+        pod.cniResult = try rt.add(list: list, pod: pod.identity, netns: pod.netns)
+        for addr in CNIRuntime.addresses(in: pod.cniResult) {
+            if addr.isIPv6 { pod.ipv6 = addr } else { pod.ipv4 = addr }
+        }
+    }
+
+    /// A pod made by the node's containerd: RunPodSandbox, as the kubelet calls it, with the pod's
+    /// cgroups where the kubelet's cgroupfs layout puts them (`kubepods/pod<uid>`).
+    private func addSandbox(_ containerd: LabContainerd, on node: LabNode, name: String, namespace: String, uid: String) throws -> LabPod {
+        let sandbox = try containerd.runPodSandbox(name: name, namespace: namespace, uid: uid, cgroupParent: "\(node.cgroupPath)/kubepods/pod\(uid)")
+        let identity = PodIdentity(name: name, namespace: namespace, uid: uid, containerID: sandbox.id)
+        let pod = LabPod(identity: identity, node: node, netnsName: URL(fileURLWithPath: sandbox.netns).lastPathComponent)
+        members.withLock { $0.pods.append(pod) }
+        for addr in sandbox.ips {
+            if addr.isIPv6 { pod.ipv6 = addr } else { pod.ipv4 = addr }
+        }
+        return pod
+    }
+
     /// Creates a pod that asks to be in the mesh (label istio.io/dataplane-mode=ambient).
     @discardableResult
     public func addMeshedPod(on node: LabNode, name: String) throws -> LabPod {
@@ -324,6 +362,10 @@ public final class Lab: Sendable {
     public func removePod(_ pod: LabPod) throws {
         pod.app?.stop()
         pod.app = nil
+        if let containerd = pod.node.containerd {
+            defer { members.withLock { $0.pods.removeAll { $0 === pod } } }
+            return try containerd.removePodSandbox(pod.identity.containerID)
+        }
         let rt = runtime(for: pod.node)
         var firstError: Error?
         do {
@@ -418,6 +460,7 @@ public final class Lab: Sendable {
     public func teardown() {
         for pod in pods.reversed() { try? removePod(pod) }
         for node in nodes {
+            node.containerd?.stop()
             node.agent?.stop()
             node.proxy?.stop()
         }
@@ -461,21 +504,36 @@ public final class Lab: Sendable {
         }
     }
 
-    /// Removes the run's cgroups (every run's, when nil), deepest first. A killed process leaves
-    /// its group a moment after the kill, hence the retries.
+    /// Removes the run's cgroups (every run's, when nil), deepest first, in the cgroup2 hierarchy
+    /// and in any v1 hierarchy (where runc puts a containerd sandbox's groups too). A process still
+    /// in one (a crashed run's pause) is killed; it leaves its group a moment after, hence the retries.
     static func removeCgroups(runID: String?) {
-        guard let mount = try? Cgroup.mountPoint() else { return }
-        let top = mount + cgroupRoot + (runID.map { "/\($0)" } ?? "")
-        var dirs: [String] = []
-        let walk = FileManager.default.fileExists(atPath: top) ? FileManager.default.enumerator(atPath: top) : nil
-        while let sub = walk?.nextObject() as? String {
-            var isDir: ObjCBool = false
-            if FileManager.default.fileExists(atPath: "\(top)/\(sub)", isDirectory: &isDir), isDir.boolValue { dirs.append("\(top)/\(sub)") }
+        for mount in cgroupMounts() {
+            let top = mount + cgroupRoot + (runID.map { "/\($0)" } ?? "")
+            var dirs: [String] = []
+            let walk = FileManager.default.fileExists(atPath: top) ? FileManager.default.enumerator(atPath: top) : nil
+            while let sub = walk?.nextObject() as? String {
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: "\(top)/\(sub)", isDirectory: &isDir), isDir.boolValue { dirs.append("\(top)/\(sub)") }
+            }
+            for dir in dirs.sorted(by: { $0.count > $1.count }) + [top] {
+                let procs = (try? String(contentsOfFile: "\(dir)/cgroup.procs", encoding: .utf8)) ?? ""
+                for pid in procs.split(separator: "\n").compactMap({ Int32($0) }) { kill(pid, SIGKILL) }
+                for _ in 0..<100 where rmdir(dir) != 0 && errno == EBUSY { usleep(20_000) }
+            }
+            rmdir(mount + cgroupRoot) // only when no other lab is running
         }
-        for dir in dirs.sorted(by: { $0.count > $1.count }) + [top] {
-            for _ in 0..<100 where rmdir(dir) != 0 && errno == EBUSY { usleep(20_000) }
+    }
+
+    /// Where every cgroup hierarchy is mounted, cgroup2 first.
+    static func cgroupMounts() -> [String] {
+        let v2 = (try? Cgroup.mountPoint()).map { [$0] } ?? []
+        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        let v1 = mounts.split(separator: "\n").compactMap { line -> String? in
+            let f = line.split(separator: " ")
+            return f.count > 2 && f[2] == "cgroup" ? String(f[1]) : nil
         }
-        rmdir(mount + cgroupRoot) // only when no other lab is running
+        return v2 + v1.filter { !v2.contains($0) }
     }
 
     /// Runs `make` (a create with intermediate directories) again when it fails: another lab's

@@ -85,6 +85,24 @@ public enum LabBinaries {
         return p
     }
 
+    /// A file of the source tree (`scripts/...`), found upwards from the binaries' folder.
+    public static func repoFile(_ relative: String) throws -> String {
+        var dir = URL(fileURLWithPath: directory)
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent(relative).path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        throw LabError("\(relative) not found above \(directory)")
+    }
+
+    /// The Python of the tools venv (`.venv-tools`, which scripts/test.sh fills: grpcio for the CRI client).
+    public static func toolsPython() throws -> String {
+        let venv = try repoFile(".venv-tools")
+        guard FileManager.default.isExecutableFile(atPath: "\(venv)/bin/python") else { throw LabError("\(venv)/bin/python missing: run scripts/test.sh") }
+        return "\(venv)/bin/python"
+    }
+
     /// Full path of one of the project's executables, checked to exist.
     public static func path(_ name: String) throws -> String {
         let p = "\(directory)/\(name)"
