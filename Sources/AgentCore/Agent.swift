@@ -479,7 +479,7 @@ public final class Agent: Sendable {
             _ = try? dataplane.removeStale(keep: [])
             try dataplane.uninstallNode()
             state = AgentState()
-            try? FileManager.default.removeItem(atPath: options.statePath)
+            store.remove()
         }
     }
 }

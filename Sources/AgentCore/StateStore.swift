@@ -1,6 +1,7 @@
 import Dataplane
 import Foundation
 import Glibc
+import Synchronization
 import SystemCalls
 
 /// One enrolled pod as the agent remembers it.
@@ -11,6 +12,8 @@ public struct EnrolledPod: Codable, Sendable, Equatable {
     public var enrolledAt: Date
     /// The identity of its network namespace when it was enrolled (``NetworkNamespace/identity()``).
     public var netnsID: String?
+    /// Creates one.
+    public init(spec: PodSpec, enrolledAt: Date, netnsID: String?) { self.spec = spec; self.enrolledAt = enrolledAt; self.netnsID = netnsID }
 }
 
 /// An enrolment or removal in flight, as recorded before the kernel was touched.
@@ -25,7 +28,7 @@ public struct PendingOperation: Codable, Sendable, Equatable {
 
 /// What survives an agent restart: the dataplane in use and the enrolled pods. The kernel holds
 /// the capture itself; this file says which pods it should hold it for.
-public struct AgentState: Codable, Sendable {
+public struct AgentState: Codable, Sendable, Equatable {
     /// Schema version.
     public var version = 1
     /// The dataplane the pods are enrolled with.
@@ -64,29 +67,100 @@ public struct AgentState: Codable, Sendable {
     }
 }
 
-/// Reads and writes the state file atomically (write, fsync, rename): a crash leaves the old
-/// file or the new one, never half of one.
-public struct StateStore: Sendable {
-    /// The file.
-    public var path: String
-    /// Creates a store.
-    public init(path: String) { self.path = path }
+/// The agent's state on disk: a snapshot (`state.json`, written whole: write, fsync, rename) and
+/// a journal beside it (`state.json.journal`): each save appends one line, what changed since the
+/// last one, and syncs it before it returns. An ADD then costs a few hundred bytes written, not the
+/// whole state, whatever the number of pods. The journal is folded into a new snapshot at the first
+/// save of a process and once it grows past ``compactAfter`` lines.
+///
+/// Crash safety: a crash leaves the old snapshot or the new one, never half of one, and at most
+/// the journal's last line torn (ignored on load; the next process starts with a new snapshot).
+/// Lines carry the snapshot generation they follow, so lines a newer snapshot already holds (a
+/// crash between the snapshot and truncating the journal) are skipped.
+public final class StateStore: Sendable {
+    /// The snapshot file.
+    public let path: String
+    /// The journal file.
+    public var journalPath: String { "\(path).journal" }
+    /// Journal lines after which a save writes a new snapshot instead.
+    public let compactAfter: Int
+    private let written = Mutex<Written?>(nil)
 
-    /// The saved state, or an empty one when there is no file.
-    public func load() throws -> AgentState {
-        guard let data = FileManager.default.contents(atPath: path) else { return AgentState() }
-        let dec = JSONDecoder()
-        dec.dateDecodingStrategy = .iso8601
-        return try dec.decode(AgentState.self, from: data)
+    /// What this process last saved: changes are computed against it.
+    private struct Written {
+        var state: AgentState
+        var generation: Int
+        var lines: Int
     }
 
-    /// Saves `state`: mode 0600 in a 0700 directory whatever the umask, durable before it returns
-    /// (file and directory synced).
+    /// Creates a store.
+    public init(path: String, compactAfter: Int = 512) { self.path = path; self.compactAfter = compactAfter }
+
+    /// The saved state (snapshot, then the journal replayed), or an empty one when there is none.
+    public func load() throws -> AgentState {
+        try Self.read(path: path, journal: journalPath).state
+    }
+
+    /// Saves `state`, durable before it returns: one journal line, or a new snapshot (mode 0600 in
+    /// a 0700 directory whatever the umask; file and directory synced).
     public func save(_ state: AgentState) throws {
+        try written.withLock { last in
+            if let previous = last, previous.lines < compactAfter {
+                try append(StateChange(from: previous.state, to: state, generation: previous.generation))
+                last = Written(state: state, generation: previous.generation, lines: previous.lines + 1)
+                return
+            }
+            let generation = (last?.generation ?? (try? Self.read(path: path, journal: journalPath).generation) ?? 0) + 1
+            try writeSnapshot(Snapshot(generation: generation, state: state))
+            try truncateJournal()
+            last = Written(state: state, generation: generation, lines: 0)
+        }
+    }
+
+    /// Removes the snapshot and the journal.
+    public func remove() {
+        written.withLock { $0 = nil }
+        unlink(journalPath)
+        unlink(path)
+    }
+
+    // MARK: files
+
+    /// The snapshot's generation rides along in the state's own JSON object, so a snapshot stays
+    /// an ordinary AgentState file for readers that know nothing of journals.
+    struct Snapshot: Codable {
+        var generation: Int
+        var state: AgentState
+        init(generation: Int, state: AgentState) { self.generation = generation; self.state = state }
+        init(from decoder: any Decoder) throws {
+            state = try AgentState(from: decoder)
+            generation = try decoder.container(keyedBy: Key.self).decodeIfPresent(Int.self, forKey: .generation) ?? 0
+        }
+        func encode(to encoder: any Encoder) throws {
+            try state.encode(to: encoder)
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode(generation, forKey: .generation)
+        }
+        private enum Key: String, CodingKey { case generation }
+    }
+
+    static func read(path: String, journal: String) throws -> (state: AgentState, generation: Int) {
+        var snapshot = Snapshot(generation: 0, state: AgentState())
+        if let data = FileManager.default.contents(atPath: path) { snapshot = try decoder.decode(Snapshot.self, from: data) }
+        let lines = (FileManager.default.contents(atPath: journal) ?? Data()).split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
+        for line in lines {
+            // Only the last line can be torn (a crash mid-append); nothing follows it.
+            guard let change = try? decoder.decode(StateChange.self, from: Data(line)) else { break }
+            if change.generation == snapshot.generation { change.apply(to: &snapshot.state) }
+        }
+        return (snapshot.state, snapshot.generation)
+    }
+
+    private func writeSnapshot(_ snapshot: Snapshot) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         enc.dateEncodingStrategy = .iso8601
-        let data = try enc.encode(state)
+        let data = try enc.encode(snapshot)
         let dir = (path as NSString).deletingLastPathComponent
         do { try PrivateDirectory.prepare(dir) } catch { throw AgentError(.io, "\(error)") }
         let tmp = "\(path).tmp-\(getpid())"
@@ -100,8 +174,77 @@ public struct StateStore: Sendable {
             throw AgentError(.io, "cannot write \(tmp): \(String(cString: strerror(errno)))")
         }
         guard rename(tmp, path) == 0 else { throw AgentError(.io, "cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
+        syncDirectory(dir)
+    }
+
+    private func append(_ change: StateChange) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        enc.dateEncodingStrategy = .iso8601
+        let line = try enc.encode(change) + Data("\n".utf8)
+        let fd = open(journalPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AgentError(.io, "cannot open \(journalPath): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let n = line.withUnsafeBytes { raw in (fchmod(fd, 0o600), write(fd, raw.baseAddress, raw.count)).1 }
+        guard n == line.count, fdatasync(fd) == 0 else { throw AgentError(.io, "cannot append to \(journalPath): \(String(cString: strerror(errno)))") }
+    }
+
+    private func truncateJournal() throws {
+        guard FileManager.default.fileExists(atPath: journalPath) else { return }
+        guard truncate(journalPath, 0) == 0 else { throw AgentError(.io, "cannot truncate \(journalPath): \(String(cString: strerror(errno)))") }
+        syncDirectory((path as NSString).deletingLastPathComponent)
+    }
+
+    private func syncDirectory(_ dir: String) {
         let dirFD = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dirFD >= 0 { fsync(dirFD); close(dirFD) }
+    }
+
+    private static var decoder: JSONDecoder {
+        let dec = JSONDecoder()
+        dec.dateDecodingStrategy = .iso8601
+        return dec
+    }
+}
+
+/// One journal line: the state's small fields as they now are, and the entries of its three maps
+/// that were set or removed since the line before.
+struct StateChange: Codable, Equatable {
+    var generation: Int
+    var version: Int
+    var dataplane: DataplaneMode?
+    var probeIPv4: String?
+    var probeIPv6: String?
+    var proxyCgroup: Cgroup?
+    var pods: [String: EnrolledPod] = [:]
+    var podsRemoved: [String] = []
+    var pending: [String: PendingOperation] = [:]
+    var pendingRemoved: [String] = []
+    var known: [String: PodSpec] = [:]
+    var knownRemoved: [String] = []
+
+    init(from old: AgentState, to new: AgentState, generation: Int) {
+        self.generation = generation
+        version = new.version; dataplane = new.dataplane; probeIPv4 = new.probeIPv4; probeIPv6 = new.probeIPv6; proxyCgroup = new.proxyCgroup
+        (pods, podsRemoved) = Self.diff(old.pods, new.pods)
+        (pending, pendingRemoved) = Self.diff(old.pending, new.pending)
+        (known, knownRemoved) = Self.diff(old.known, new.known)
+    }
+
+    func apply(to state: inout AgentState) {
+        state.version = version; state.dataplane = dataplane; state.probeIPv4 = probeIPv4; state.probeIPv6 = probeIPv6; state.proxyCgroup = proxyCgroup
+        Self.patch(&state.pods, pods, podsRemoved)
+        Self.patch(&state.pending, pending, pendingRemoved)
+        Self.patch(&state.known, known, knownRemoved)
+    }
+
+    private static func diff<V: Equatable>(_ old: [String: V], _ new: [String: V]) -> ([String: V], [String]) {
+        (new.filter { old[$0.key] != $0.value }, old.keys.filter { new[$0] == nil }.sorted())
+    }
+
+    private static func patch<V>(_ map: inout [String: V], _ set: [String: V], _ removed: [String]) {
+        for k in removed { map.removeValue(forKey: k) }
+        map.merge(set) { _, new in new }
     }
 }
 

@@ -182,6 +182,7 @@ struct AgentRobustnessTests {
             #expect(try mode(node.agentControlSocket) == 0o600)
             #expect(try mode(node.agentZDSSocket) == 0o600)
             #expect(try mode("\(node.agentDirectory)/state.json") == 0o600)
+            #expect(try mode("\(node.agentDirectory)/state.json.journal") == 0o600, "the ADD went to the journal")
         }
     }
 

@@ -299,6 +299,7 @@ struct AgentTests {
             #expect(!nodeState.contains("169.254.7.127") && !nodeState.contains("fd16:9254:7127"), "the probe IPs left the node: \(nodeState)")
             #expect(!FileManager.default.fileExists(atPath: "\(node.bpfPinRoot)/maps"))
             #expect(!FileManager.default.fileExists(atPath: "\(node.agentDirectory)/state.json"))
+            #expect(!FileManager.default.fileExists(atPath: "\(node.agentDirectory)/state.json.journal"))
             let tc = try lab.inNamespace(a.netns, "tc", ["filter", "show", "dev", "eth0", "ingress"])
             #expect(!tc.contains("tc_pod_ingress"))
         }

@@ -1,4 +1,5 @@
 import AgentAPI
+import AgentCore
 import Dataplane
 import Foundation
 import NodeLab
@@ -145,7 +146,7 @@ struct KubeEnrolmentTests {
             let pod = try lab.addPod(on: node, name: "old", namespace: "shop")
             // As if the agent had been installed after the pod started: no record of its ADD.
             node.agent?.stop()
-            try FileManager.default.removeItem(atPath: node.agentDirectory + "/state.json")
+            StateStore(path: node.agentDirectory + "/state.json").remove()
             try lab.startAgent(on: node)
             _ = try lab.kubectl(["label", "namespace", "shop", "istio.io/dataplane-mode=ambient"])
             try waitFor("the agent finds and enrols the pod", seconds: 30) { try enrolled(node) == ["old"] }
