@@ -84,14 +84,17 @@ public enum LinkAttach {
         try bpfCheck("pin link \(pinPath)", bpf_obj_pin(link, pinPath))
     }
 
-    /// Attaches a tc program with a tcx link on `ifindex` (current namespace) and pins it.
+    /// Attaches a tc program with a tcx link on `ifindex` (current namespace) and pins it. A pinned
+    /// link on that device is updated in place; a pin whose device is gone is replaced (see
+    /// ``tcxAttached(_:ifindex:)``).
     public static func tcx(_ program: BPFProgram, ifindex: Int32, ingress: Bool, pinPath: String) throws {
-        if FileManager.default.fileExists(atPath: pinPath) {
+        if tcxAttached(pinPath, ifindex: ifindex) {
             let link = try bpfCheck("open link \(pinPath)", bpf_obj_get(pinPath))
             defer { close(link) }
             try bpfCheck("update link \(pinPath)", bpf_link_update(link, program.fd, nil))
             return
         }
+        unlink(pinPath)
         let link = try bpfCheck("tcx attach \(program.name) on ifindex \(ifindex)", cshim_link_create_tcx(program.fd, ifindex, ingress ? 1 : 0))
         defer { close(link) }
         try FileManager.default.createDirectory(atPath: (pinPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
@@ -140,6 +143,18 @@ public enum LinkAttach {
         return cshim_errno() == RA_LSM_PROBE_ERRNO
     }
     private static let afXDP: Int32 = 44
+
+    /// Whether the tcx link pinned at `pinPath` is attached to the device that now has `ifindex`.
+    /// A link outlives its device in the pin, attached to nothing (the kernel reports ifindex 0):
+    /// a device created later with the same index (a meta plugin's net1 made again) carries no
+    /// program, so a pin alone proves nothing.
+    public static func tcxAttached(_ pinPath: String, ifindex: Int32) -> Bool {
+        let link = bpf_obj_get(pinPath)
+        guard link >= 0 else { return false }
+        defer { close(link) }
+        var attached: UInt32 = 0
+        return cshim_link_tcx_ifindex(link, &attached) == 0 && attached != 0 && Int32(bitPattern: attached) == ifindex
+    }
 
     /// Where a cgroup program hooks in.
     public enum CgroupHook: Sendable, CaseIterable {

@@ -135,6 +135,7 @@ int cshim_link_create_tcx(int prog_fd, int ifindex, int ingress) {
 /* Linux 6.4's netfilter programs, by number: libbpf 1.1 and the 6.1 uapi headers predate them. */
 #define CSHIM_PROG_TYPE_NETFILTER 32
 #define CSHIM_ATTACH_NETFILTER 45
+#define CSHIM_LINK_TYPE_TCX 11
 
 int cshim_program_set_netfilter(struct bpf_program *prog) {
     int err = bpf_program__set_type(prog, (enum bpf_prog_type)CSHIM_PROG_TYPE_NETFILTER);
@@ -187,6 +188,20 @@ int cshim_probe_lsm_program(void) {
 int cshim_link_create_lsm(int prog_fd) {
     int fd = bpf_raw_tracepoint_open(NULL, prog_fd);
     return fd < 0 ? -errno : fd;
+}
+
+int cshim_link_tcx_ifindex(int link_fd, uint32_t *ifindex) {
+    /* bpf_link_info as Linux 6.6 lays it out (the 6.1 uapi headers predate tcx): type, id,
+     * prog_id, then the 8-byte aligned union, whose tcx member starts with ifindex. */
+    uint64_t info[32];
+    memset(info, 0, sizeof(info));
+    uint32_t len = sizeof(info);
+    int err = bpf_obj_get_info_by_fd(link_fd, info, &len);
+    if (err) return err;
+    const uint32_t *w = (const uint32_t *)info;
+    if (w[0] != CSHIM_LINK_TYPE_TCX) return -EINVAL;
+    *ifindex = w[4];
+    return 0;
 }
 
 int cshim_prog_test_run_skb(int prog_fd, const void *data, uint32_t size, void *out, uint32_t *out_size,

@@ -178,14 +178,21 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// The security hooks as `status` shows them, and what is wrong with them.
     private func describeSecurityHooks() -> (summary: String, drift: [String]) {
         if let why = securityHooksOff.withLock({ $0 }) { return ("sends past tc not refused: \(why)", []) }
-        var drift: [String] = [], linked: [String] = []
-        for name in Self.lsmPrograms {
+        var (linked, drift) = nodeLinks(Self.lsmPrograms)
+        if drift.isEmpty, !LinkAttach.lsmHooksRun() { drift.append("the node's security hooks are linked but the kernel does not run them") }
+        return ("AF_PACKET qdisc bypass and AF_XDP refused in meshed pods (\(linked.joined(separator: ", ")))", drift)
+    }
+
+    /// The node links of `names` that run the current programs ("name prog id"), and what is wrong
+    /// with the others.
+    private func nodeLinks(_ names: [String]) -> (linked: [String], drift: [String]) {
+        var linked: [String] = [], drift: [String] = []
+        for name in names {
             let want = try? program(name).id()
             if let have = try? LinkAttach.pinnedLinkProgramID(nodeLinkPin(name)), have == want { linked.append("\(name) prog \(have)") }
             else { drift.append("node link \(nodeLinkPin(name)) missing or not running program \(want.map(String.init) ?? "?")") }
         }
-        if drift.isEmpty, !LinkAttach.lsmHooksRun() { drift.append("the node's security hooks are linked but the kernel does not run them") }
-        return ("AF_PACKET qdisc bypass and AF_XDP refused in meshed pods (\(linked.joined(separator: ", ")))", drift)
+        return (linked, drift)
     }
 
     /// Removes the node's links and the probe addresses it held, and the pinned programs, maps and links.
@@ -221,12 +228,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     /// The node's socket program links, as `status` shows them, and what is wrong with them.
     public func describeNode() -> (summary: String, drift: [String]) {
-        var drift: [String] = [], linked: [String] = []
-        for (name, _) in Self.nodePrograms {
-            let want = try? program(name).id()
-            if let have = try? LinkAttach.pinnedLinkProgramID(nodeLinkPin(name)), have == want { linked.append("\(name) prog \(have)") }
-            else { drift.append("node link \(nodeLinkPin(name)) missing or not running program \(want.map(String.init) ?? "?")") }
-        }
+        var (linked, drift) = nodeLinks(Self.nodePrograms.map(\.name))
         let probes = [config.probeIPv4, config.probeIPv6]
         let held = ((try? onNode { try Netlink.addresses(index: try Netlink.link(named: Self.probeDevice).index) }) ?? []).filter(probes.contains)
         let local = Set(((try? onNode { try Netlink.addresses() }) ?? []).map(\.description))
@@ -420,8 +422,9 @@ public final class EBPFDataplane: Dataplane, Sendable {
             if ing != ingressID { drift.append("pod \(pod.interface) ingress: program \(ing.map(String.init) ?? "none"), expected \(ingressID)") }
             if eg != egressID { drift.append("pod \(pod.interface) egress: program \(eg.map(String.init) ?? "none"), expected \(egressID)") }
         case .tcx:
-            for dir in ["ingress", "egress"] where !FileManager.default.fileExists(atPath: tcxPin(pod, dir)) {
-                drift.append("pod \(pod.interface) \(dir): tcx link pin \(tcxPin(pod, dir)) missing")
+            let idx = try NetworkNamespace(path: pod.netns).run { try TCAttach.ifindex(pod.interface) }
+            for dir in ["ingress", "egress"] where !LinkAttach.tcxAttached(tcxPin(pod, dir), ifindex: idx) {
+                drift.append("pod \(pod.interface) \(dir): no tcx link on the device (pin \(tcxPin(pod, dir)) missing or its device gone)")
             }
         }
         if let primary = entries.first?.1 {
@@ -594,7 +597,10 @@ public final class EBPFDataplane: Dataplane, Sendable {
                         changed[link.index] = InterfaceChanges(createdClsact: created, setAcceptLocal: setAcceptLocal)
                     case .tcx:
                         let base = "\(pin)/links/\(uid)-tcx-if\(link.index)"
-                        if FileManager.default.fileExists(atPath: "\(base)-egress") { attached.append(link.index); continue }
+                        if LinkAttach.tcxAttached("\(base)-ingress", ifindex: link.index), LinkAttach.tcxAttached("\(base)-egress", ifindex: link.index) {
+                            attached.append(link.index)
+                            continue
+                        }
                         let setAcceptLocal = try Self.allowLocalSource(link.name, v4: v4)
                         try LinkAttach.tcx(ingress, ifindex: link.index, ingress: true, pinPath: "\(base)-ingress")
                         try LinkAttach.tcx(egress, ifindex: link.index, ingress: false, pinPath: "\(base)-egress")
@@ -667,7 +673,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
                 let ingress = rerouted.contains(link.name) ? reroute : plain
                 let attached = mode == .clsact
                     ? TCAttach.attachedProgramID(ifindex: link.index, ingress: true) == ingress && TCAttach.attachedProgramID(ifindex: link.index, ingress: false) == egress
-                    : FileManager.default.fileExists(atPath: "\(links)\(link.index)-ingress") && FileManager.default.fileExists(atPath: "\(links)\(link.index)-egress")
+                    : LinkAttach.tcxAttached("\(links)\(link.index)-ingress", ifindex: link.index) && LinkAttach.tcxAttached("\(links)\(link.index)-egress", ifindex: link.index)
                 return attached ? nil : "pod \(link.name) (ifindex \(link.index)): capture programs missing"
             }
         }

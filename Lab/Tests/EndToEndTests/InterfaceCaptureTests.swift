@@ -1,3 +1,4 @@
+import AgentAPI
 import BPFLoader
 import Dataplane
 import Foundation
@@ -18,11 +19,13 @@ struct InterfaceCaptureTests {
         static let meshedIP = IPAddress("192.168.254.1")!
         static let outsiderIP = IPAddress("192.168.254.2")!
 
-        init(lab: Lab, meshed: LabPod, outsider: LabPod) throws {
+        /// `index`: the meshed end's ifindex (the kernel picks one by default).
+        init(lab: Lab, meshed: LabPod, outsider: LabPod, index: Int32? = nil) throws {
             self.lab = lab
             self.meshed = meshed
             let peer = (outsider.netns.path as NSString).lastPathComponent
-            _ = try lab.inNamespace(meshed.netns, "ip", ["link", "add", "net1", "type", "veth", "peer", "name", "net1", "netns", peer])
+            let fixed = index.map { ["index", "\($0)"] } ?? []
+            _ = try lab.inNamespace(meshed.netns, "ip", ["link", "add", "net1"] + fixed + ["type", "veth", "peer", "name", "net1", "netns", peer])
             _ = try lab.inNamespace(meshed.netns, "ip", ["addr", "add", "\(Self.meshedIP)/30", "dev", "net1"])
             _ = try lab.inNamespace(meshed.netns, "ip", ["link", "set", "net1", "up"])
             _ = try lab.inNamespace(outsider.netns, "ip", ["addr", "add", "\(Self.outsiderIP)/30", "dev", "net1"])
@@ -40,19 +43,61 @@ struct InterfaceCaptureTests {
             let a = cl.meshed[0], outsider = try cl.outsider(a.node)
             let link = try SecondLink(lab: cl.lab, meshed: a, outsider: outsider)
             defer { link.remove() }
-            let inbound = SocketAddress(SecondLink.meshedIP, Lab.httpPort)
-            try waitFor("capture on net1", seconds: 5) { (try? cl.capture.dataplane(a.node).verify(cl.lab.podSpec(a)))?.isEmpty == true }
-            // The proxy refuses it (net1's address is not one of the pod's, as ztunnel refuses a
-            // destination it does not know): what matters is that it, not the app, got it.
-            let appBefore = try cl.lab.appRecords(a).count
-            _ = try? cl.lab.request(from: outsider, to: inbound, timeout: 2)
-            #expect(try cl.lab.appRecords(a).count == appBefore, "the app was not reached directly")
-            #expect(try cl.records(a.node, listener: 15006, to: inbound).count == 1, "inbound on net1 went through the proxy: \((try? cl.records(a.node)) ?? [])")
-            let outbound = SocketAddress(SecondLink.outsiderIP, Lab.httpPort)
-            let o = try cl.lab.request(from: a, to: outbound)
-            #expect(o.status == 200, "\(o.body)")
-            #expect(try cl.records(a.node, listener: 15001, to: outbound).count == 1, "outbound on net1 went through the proxy: \((try? cl.records(a.node)) ?? [])")
+            try waitForCapture { try cl.capture.dataplane(a.node).verify(cl.lab.podSpec(a)) }
+            try expectCapturedOnSecondLink(cl, a, outsider)
         }
+    }
+
+    @Test("an interface deleted and made again with the same index is captured again (a pinned tcx link does not outlive its device)",
+          arguments: [("iptables", ""), ("ebpf", "clsact"), ("ebpf", "tcx")].filter { testedModes.map(\.rawValue).contains($0.0) })
+    func madeAgain(_ mode: String, _ attach: String) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        let setup = CaptureSetup(mode: DataplaneMode(rawValue: mode)!, viaAgent: true)
+        try withCaptureLab(setup, options: { $0.agentExtraArguments = attach.isEmpty ? [] : ["--attach", attach] }) { cl throws in
+            let a = cl.meshed[0], outsider = try cl.outsider(a.node)
+            var link = try SecondLink(lab: cl.lab, meshed: a, outsider: outsider)
+            defer { link.remove() }
+            // The agent's own verify (its attach mode, tcx or clsact), as `status` reports it.
+            let drift = { () throws -> [String] in
+                let r = try AgentClient.call(ControlRequest(op: "status"), socket: a.node.agentControlSocket)
+                return try #require(r.status?.pods.first { $0.uid == a.identity.uid }).drift
+            }
+            try waitForCapture(drift)
+            let index = try a.netns.run { Int32(if_nametoindex("net1")) }
+            link.remove()
+            try waitFor("net1 gone") { (try? a.netns.run { if_nametoindex("net1") }) == 0 }
+            link = try SecondLink(lab: cl.lab, meshed: a, outsider: outsider, index: index)
+            #expect(try a.netns.run { Int32(if_nametoindex("net1")) } == index, "the new net1 has the old one's index")
+            try waitForCapture(drift)
+            try expectCapturedOnSecondLink(cl, a, outsider)
+        }
+    }
+
+    /// Waits until `verify` finds nothing missing (net1 included); says what was missing if not.
+    func waitForCapture(_ verify: () throws -> [String]) throws {
+        var drift: [String] = []
+        do {
+            try waitFor("capture on net1", seconds: 5) {
+                drift = (try? verify()) ?? ["verify failed"]
+                return drift.isEmpty
+            }
+        } catch { throw LabError("\(error): \(drift)") }
+    }
+
+    /// Inbound over net1 reaches the proxy and not the app; outbound over it goes through the proxy.
+    func expectCapturedOnSecondLink(_ cl: CaptureLab, _ a: LabPod, _ outsider: LabPod) throws {
+        let inbound = SocketAddress(SecondLink.meshedIP, Lab.httpPort)
+        // The proxy refuses it (net1's address is not one of the pod's, as ztunnel refuses a
+        // destination it does not know): what matters is that it, not the app, got it.
+        let appBefore = try cl.lab.appRecords(a).count, inBefore = try cl.records(a.node, listener: 15006, to: inbound).count
+        _ = try? cl.lab.request(from: outsider, to: inbound, timeout: 2)
+        #expect(try cl.lab.appRecords(a).count == appBefore, "the app was not reached directly")
+        #expect(try cl.records(a.node, listener: 15006, to: inbound).count == inBefore + 1, "inbound on net1 went through the proxy: \((try? cl.records(a.node)) ?? [])")
+        let outbound = SocketAddress(SecondLink.outsiderIP, Lab.httpPort)
+        let outBefore = try cl.records(a.node, listener: 15001, to: outbound).count
+        let o = try cl.lab.request(from: a, to: outbound)
+        #expect(o.status == 200, "\(o.body)")
+        #expect(try cl.records(a.node, listener: 15001, to: outbound).count == outBefore + 1, "outbound on net1 went through the proxy: \((try? cl.records(a.node)) ?? [])")
     }
 
     @Test("a SYN on an interface no tc program watches reaches no app: the namespace-wide guard")

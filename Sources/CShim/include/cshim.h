@@ -92,6 +92,8 @@ int cshim_link_create_sk_lookup(int prog_fd, int netns_fd);
 int cshim_probe_lsm_program(void);
 /// Attaches an LSM program to its hook (BPF_RAW_TRACEPOINT_OPEN with no name): a link fd, or -errno.
 int cshim_link_create_lsm(int prog_fd);
+/// The ifindex a tcx link is attached to (0 once its device is gone), or -errno (-EINVAL: not a tcx link).
+int cshim_link_tcx_ifindex(int link_fd, uint32_t *ifindex);
 /// Makes `prog` a netfilter program (BPF_PROG_TYPE_NETFILTER, expected attach BPF_NETFILTER) before
 /// load: libbpf 1.1 does not know the "netfilter" section.
 int cshim_program_set_netfilter(struct bpf_program *prog);
