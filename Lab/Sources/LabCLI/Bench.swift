@@ -14,11 +14,20 @@ struct Bench: ParsableCommand {
     @Option(help: "Pod counts for the enrollment benchmark.") var pods = "1,10,100,1000"
     @Option(help: "Where to write results.json, summary.json, README.md and the plots.") var out = "docs/bench"
     @Option(help: "Re-render the report and plots from an earlier results.json instead of measuring.") var from: String?
+    @Flag(help: "Measure only the Kubernetes part (label change to capture, the agent watching 1000 pods) and add it to OUT/results.json.")
+    var kubeOnly = false
 
     func run() throws {
         if let from {
             let result = try JSONDecoder().decode(BenchResult.self, from: Data(contentsOf: URL(fileURLWithPath: from)))
             try write(result, reportOnly: true)
+            return
+        }
+        if kubeOnly {
+            let path = "\(out)/results.json"
+            var result = try JSONDecoder().decode(BenchResult.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+            result.kube = try KubeBench(log: { say($0) }).run(quick: quick)
+            try write(result, reportOnly: false)
             return
         }
         let rounds = quick ? 1 : self.rounds, duration = quick ? 0.3 : self.duration
@@ -56,8 +65,9 @@ struct Bench: ParsableCommand {
         let enrollSamples = try enroll.run(sizes: sizes, modes: enrollModes) { try traffic.makeDataplane($0, node: node) }
         let rss = try enroll.agentRSS(steps: quick ? [0, 1, 10] : [0, 1, 100, min(1000, sizes.max() ?? 1000)].filter { $0 <= (sizes.max() ?? 0) })
 
+        let kube = try KubeBench(log: log).run(quick: quick)
         let result = BenchResult(machine: MachineInfo.read(), quick: quick, rounds: rounds, durationSeconds: duration, modes: modes,
-                                 traffic: samples, bpfNsPerRun: cost, enrollment: enrollSamples, agentRSS: rss,
+                                 traffic: samples, bpfNsPerRun: cost, enrollment: enrollSamples, agentRSS: rss, kube: kube,
                                  seconds: Date().timeIntervalSince(started))
         try write(result, reportOnly: false)
         log("wrote \(out)/results.json, \(out)/README.md and plots")
@@ -95,6 +105,8 @@ struct BenchResult: Codable {
     var bpfNsPerRun: [String: [String: Double]]
     var enrollment: [EnrollSample]
     var agentRSS: [RSSSample]
+    /// Enrolment from the Kubernetes API (absent in results from before it was measured).
+    var kube: KubeBenchResult?
     var seconds: Double
 }
 

@@ -86,6 +86,13 @@ struct BenchReport {
             s += "| \(x.pods) | \(x.rssKiB) | \(x.pods == 0 ? "-" : String(format: "%.2f", x.addMsPerPod)) | \(r(x.addP50Ms)) | \(r(x.addP99Ms)) |\n"
         }
 
+        if let k = result.kube {
+            func ms(_ v: [Double], _ q: Double) -> String { BenchSummary.percentile(v, q).map { String(format: "%.1f", $0) } ?? "-" }
+            s += "\n## Enrolment from the Kubernetes API (ebpf)\n\nOne node, the stand-in API, \(k.watchedPods) pods on the node watched by the agent (\(k.labelToCapturedMs.count) of them running and labelled in turn). "
+            s += "A label change is timed from the API's update to the pod's `ambient.istio.io/redirection` annotation, which the agent writes once capture is in place and the proxy has the pod (and removes once released).\n\n"
+            s += "| label to captured p50 ms | p99 ms | label to released p50 ms | p99 ms | agent RSS KiB | agent CPU while watching, % of a CPU |\n|---|---|---|---|---|---|\n"
+            s += "| \(ms(k.labelToCapturedMs, 0.5)) | \(ms(k.labelToCapturedMs, 0.99)) | \(ms(k.labelToReleasedMs, 0.5)) | \(ms(k.labelToReleasedMs, 0.99)) | \(k.agentRSSKiB) | \(String(format: "%.2f", k.agentCPUPercentWatching)) |\n"
+        }
         s += "\n## Against the targets\n\n" + targets().map { "- \($0)" }.joined(separator: "\n") + "\n"
         return s
     }

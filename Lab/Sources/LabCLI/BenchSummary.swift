@@ -76,6 +76,17 @@ struct BenchSummary: Encodable {
             agent("agent_add_ms_p99", "ms", s.addP99Ms)
             agent("agent_rss_mib", "MiB", Double(s.rssKiB) / 1024)
         }
+        if let k = result.kube {
+            func ebpf(_ name: String, _ unit: String, _ v: Double?) {
+                metrics[name] = Metric(unit: unit, better: "lower", values: Dictionary(uniqueKeysWithValues: modes.map { ($0, $0 == "ebpf" ? v : nil) }))
+            }
+            ebpf("label_to_captured_ms_p50", "ms", Self.percentile(k.labelToCapturedMs, 0.5))
+            ebpf("label_to_captured_ms_p99", "ms", Self.percentile(k.labelToCapturedMs, 0.99))
+            ebpf("label_to_released_ms_p50", "ms", Self.percentile(k.labelToReleasedMs, 0.5))
+            ebpf("label_to_released_ms_p99", "ms", Self.percentile(k.labelToReleasedMs, 0.99))
+            ebpf("agent_rss_mib_watching_\(k.watchedPods)", "MiB", Double(k.agentRSSKiB) / 1024)
+            ebpf("agent_cpu_percent_watching_\(k.watchedPods)", "% of a CPU", k.agentCPUPercentWatching)
+        }
         BenchSummary.addIssueNames(&metrics)
         self.metrics = metrics
     }
@@ -90,6 +101,12 @@ struct BenchSummary: Encodable {
         for (name, m) in metrics where name.hasPrefix("enrol_ms_per_pod_") && name.hasSuffix("_pods") {
             metrics["enroll_ms_per_pod_" + name.dropFirst("enrol_ms_per_pod_".count).dropLast("_pods".count)] = m
         }
+    }
+
+    /// The `q` quantile of `values` (nearest rank), nil when empty.
+    static func percentile(_ values: [Double], _ q: Double) -> Double? {
+        let sorted = values.sorted()
+        return sorted.isEmpty ? nil : sorted[min(sorted.count - 1, max(0, Int((Double(sorted.count) * q).rounded(.up)) - 1))]
     }
 
     /// BPF ns per run, by program and mode.

@@ -352,6 +352,13 @@ public final class Lab: Sendable {
         return pod
     }
 
+    /// A pod object in the API scheduled on `node`, with no sandbox behind it (what a node's
+    /// watch sees of pods the lab does not run).
+    public func addPodObject(on node: LabNode, name: String, namespace: String, labels: [String: String] = [:]) throws {
+        guard let kube else { throw LabError("the lab runs no Kubernetes API (LabOptions.kubeAPI)") }
+        try Self.createObjects(kube.server.store, node: node, name: name, namespace: namespace, uid: UUID().uuidString.lowercased(), labels: labels)
+    }
+
     /// Creates a pod that asks to be in the mesh (label istio.io/dataplane-mode=ambient).
     @discardableResult
     public func addMeshedPod(on node: LabNode, name: String) throws -> LabPod {
