@@ -43,13 +43,14 @@ extension Agent {
             logger.warning("the Kubernetes API is unreachable: enrolled pods stay as they are until it answers", metadata: ["error": "\(error)"])
         }
         var annotations: [(PodSpec, String?)] = []
+        let gone = confirmedGone(cluster)
         guarded.withLock { state in
             for (uid, pod) in state.pods.sorted(by: { $0.key < $1.key }) {
                 let spec = pod.spec
                 let api = cluster.pod(namespace: spec.namespace, name: spec.name, uid: uid)
                 let decision = api.map(cluster.decide)
                 if let decision, decision.inMesh == nil { continue } // its namespace is not known yet: no guess
-                if api == nil, !cluster.confirmGone(namespace: spec.namespace, name: spec.name, uid: uid) { continue }
+                if api == nil, !gone.contains(uid) { continue }
                 if let api, let decision, decision.inMesh == true {
                     // Still in the mesh; its annotations may have changed what its capture is.
                     var want = spec
@@ -96,6 +97,17 @@ extension Agent {
             for pod in state.pods.values { annotations.append((pod.spec, status)) }
         }
         for (spec, value) in annotations { annotate(spec, value, cluster) }
+    }
+
+    /// The enrolled pods missing from the API's view that a direct GET confirms are gone, asked
+    /// before the pass takes the agent's lock: a slow or unreachable API (each GET may wait its
+    /// timeout) must not hold up ADDs and DELs meanwhile. A pod that comes back between the GET
+    /// and the pass is in the view again, and stays.
+    private func confirmedGone(_ cluster: ClusterView) -> Set<String> {
+        let missing = guarded.withLock { state in
+            state.pods.filter { cluster.pod(namespace: $0.value.spec.namespace, name: $0.value.spec.name, uid: $0.key) == nil }.map(\.value.spec)
+        }
+        return Set(missing.filter { cluster.confirmGone(namespace: $0.namespace, name: $0.name, uid: $0.uid) }.map(\.uid))
     }
 
     /// Pods the API puts in the mesh on this node that the agent holds no record of (they started

@@ -40,13 +40,20 @@ public final class BPFObject: @unchecked Sendable {
     /// libbpf 1.1 cannot tell a "netfilter" section's type: set it, or leave the program out
     /// where the kernel has no such programs (the rest of the object still loads).
     private static func prepareNetfilterPrograms(_ obj: OpaquePointer) {
+        for (p, section) in programs(of: obj) where section == "netfilter" {
+            if !netfilterProgramsSupported || cshim_program_set_netfilter(p) != 0 { bpf_program__set_autoload(p, false) }
+        }
+    }
+
+    /// The object's programs, each with its section name.
+    private static func programs(of obj: OpaquePointer) -> [(OpaquePointer, String)] {
+        var out: [(OpaquePointer, String)] = []
         var prog = bpf_object__next_program(obj, nil)
         while let p = prog {
-            if let section = bpf_program__section_name(p), String(cString: section) == "netfilter" {
-                if !netfilterProgramsSupported || cshim_program_set_netfilter(p) != 0 { bpf_program__set_autoload(p, false) }
-            }
+            out.append((p, bpf_program__section_name(p).map { String(cString: $0) } ?? ""))
             prog = bpf_object__next_program(obj, p)
         }
+        return out
     }
 
     /// Whether the kernel loads the "lsm/" programs (CONFIG_BPF_LSM, and nothing such as a lockdown
@@ -60,11 +67,7 @@ public final class BPFObject: @unchecked Sendable {
     /// Leaves the "lsm/" programs out where the kernel cannot load them (the rest still loads).
     private static func prepareLSMPrograms(_ obj: OpaquePointer) {
         guard !lsmProgramsSupported else { return }
-        var prog = bpf_object__next_program(obj, nil)
-        while let p = prog {
-            if let section = bpf_program__section_name(p), String(cString: section).hasPrefix("lsm/") { bpf_program__set_autoload(p, false) }
-            prog = bpf_object__next_program(obj, p)
-        }
+        for (p, section) in programs(of: obj) where section.hasPrefix("lsm/") { bpf_program__set_autoload(p, false) }
     }
 
     /// Whether the program named `name` was loaded (a netfilter program is left out on kernels

@@ -24,6 +24,7 @@ public final class APIServer: Sendable {
     private let listener = Mutex<(channel: Channel?, port: Int)>((nil, 0))
     private let connections = Mutex<[ObjectIdentifier: Channel]>([:])
     private let serving = Mutex(0)
+    private let held = Mutex<(paths: Set<String>, seen: Int)>(([], 0))
     private let host: String
     private let netns: NetworkNamespace?
 
@@ -118,8 +119,33 @@ public final class APIServer: Sendable {
         }
     }
 
+    // MARK: a slow API, for tests
+
+    /// Makes GETs of `path` (no query) wait until ``release(_:)``: an API server that is slow for
+    /// one object while it answers everything else.
+    public func hold(_ path: String) { held.withLock { _ = $0.paths.insert(path) } }
+
+    /// Lets the held GETs of `path` be answered.
+    public func release(_ path: String) { held.withLock { _ = $0.paths.remove(path) } }
+
+    /// How many GETs have been held so far.
+    public var heldRequests: Int { held.withLock { $0.seen } }
+
+    private func waitWhileHeld(_ head: HTTPRequestHead) async throws {
+        let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
+        guard head.method == .GET else { return }
+        let isHeld = held.withLock { h -> Bool in
+            guard h.paths.contains(path) else { return false }
+            h.seen += 1
+            return true
+        }
+        guard isHeld else { return }
+        while held.withLock({ $0.paths.contains(path) }) { try await Task.sleep(for: .milliseconds(10)) }
+    }
+
     /// Answers one request; false when the connection must close (after a watch).
     private func respond(_ req: Request, _ out: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws -> Bool {
+        try await waitWhileHeld(req.head)
         guard req.head.headers.first(name: "authorization") == "Bearer \(token)" else {
             try await send(out, StoreError(401, "Unauthorized", "Unauthorized").status, code: 401)
             return true

@@ -161,6 +161,13 @@ public final class LabPod: Sendable {
         self.netns = NetworkNamespace(named: netnsName)
     }
 
+    /// Takes the addresses the runtime reported: one per family.
+    func assign(_ addresses: [IPAddress]) {
+        for addr in addresses {
+            if addr.isIPv6 { ipv6 = addr } else { ipv4 = addr }
+        }
+    }
+
     /// The pod's name.
     public var name: String { identity.name }
     /// All its addresses.
@@ -334,9 +341,7 @@ public final class Lab: Sendable {
         _ = try rt.add(list: Lab.loopbackList, pod: pod.identity, netns: pod.netns, ifname: "lo")
         let list = try CNIRuntime.loadNetworkList(directory: pod.node.cniConfDir)
         pod.cniResult = try rt.add(list: list, pod: pod.identity, netns: pod.netns)
-        for addr in CNIRuntime.addresses(in: pod.cniResult) {
-            if addr.isIPv6 { pod.ipv6 = addr } else { pod.ipv4 = addr }
-        }
+        pod.assign(CNIRuntime.addresses(in: pod.cniResult))
     }
 
     /// A pod made by the node's containerd: RunPodSandbox, as the kubelet calls it, with the pod's
@@ -346,9 +351,7 @@ public final class Lab: Sendable {
         let identity = PodIdentity(name: name, namespace: namespace, uid: uid, containerID: sandbox.id)
         let pod = LabPod(identity: identity, node: node, netnsName: URL(fileURLWithPath: sandbox.netns).lastPathComponent)
         members.withLock { $0.pods.append(pod) }
-        for addr in sandbox.ips {
-            if addr.isIPv6 { pod.ipv6 = addr } else { pod.ipv4 = addr }
-        }
+        pod.assign(sandbox.ips)
         return pod
     }
 

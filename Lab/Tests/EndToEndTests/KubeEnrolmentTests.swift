@@ -138,6 +138,33 @@ struct KubeEnrolmentTests {
         }
     }
 
+    @Test("a membership pass that waits on the API about one pod holds up no request; the pod is released once the API says it is gone")
+    func slowAPIHoldsNothingUp() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withKubeLab(nodes: 1) { lab in
+            let node = lab.nodes[0], server = try #require(lab.kube?.server)
+            try server.store.create(.namespace, namespace: nil, .object(["metadata": .object([
+                "name": .string("shop"), "labels": .object(["istio.io/dataplane-mode": .string("ambient")])])]))
+            _ = try lab.addPod(on: node, name: "a", namespace: "shop")
+            #expect(try enrolled(node) == ["a"])
+            // The watch says the pod is gone; the agent asks the API directly before it lets go,
+            // and the API is slow to answer that one question.
+            let path = "/api/v1/namespaces/shop/pods/a"
+            server.hold(path)
+            defer { server.release(path) }
+            _ = try server.store.delete(.pod, namespace: "shop", name: "a")
+            try waitFor("the agent asks the API about the pod", seconds: 30) { server.heldRequests > 0 }
+            // Meanwhile requests are answered at once, not after that GET's 5 s timeout.
+            let answer = try AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket, timeout: 3)
+            #expect(answer.status?.pods.map(\.pod) == ["shop/a"], "still enrolled while the API has not confirmed it gone")
+            _ = try lab.addPod(on: node, name: "b", namespace: "shop")
+            #expect(try enrolled(node).contains("b"))
+            server.release(path)
+            // The next pass (b's arrival started one; another comes every 30 s) hears it is gone.
+            try waitFor("released once the API confirms it gone", seconds: 45) { try enrolled(node) == ["b"] }
+        }
+    }
+
     @Test("a running pod the agent has no record of is found by its processes' cgroup when it is labelled")
     func unrecordedPod() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
