@@ -111,7 +111,9 @@ struct AgentRobustnessTests {
             let commands = Gen<String?>.element(of: ["ADD", "DEL", "CHECK", "VERSION", "GC", "", "add"]).map { $0 ?? "" }
             var answered = 0
             var codes: [Int: Int] = [:]
-            await propertyCheck(count: 150, input: commands, version, socket, prev, timeout, netns, Hostile.text) { command, version, sock, prevResult, timeout, ns, text in
+            // 300 cases: about 1 in 20 reaches the agent and is refused there (code 100); with 150
+            // a run once saw none, and the coverage check below failed by chance.
+            await propertyCheck(count: 300, input: commands, version, socket, prev, timeout, netns, Hostile.text) { command, version, sock, prevResult, timeout, ns, text in
                 let conf = "{\"cniVersion\":\(version),\"name\":\"lab-pods\",\"type\":\"redirect-cni\",\"agentSocket\":\(sock)," +
                     "\"agentTimeoutSeconds\":\(timeout),\"prevResult\":\(prevResult)}"
                 // Never the enrolled pod's UID: a hostile request may not change that pod.
@@ -129,7 +131,7 @@ struct AgentRobustnessTests {
                 codes[status == 0 ? 0 : out?["code"] as? Int ?? -1, default: 0] += 1
                 answered += 1
             }
-            #expect(answered >= 150)
+            #expect(answered >= 300)
             // The generator reached every layer: success, a bad configuration, an unsupported version,
             // and the agent itself refusing (so hostile requests did arrive at the agent).
             for code in [0, 1, 6, 100] { #expect(codes[code, default: 0] > 0, "outcome \(code) never seen: \(codes)") }
