@@ -2,6 +2,7 @@ import Dataplane
 import Foundation
 import Glibc
 import NodeLab
+import Synchronization
 import SystemCalls
 import Testing
 
@@ -52,5 +53,57 @@ struct PodAnnotationTests {
             try cl.capture.dataplane(pod.node).enroll(spec)
             #expect(try inboundCaptured(), "taken back: captured again")
         }
+    }
+
+    @Test("a simultaneous open between an app in a pod that bypasses inbound capture and a peer opens no uncaptured connection",
+          arguments: conformanceModes)
+    func simultaneousOpen(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            let pod = cl.meshed[0], peer = try cl.outsider(pod.node), dp = cl.capture.dataplane(pod.node)
+            var spec = cl.lab.podSpec(pod)
+            // The peer drops lone SYNs to its ports, so the pod's own SYN leaves its socket waiting in
+            // SYN_SENT (not reset) until the peer's SYN crosses it: a simultaneous open.
+            _ = try cl.lab.inNamespace(peer.netns, "iptables", ["-w", "-A", "INPUT", "-p", "tcp", "--dport", "9200:9299", "--tcp-flags", "SYN,ACK", "SYN", "-j", "DROP"])
+            // The presence: out of the mesh, both ends connect to each other and bytes flow.
+            try dp.remove(spec)
+            let open = try crossedConnect(pod, peer, podPort: 9101, peerPort: 9201)
+            #expect(open.podConnected && open.peerConnected && open.bytes == "from the pod", "the presence: a simultaneous open works here: \(open)")
+            // The attack: the pod bypasses inbound capture (the peer's SYN reaches its stack) and its
+            // own SYN finds no proxy to answer it (the proxy is down), which is the moment a
+            // simultaneous open needs.
+            spec.bypassInboundCapture = true
+            try dp.enroll(spec)
+            pod.node.proxy?.stop()
+            let attack = try crossedConnect(pod, peer, podPort: 9102, peerPort: 9202)
+            #expect(!attack.peerConnected && attack.bytes == nil, "no connection to the peer outside capture: \(attack)")
+            #expect(!attack.podConnected, "the app's connect() never completed uncaptured: \(attack)")
+        }
+    }
+
+    /// The pod and the peer connect to each other at once from fixed ports (the pod first); whether
+    /// each end connected, and what the peer read from the pod.
+    func crossedConnect(_ pod: LabPod, _ peer: LabPod, podPort: UInt16, peerPort: UInt16) throws -> (podConnected: Bool, peerConnected: Bool, bytes: String?) {
+        let podEnd = SocketAddress(pod.ip4, podPort), peerEnd = SocketAddress(peer.ip4, peerPort)
+        let podSocket = try pod.netns.run { try Socket(tcp: AF_INET) }, peerSocket = try peer.netns.run { try Socket(tcp: AF_INET) }
+        defer { podSocket.close(); peerSocket.close() }
+        for (s, end) in [(podSocket, podEnd), (peerSocket, peerEnd)] {
+            try s.setReuseAddress()
+            try s.bind(end)
+            try s.setTimeout(seconds: 4)
+        }
+        let podConnected = Mutex<Bool?>(nil)
+        let podSide = Thread { podConnected.withLock { $0 = (try? podSocket.connect(peerEnd)) != nil } }
+        podSide.start()
+        usleep(300_000) // the pod's SYN is out (dropped by the peer, or by capture)
+        let peerConnected = (try? peerSocket.connect(podEnd)) != nil
+        while podConnected.withLock({ $0 }) == nil { usleep(20_000) }
+        let pod = podConnected.withLock { $0 } ?? false
+        var bytes: String?
+        if pod {
+            try? podSocket.writeAll("from the pod\n")
+            bytes = peerConnected ? try? peerSocket.readLine() : nil
+        }
+        return (pod, peerConnected, bytes)
     }
 }
