@@ -31,19 +31,6 @@ struct KubeEnrolmentTests {
         try lab.kubectl(["get", "pod", pod.name, "-n", pod.identity.namespace, "-o", "jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}"])
     }
 
-    /// Whether a new outbound connection from `pod` reaches the proxy's 15001.
-    func captured(_ lab: Lab, from pod: LabPod, to dst: SocketAddress) throws -> Bool {
-        let before = try lab.proxyRecords(pod.node).filter { $0.listener == 15001 }.count
-        #expect(try request(lab, from: pod, to: dst).status == 200, "the connection works either way")
-        return try lab.proxyRecords(pod.node).filter { $0.listener == 15001 }.count > before
-    }
-
-    /// A GET that tolerates a loaded CI machine (a 3 s read once timed out there with nothing
-    /// captured yet), and says which request failed.
-    func request(_ lab: Lab, from pod: LabPod, to dst: SocketAddress) throws -> MiniHTTP.Response {
-        do { return try lab.request(from: pod, to: dst, timeout: 15) } catch { throw LabError("GET \(dst) from \(pod.name): \(error)") }
-    }
-
     @Test("kubectl label on a namespace enrols its running pod, on the pod takes it out again; the annotation follows", arguments: testedModes)
     func labelsDriveEnrolment(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
@@ -53,33 +40,29 @@ struct KubeEnrolmentTests {
             let peer = try lab.addPod(on: n2, name: "peer", namespace: "other")
             let dst = SocketAddress(try #require(peer.ipv4), Lab.httpPort)
             #expect(try enrolled(n1).isEmpty)
-            #expect(try !captured(lab, from: app, to: dst), "not labelled: not captured")
+            #expect(try !reachesProxy(lab, from: app, to: dst), "not labelled: not captured")
 
             _ = try lab.kubectl(["label", "namespace", "shop", "istio.io/dataplane-mode=ambient"])
             try waitFor("the agent enrols the running pod", seconds: 30) { try enrolled(n1) == ["shop-app"] }
-            #expect(try captured(lab, from: app, to: dst), "labelled namespace: captured")
+            #expect(try reachesProxy(lab, from: app, to: dst), "labelled namespace: captured")
             try waitFor("the pod's annotation says enabled", seconds: 30) { try annotation(lab, app) == "enabled" }
 
             // Istio's per-pod annotation, set with kubectl on the running pod: inbound goes direct.
             let inward = SocketAddress(try #require(app.ipv4), Lab.httpPort)
-            func inboundCaptured() throws -> Bool {
-                let before = try lab.proxyRecords(n1).filter { $0.listener == 15006 }.count
-                #expect(try request(lab, from: peer, to: inward).status == 200)
-                return try lab.proxyRecords(n1).filter { $0.listener == 15006 }.count > before
-            }
+            func inboundCaptured() throws -> Bool { try reachesProxy(lab, from: peer, to: inward, listener: 15006, node: n1) }
             #expect(try inboundCaptured(), "the presence: inbound is captured")
             _ = try lab.kubectl(["annotate", "pod", "shop-app", "-n", "shop", "ambient.istio.io/bypass-inbound-capture=true"])
             try waitFor("inbound capture is bypassed", seconds: 30) { try !inboundCaptured() }
-            #expect(try captured(lab, from: app, to: dst), "outbound still captured")
+            #expect(try reachesProxy(lab, from: app, to: dst), "outbound still captured")
 
             // A pod created in the labelled namespace is enrolled at its ADD.
             let second = try lab.addPod(on: n1, name: "shop-app-2", namespace: "shop")
             #expect(try enrolled(n1) == ["shop-app", "shop-app-2"])
-            #expect(try captured(lab, from: second, to: dst))
+            #expect(try reachesProxy(lab, from: second, to: dst))
 
             _ = try lab.kubectl(["label", "pod", "shop-app", "-n", "shop", "istio.io/dataplane-mode=none"])
             try waitFor("the agent releases the pod", seconds: 30) { try enrolled(n1) == ["shop-app-2"] }
-            #expect(try !captured(lab, from: app, to: dst), "opted out: not captured")
+            #expect(try !reachesProxy(lab, from: app, to: dst), "opted out: not captured")
             try waitFor("the annotation is removed", seconds: 30) { try annotation(lab, app).isEmpty }
 
             _ = try lab.kubectl(["delete", "pod", "shop-app-2", "-n", "shop"])

@@ -33,3 +33,15 @@ func processes(mentioning text: String) throws -> [String] {
     guard r.status == 0 || r.status == 1 else { throw LabError("pgrep failed: \(r.stderr)") }
     return r.stdout.split(separator: "\n").map(String.init)
 }
+
+/// Whether a new connection from `pod` to `dst` (an HTTP GET that must succeed either way) reaches
+/// the proxy of `node` (the source's node by default) on `listener`. The GET waits up to 15 s: a
+/// loaded CI machine once took longer than 3 s to answer one with nothing captured.
+func reachesProxy(_ lab: Lab, from pod: LabPod, to dst: SocketAddress, listener: UInt16 = 15001, node: LabNode? = nil) throws -> Bool {
+    let proxyNode = node ?? pod.node
+    let before = try lab.proxyRecords(proxyNode).filter { $0.listener == listener }.count
+    let r: MiniHTTP.Response
+    do { r = try lab.request(from: pod, to: dst, timeout: 15) } catch { throw LabError("GET \(dst) from \(pod.name): \(error)") }
+    #expect(r.status == 200, "the connection works either way")
+    return try lab.proxyRecords(proxyNode).filter { $0.listener == listener }.count > before
+}

@@ -36,25 +36,14 @@ struct RuntimeEnrolmentTests {
             #expect(state.pods[plain.identity.uid] == nil && state.known.values.contains { $0.uid == plain.identity.uid },
                     "a pod outside the mesh is known, not enrolled")
 
-            #expect(try captured(lab, from: app, to: dst, listener: 15001), "outbound from the meshed sandbox is captured")
-            #expect(try !captured(lab, from: plain, to: dst, listener: 15001), "the other sandbox is left alone")
-            #expect(try captured(lab, from: peer, to: SocketAddress(try #require(app.ipv4), Lab.httpPort), listener: 15006, node: n1),
+            #expect(try reachesProxy(lab, from: app, to: dst, listener: 15001), "outbound from the meshed sandbox is captured")
+            #expect(try !reachesProxy(lab, from: plain, to: dst, listener: 15001), "the other sandbox is left alone")
+            #expect(try reachesProxy(lab, from: peer, to: SocketAddress(try #require(app.ipv4), Lab.httpPort), listener: 15006, node: n1),
                     "inbound to the meshed sandbox is captured")
 
             try lab.removePod(app) // StopPodSandbox: containerd's DEL
             let after = try StateStore(path: "\(n1.agentDirectory)/state.json").load()
             #expect(after.pods[app.identity.uid] == nil, "the runtime's DEL released the pod")
         }
-    }
-
-    /// Whether a new connection from `pod` to `dst` reaches `node`'s proxy (the source's node by
-    /// default) on `listener`.
-    func captured(_ lab: Lab, from pod: LabPod, to dst: SocketAddress, listener: UInt16, node: LabNode? = nil) throws -> Bool {
-        let proxyNode = node ?? pod.node
-        let before = try lab.proxyRecords(proxyNode).filter { $0.listener == listener }.count
-        let r: MiniHTTP.Response
-        do { r = try lab.request(from: pod, to: dst, timeout: 15) } catch { throw LabError("GET \(dst) from \(pod.name): \(error)") }
-        #expect(r.status == 200, "the connection works either way")
-        return try lab.proxyRecords(proxyNode).filter { $0.listener == listener }.count > before
     }
 }
