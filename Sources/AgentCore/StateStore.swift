@@ -106,22 +106,29 @@ public final class StateStore: Sendable {
     public func save(_ state: AgentState) throws {
         try written.withLock { last in
             if let previous = last, previous.lines < compactAfter {
-                try append(StateChange(from: previous.state, to: state, generation: previous.generation))
+                do {
+                    try append(StateChange(from: previous.state, to: state, generation: previous.generation))
+                } catch {
+                    last = nil // the next save writes a whole snapshot, whatever the journal holds now
+                    throw error
+                }
                 last = Written(state: state, generation: previous.generation, lines: previous.lines + 1)
                 return
             }
             let generation = (last?.generation ?? (try? Self.read(path: path, journal: journalPath).generation) ?? 0) + 1
             try writeSnapshot(Snapshot(generation: generation, state: state))
-            try truncateJournal()
+            try emptyJournal()
             last = Written(state: state, generation: generation, lines: 0)
         }
     }
 
-    /// Removes the snapshot and the journal.
+    /// Removes the snapshot, then the journal (a crash in between leaves a journal no snapshot
+    /// generation matches, so nothing), and syncs the directory.
     public func remove() {
         written.withLock { $0 = nil }
-        unlink(journalPath)
         unlink(path)
+        unlink(journalPath)
+        syncDirectory((path as NSString).deletingLastPathComponent)
     }
 
     // MARK: files
@@ -149,8 +156,9 @@ public final class StateStore: Sendable {
         if let data = FileManager.default.contents(atPath: path) { snapshot = try decoder.decode(Snapshot.self, from: data) }
         let lines = (FileManager.default.contents(atPath: journal) ?? Data()).split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
         for line in lines {
-            // Only the last line can be torn (a crash mid-append); nothing follows it.
-            guard let change = try? decoder.decode(StateChange.self, from: Data(line)) else { break }
+            // A torn line (a crash mid-append) is skipped: the writer counted it as not written,
+            // so the next line changes the state from before it.
+            guard let change = try? decoder.decode(StateChange.self, from: Data(line)) else { continue }
             if change.generation == snapshot.generation { change.apply(to: &snapshot.state) }
         }
         return (snapshot.state, snapshot.generation)
@@ -177,21 +185,33 @@ public final class StateStore: Sendable {
         syncDirectory(dir)
     }
 
+    /// Appends one line and syncs it. The journal exists (``emptyJournal()`` made it, durably);
+    /// a line that fails part-way is cut off again, so the next one starts on a line of its own.
     private func append(_ change: StateChange) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         enc.dateEncodingStrategy = .iso8601
         let line = try enc.encode(change) + Data("\n".utf8)
-        let fd = open(journalPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        let fd = open(journalPath, O_WRONLY | O_APPEND | O_CLOEXEC)
         guard fd >= 0 else { throw AgentError(.io, "cannot open \(journalPath): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        let n = line.withUnsafeBytes { raw in (fchmod(fd, 0o600), write(fd, raw.baseAddress, raw.count)).1 }
-        guard n == line.count, fdatasync(fd) == 0 else { throw AgentError(.io, "cannot append to \(journalPath): \(String(cString: strerror(errno)))") }
+        let end = lseek(fd, 0, SEEK_END)
+        let n = line.withUnsafeBytes { raw in write(fd, raw.baseAddress, raw.count) }
+        guard n == line.count, fdatasync(fd) == 0 else {
+            let why = String(cString: strerror(errno))
+            if end >= 0 { _ = ftruncate(fd, end) }
+            throw AgentError(.io, "cannot append to \(journalPath): \(why)")
+        }
     }
 
-    private func truncateJournal() throws {
-        guard FileManager.default.fileExists(atPath: journalPath) else { return }
-        guard truncate(journalPath, 0) == 0 else { throw AgentError(.io, "cannot truncate \(journalPath): \(String(cString: strerror(errno)))") }
+    /// An empty journal, mode 0600, synced with its directory, after each snapshot: appends never
+    /// create the file, whose directory entry a crash could otherwise lose.
+    private func emptyJournal() throws {
+        let fd = open(journalPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AgentError(.io, "cannot create \(journalPath): \(String(cString: strerror(errno)))") }
+        let ok = fchmod(fd, 0o600) == 0 && fsync(fd) == 0
+        close(fd)
+        guard ok else { throw AgentError(.io, "cannot sync \(journalPath): \(String(cString: strerror(errno)))") }
         syncDirectory((path as NSString).deletingLastPathComponent)
     }
 

@@ -94,10 +94,12 @@ public enum LinkAttach {
             try bpfCheck("update link \(pinPath)", bpf_link_update(link, program.fd, nil))
             return
         }
-        unlink(pinPath)
+        // The new link goes in before the old pin goes: if the old one was live after all (its
+        // check failed for another reason), the device is never without the program.
         let link = try bpfCheck("tcx attach \(program.name) on ifindex \(ifindex)", cshim_link_create_tcx(program.fd, ifindex, ingress ? 1 : 0))
         defer { close(link) }
         try FileManager.default.createDirectory(atPath: (pinPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        unlink(pinPath)
         try bpfCheck("pin link \(pinPath)", bpf_obj_pin(link, pinPath))
     }
 

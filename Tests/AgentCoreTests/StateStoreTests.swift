@@ -79,23 +79,46 @@ struct StateStoreTests {
     @Test("lines a newer snapshot already holds (a crash before the journal was emptied) are skipped")
     func staleLines() throws {
         try withDirectory { path in
-            let store = StateStore(path: path, compactAfter: 3)
+            let store = StateStore(path: path, compactAfter: 2)
+            var state = AgentState()
+            try store.save(state)
+            state.pods["uid-9"] = pod(9)
+            try store.save(state) // line 1: uid-9 enrolled
+            let oldJournal = try Data(contentsOf: URL(fileURLWithPath: store.journalPath))
+            state.pods["uid-9"] = nil
+            try store.save(state) // line 2: uid-9 removed
+            state.pods["uid-1"] = pod(1)
+            try store.save(state) // the third since the snapshot: a new snapshot, journal emptied
+            #expect(lines(store.journalPath) == 0)
+            // As if the process had died between the new snapshot and emptying the journal, with
+            // only its first line on disk: replayed, it would bring the removed pod back.
+            try oldJournal.write(to: URL(fileURLWithPath: store.journalPath))
+            #expect(try StateStore(path: path).load() == state, "older lines must not undo the snapshot")
+        }
+    }
+
+    @Test("a line cut short mid-journal (a failed write) is skipped, and the lines after it still apply")
+    func tornMiddleLine() throws {
+        try withDirectory { path in
+            let store = StateStore(path: path)
             var state = AgentState()
             try store.save(state)
             state.pods["uid-1"] = pod(1)
             try store.save(state)
-            var changed = pod(1)
-            changed.netnsID = "changed"
-            state.pods["uid-1"] = changed
-            try store.save(state)
-            let oldJournal = try Data(contentsOf: URL(fileURLWithPath: store.journalPath))
             state.pods["uid-2"] = pod(2)
             try store.save(state)
-            try store.save(state) // the fourth since the snapshot: a new snapshot, journal emptied
-            #expect(lines(store.journalPath) == 0)
-            // As if the process had died between the new snapshot and emptying the journal.
-            try oldJournal.write(to: URL(fileURLWithPath: store.journalPath))
-            #expect(try StateStore(path: path).load() == state, "older lines must not undo the snapshot")
+            // A write of the uid-2 line that failed part-way, the journal not cut back: the next
+            // (successful) save diffs from the state before it, so it carries uid-2 again.
+            var text = try String(contentsOfFile: store.journalPath, encoding: .utf8)
+            let lines = text.split(separator: "\n")
+            text = lines[0] + "\n" + lines[1].prefix(30) + lines[1] + "\n"
+            try text.write(toFile: store.journalPath, atomically: false, encoding: .utf8)
+            state.pods["uid-3"] = pod(3)
+            try store.save(state) // a line after it: adds uid-3 only
+            var expected = AgentState()
+            expected.pods["uid-1"] = pod(1)
+            expected.pods["uid-3"] = pod(3)
+            #expect(try StateStore(path: path).load() == expected, "the glued line is skipped; the lines around it apply")
         }
     }
 

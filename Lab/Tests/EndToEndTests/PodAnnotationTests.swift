@@ -68,6 +68,7 @@ struct PodAnnotationTests {
             // The presence: out of the mesh, both ends connect to each other and bytes flow.
             try dp.remove(spec)
             let open = try crossedConnect(pod, peer, podPort: 9101, peerPort: 9201)
+            #expect(open.podPending, "the pod's connect() was still waiting when the peer's SYN crossed it")
             #expect(open.podConnected && open.peerConnected && open.bytes == "from the pod", "the presence: a simultaneous open works here: \(open)")
             // The attack: the pod bypasses inbound capture (the peer's SYN reaches its stack) and its
             // own SYN finds no proxy to answer it (the proxy is down), which is the moment a
@@ -76,6 +77,9 @@ struct PodAnnotationTests {
             try dp.enroll(spec)
             pod.node.proxy?.stop()
             let attack = try crossedConnect(pod, peer, podPort: 9102, peerPort: 9202)
+            // ebpf: the app's SYN, captured, meets no proxy and is dropped, so the crossing happens;
+            // iptables: the REDIRECT to the absent proxy resets it at once, so it cannot.
+            #expect(attack.podPending == (mode == .ebpf), "\(attack)")
             #expect(!attack.peerConnected && attack.bytes == nil, "no connection to the peer outside capture: \(attack)")
             #expect(!attack.podConnected, "the app's connect() never completed uncaptured: \(attack)")
         }
@@ -83,7 +87,8 @@ struct PodAnnotationTests {
 
     /// The pod and the peer connect to each other at once from fixed ports (the pod first); whether
     /// each end connected, and what the peer read from the pod.
-    func crossedConnect(_ pod: LabPod, _ peer: LabPod, podPort: UInt16, peerPort: UInt16) throws -> (podConnected: Bool, peerConnected: Bool, bytes: String?) {
+    func crossedConnect(_ pod: LabPod, _ peer: LabPod, podPort: UInt16, peerPort: UInt16)
+        throws -> (podPending: Bool, podConnected: Bool, peerConnected: Bool, bytes: String?) {
         let podEnd = SocketAddress(pod.ip4, podPort), peerEnd = SocketAddress(peer.ip4, peerPort)
         let podSocket = try pod.netns.run { try Socket(tcp: AF_INET) }, peerSocket = try peer.netns.run { try Socket(tcp: AF_INET) }
         defer { podSocket.close(); peerSocket.close() }
@@ -93,9 +98,13 @@ struct PodAnnotationTests {
             try s.setTimeout(seconds: 4)
         }
         let podConnected = Mutex<Bool?>(nil)
-        let podSide = Thread { podConnected.withLock { $0 = (try? podSocket.connect(peerEnd)) != nil } }
+        let podSide = Thread {
+            let ok = (try? podSocket.connect(peerEnd)) != nil // not under the lock: it waits
+            podConnected.withLock { $0 = ok }
+        }
         podSide.start()
         usleep(300_000) // the pod's SYN is out (dropped by the peer, or by capture)
+        let podPending = podConnected.withLock { $0 } == nil
         let peerConnected = (try? peerSocket.connect(podEnd)) != nil
         while podConnected.withLock({ $0 }) == nil { usleep(20_000) }
         let pod = podConnected.withLock { $0 } ?? false
@@ -104,6 +113,6 @@ struct PodAnnotationTests {
             try? podSocket.writeAll("from the pod\n")
             bytes = peerConnected ? try? peerSocket.readLine() : nil
         }
-        return (pod, peerConnected, bytes)
+        return (podPending, pod, peerConnected, bytes)
     }
 }
