@@ -21,6 +21,17 @@ struct StateStoreTests {
         return EnrolledPod(spec: spec, enrolledAt: Date(timeIntervalSince1970: Double(n)), netnsID: "id-\(n)")
     }
 
+    /// A snapshot of the empty state, then one journal line per pod of `numbers` added; the state saved last.
+    func enrolOneByOne(_ store: StateStore, _ numbers: [Int]) throws -> AgentState {
+        var state = AgentState()
+        try store.save(state)
+        for n in numbers {
+            state.pods["uid-\(n)"] = pod(n)
+            try store.save(state)
+        }
+        return state
+    }
+
     func lines(_ path: String) -> Int {
         ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").count
     }
@@ -62,11 +73,8 @@ struct StateStoreTests {
     func tornLine() throws {
         try withDirectory { path in
             let store = StateStore(path: path)
-            var state = AgentState()
-            try store.save(state)
-            state.pods["uid-1"] = pod(1)
-            try store.save(state)
-            let before = state
+            let before = try enrolOneByOne(store, [1])
+            var state = before
             state.pods["uid-2"] = pod(2)
             try store.save(state)
             let text = try String(contentsOfFile: store.journalPath, encoding: .utf8)
@@ -101,12 +109,7 @@ struct StateStoreTests {
     func tornMiddleLine() throws {
         try withDirectory { path in
             let store = StateStore(path: path)
-            var state = AgentState()
-            try store.save(state)
-            state.pods["uid-1"] = pod(1)
-            try store.save(state)
-            state.pods["uid-2"] = pod(2)
-            try store.save(state)
+            var state = try enrolOneByOne(store, [1, 2])
             // A write of the uid-2 line that failed part-way, the journal not cut back: the next
             // (successful) save diffs from the state before it, so it carries uid-2 again.
             var text = try String(contentsOfFile: store.journalPath, encoding: .utf8)
@@ -149,10 +152,7 @@ struct StateStoreTests {
     func removeAll() throws {
         try withDirectory { path in
             let store = StateStore(path: path)
-            var state = AgentState()
-            try store.save(state)
-            state.pods["uid-1"] = pod(1)
-            try store.save(state)
+            _ = try enrolOneByOne(store, [1])
             store.remove()
             #expect(!FileManager.default.fileExists(atPath: path) && !FileManager.default.fileExists(atPath: store.journalPath))
             #expect(try store.load() == AgentState())
