@@ -62,7 +62,7 @@ let lab: [Target] = [
     .target(name: "NodeLab", dependencies: ["SystemCalls", "Dataplane", "MeshProxy", "BPFLoader", "AgentAPI", "KubeStandIn"], path: "Lab/Sources/NodeLab"),
     // `lab-app`: the workload in each lab pod.
     .executableTarget(name: "LabApp", dependencies: [
-        "SystemCalls", "NodeLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        "SystemCalls", "NodeLab", "MeshProxy", .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], path: "Lab/Sources/LabApp"),
     // The lab's Kubernetes API server (no kube-apiserver runs here): pods and namespaces over HTTPS.
     .target(name: "KubeStandIn", dependencies: [

@@ -131,3 +131,22 @@ struct {
     __type(value, __u32);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_connecting_sockets SEC(".maps");
+
+/* Pods' namespaces whose DNS is captured, by netns cookie (struct ra_dns_pod); written by the
+ * agent as it enrols a pod, read by the node's socket hooks. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, RA_MAX_PODS);
+    __type(key, __u64);
+    __type(value, struct ra_dns_pod);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_dns_netns SEC(".maps");
+
+/* Where each redirected DNS socket's query really went (struct ra_dns_origin). Freed with the socket. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct ra_dns_origin);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_dns_origins SEC(".maps");

@@ -10,6 +10,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
+#include <linux/udp.h>
 #include "redirect_abi.h"
 
 #define RA_TCP_FLAG_SYN 0x02
@@ -30,6 +31,8 @@ struct ra_flow {
     __u16 dport;       /* network order */
     __u8 flags;        /* TCP flags byte */
     __u8 fragment;     /* 1 when the packet is a fragment */
+    __u8 proto;        /* the transport (IPPROTO_*); for UDP only `dport` is filled, when its header is there */
+    __u8 udp_unread;   /* UDP whose header could not be read though the packet should carry one */
     __u32 l3_off;
     __u32 l4_off;
     __u32 payload;     /* TCP payload bytes */
@@ -128,7 +131,20 @@ static __always_inline int ra_parse(struct __sk_buff *skb, struct ra_flow *f)
     } else {
         return RA_PASS; /* ARP and other non-IP frames never reach TCP */
     }
+    f->proto = proto;
     int verdict = ra_transport_verdict(proto, f->family);
+    if (proto == IPPROTO_UDP) {
+        /* For DNS capture's egress check. A later IPv4 fragment has no header (and is useless
+         * without the first); any other datagram whose header is out of reach may be a query. */
+        int later = f->family == RA_FAMILY_INET && (((struct iphdr *)(data + sizeof(*eth)))->frag_off & bpf_htons(0x1fff));
+        struct udphdr *udp = data + f->l4_off;
+        if (later)
+            ;
+        else if ((void *)(udp + 1) <= end)
+            f->dport = udp->dest;
+        else
+            f->udp_unread = 1;
+    }
     if (verdict != RA_TCP)
         return verdict;
     if (f->fragment) {

@@ -9,6 +9,8 @@
  *   cg_node_connect4, cg_node_connect6  the node's cgroup root: a kubelet connect() to an in-mesh
  *                   pod is bound to the probe IP
  *   sockops_node    the node's cgroup root: records that connection as a probe flow
+ *   cg_pod_connect4/6, cg_pod_sendmsg4/6, cg_pod_recvmsg4/6, cg_pod_getpeername4/6  the node's cgroup
+ *                   root, for sockets in pods' namespaces: DNS capture (dns.h)
  *   lsm_pod_socket_create, lsm_pod_setsockopt  the node's security hooks (BPF LSM): no socket in a
  *                   meshed pod may send past the tc programs
  * Nothing is attached to the host side of a pod's veth: the primary CNI owns it.
@@ -24,6 +26,7 @@
 #include "node_probe.h"
 #include "netfilter.h"
 #include "lsm.h"
+#include "dns.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -132,7 +135,7 @@ int tc_pod_egress(struct __sk_buff *skb)
     struct ra_flow f;
     int verdict = ra_parse_pod(skb, &f, 0);
     if (verdict == RA_PASS)
-        return TC_ACT_OK;
+        return ra_dns_uncaptured(skb, cfg, &f) ? TC_ACT_SHOT : TC_ACT_OK;
     if (verdict != RA_TCP)
         return TC_ACT_SHOT;
     if (ra_is_proxy(skb, cfg, &f)) {
@@ -547,6 +550,65 @@ int sockops_node(struct bpf_sock_ops *ctx)
     bpf_map_update_elem(&ra_probe_flows, &k, &v, BPF_ANY);
     bpf_sock_ops_cb_flags_set(ctx, BPF_SOCK_OPS_STATE_CB_FLAG); /* to hear when it closes */
     ra_count(pod, RA_PROBE_SNAT);
+    return 1;
+}
+
+/* DNS capture (dns.h): the pods' socket hooks, on the node's cgroup root beside the node's own
+ * programs. Each acts only for sockets in the namespace of a pod with DNS capture (or, for the
+ * answers, sockets whose query it redirected) and never refuses a call. */
+SEC("cgroup/connect4")
+int cg_pod_connect4(struct bpf_sock_addr *ctx)
+{
+    ra_dns_redirect4(ctx);
+    return 1;
+}
+
+SEC("cgroup/connect6")
+int cg_pod_connect6(struct bpf_sock_addr *ctx)
+{
+    ra_dns_redirect6(ctx);
+    return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int cg_pod_sendmsg4(struct bpf_sock_addr *ctx)
+{
+    ra_dns_redirect4(ctx);
+    return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int cg_pod_sendmsg6(struct bpf_sock_addr *ctx)
+{
+    ra_dns_redirect6(ctx);
+    return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int cg_pod_recvmsg4(struct bpf_sock_addr *ctx)
+{
+    ra_dns_restore4(ctx);
+    return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int cg_pod_recvmsg6(struct bpf_sock_addr *ctx)
+{
+    ra_dns_restore6(ctx);
+    return 1;
+}
+
+SEC("cgroup/getpeername4")
+int cg_pod_getpeername4(struct bpf_sock_addr *ctx)
+{
+    ra_dns_restore4(ctx);
+    return 1;
+}
+
+SEC("cgroup/getpeername6")
+int cg_pod_getpeername6(struct bpf_sock_addr *ctx)
+{
+    ra_dns_restore6(ctx);
     return 1;
 }
 

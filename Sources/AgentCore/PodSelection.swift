@@ -10,10 +10,15 @@ public let rerouteVirtualInterfacesAnnotation = "istio.io/reroute-virtual-interf
 /// Istio's pod annotation that turns inbound capture off for the pod (`"true"`); outbound stays captured.
 public let bypassInboundCaptureAnnotation = "ambient.istio.io/bypass-inbound-capture"
 
+/// Istio's pod annotation that turns DNS capture on (`"true"`) or off (`"false"`) for the pod,
+/// whatever the node's setting.
+public let dnsCaptureAnnotation = "ambient.istio.io/dns-capture"
+
 /// The parts of a pod's capture its annotations decide.
 func applyAnnotations(_ annotations: [String: String], to spec: inout PodSpec) throws {
     spec.rerouteInterfaces = try RequestValidation.rerouteInterfaces(annotations[rerouteVirtualInterfacesAnnotation])
     spec.bypassInboundCapture = annotations[bypassInboundCaptureAnnotation] == "true"
+    spec.dnsCapture = RequestValidation.dnsCapture(annotations[dnsCaptureAnnotation])
 }
 
 /// Decides whether a pod is in the mesh. One seam: today labels come from CNI_ARGS or a

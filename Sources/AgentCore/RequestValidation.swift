@@ -54,6 +54,17 @@ public enum RequestValidation {
         return unique
     }
 
+    /// The pod's DNS capture setting from `ambient.istio.io/dns-capture`: the values Go's
+    /// strconv.ParseBool takes ("true", "false", "1", "0", ...), as Istio reads it; anything else
+    /// (or no annotation) leaves the node's setting.
+    public static func dnsCapture(_ annotation: String?) -> Bool? {
+        switch annotation {
+        case "1", "t", "T", "TRUE", "true", "True": true
+        case "0", "f", "F", "FALSE", "false", "False": false
+        default: nil
+        }
+    }
+
     /// Parses and bounds the addresses: each a host address or `address/length`, none reserved,
     /// duplicates folded, at most `perFamily` of each family, at least one.
     static func addresses(_ texts: [String], perFamily: Int) throws -> [IPAddress] {

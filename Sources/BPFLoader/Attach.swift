@@ -166,12 +166,30 @@ public enum LinkAttach {
         case connect6
         /// TCP socket events (sockops).
         case sockOps
+        /// sendmsg() of unconnected IPv4 UDP sockets.
+        case sendmsg4
+        /// sendmsg() of unconnected IPv6 UDP sockets.
+        case sendmsg6
+        /// recvmsg() of IPv4 UDP sockets (the source address it reports).
+        case recvmsg4
+        /// recvmsg() of IPv6 UDP sockets.
+        case recvmsg6
+        /// getpeername() of IPv4 sockets.
+        case getpeername4
+        /// getpeername() of IPv6 sockets.
+        case getpeername6
 
         var attachType: bpf_attach_type {
             switch self {
             case .connect4: BPF_CGROUP_INET4_CONNECT
             case .connect6: BPF_CGROUP_INET6_CONNECT
             case .sockOps: BPF_CGROUP_SOCK_OPS
+            case .sendmsg4: BPF_CGROUP_UDP4_SENDMSG
+            case .sendmsg6: BPF_CGROUP_UDP6_SENDMSG
+            case .recvmsg4: BPF_CGROUP_UDP4_RECVMSG
+            case .recvmsg6: BPF_CGROUP_UDP6_RECVMSG
+            case .getpeername4: BPF_CGROUP_INET4_GETPEERNAME
+            case .getpeername6: BPF_CGROUP_INET6_GETPEERNAME
             }
         }
     }

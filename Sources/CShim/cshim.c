@@ -51,6 +51,7 @@ int cshim_errno(void) { return errno; }
 int cshim_gettid(void) { return (int)syscall(SYS_gettid); }
 int cshim_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
 int cshim_sock_stream(void) { return SOCK_STREAM; }
+int cshim_sock_dgram(void) { return SOCK_DGRAM; }
 int cshim_sock_seqpacket(void) { return SOCK_SEQPACKET; }
 int cshim_sock_cloexec(void) { return SOCK_CLOEXEC; }
 

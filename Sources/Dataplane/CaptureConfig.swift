@@ -38,8 +38,9 @@ public struct CaptureConfig: Sendable, Equatable, Codable {
     public var probeIPv4: IPAddress = IPAddress("169.254.7.127")!
     /// The IPv6 source kubelet probes are SNATed to.
     public var probeIPv6: IPAddress = IPAddress("fd16:9254:7127:1337:ffff:ffff:ffff:ffff")!
-    /// Capture DNS (UDP and TCP 53) to the proxy's DNS port.
-    public var dnsCapture = false
+    /// Capture DNS (UDP and TCP 53) to the proxy's DNS port, unless a pod says otherwise
+    /// (``PodSpec/dnsCapture``). On by default, as in Istio since 1.25.
+    public var dnsCapture = true
     /// Prefix of every chain: `ISTIO` gives ISTIO_PRERT, ISTIO_OUTPUT, ISTIO_POSTRT.
     public var chainPrefix = "ISTIO"
     /// Prefix of the node's ipsets of in-mesh pod IPs (`-v4`/`-v6` appended).
@@ -62,6 +63,9 @@ public struct CaptureConfig: Sendable, Equatable, Codable {
 
     /// Istio's defaults.
     public init() {}
+
+    /// Whether `pod`'s DNS is captured: its own setting, else the node's.
+    public func capturesDNS(_ pod: PodSpec) -> Bool { pod.dnsCapture ?? dnsCapture }
 
     /// The probe IP of `family` (AF_INET or AF_INET6).
     public func probeIP(ipv6: Bool) -> IPAddress { ipv6 ? probeIPv6 : probeIPv4 }

@@ -20,16 +20,20 @@ public struct PodSpec: Sendable, Codable, Hashable {
     /// Inbound traffic is not captured, only outbound (Istio's `ambient.istio.io/bypass-inbound-capture: "true"`,
     /// for pods such as ingress gateways that take outside traffic themselves).
     public var bypassInboundCapture: Bool
+    /// DNS capture for this pod (Istio's `ambient.istio.io/dns-capture`: "true" or "false"); nil:
+    /// the node's setting (``CaptureConfig/dnsCapture``).
+    public var dnsCapture: Bool?
 
     /// Creates a spec.
     public init(uid: String, name: String, namespace: String, netns: String, ips: [IPAddress], interface: String = "eth0",
-                rerouteInterfaces: [String] = [], bypassInboundCapture: Bool = false) {
+                rerouteInterfaces: [String] = [], bypassInboundCapture: Bool = false, dnsCapture: Bool? = nil) {
         self.uid = uid; self.name = name; self.namespace = namespace; self.netns = netns; self.ips = ips; self.interface = interface
         self.rerouteInterfaces = rerouteInterfaces
         self.bypassInboundCapture = bypassInboundCapture
+        self.dnsCapture = dnsCapture
     }
 
-    private enum CodingKeys: String, CodingKey { case uid, name, namespace, netns, ips, interface, rerouteInterfaces, bypassInboundCapture }
+    private enum CodingKeys: String, CodingKey { case uid, name, namespace, netns, ips, interface, rerouteInterfaces, bypassInboundCapture, dnsCapture }
 
     /// Decodes a spec; state files written before `rerouteInterfaces` existed have none.
     public init(from decoder: any Decoder) throws {
@@ -38,7 +42,8 @@ public struct PodSpec: Sendable, Codable, Hashable {
                   namespace: try c.decode(String.self, forKey: .namespace), netns: try c.decode(String.self, forKey: .netns),
                   ips: try c.decode([IPAddress].self, forKey: .ips), interface: try c.decode(String.self, forKey: .interface),
                   rerouteInterfaces: try c.decodeIfPresent([String].self, forKey: .rerouteInterfaces) ?? [],
-                  bypassInboundCapture: try c.decodeIfPresent(Bool.self, forKey: .bypassInboundCapture) ?? false)
+                  bypassInboundCapture: try c.decodeIfPresent(Bool.self, forKey: .bypassInboundCapture) ?? false,
+                  dnsCapture: try c.decodeIfPresent(Bool.self, forKey: .dnsCapture))
     }
 
     /// Whether the pod has an IPv6 address.

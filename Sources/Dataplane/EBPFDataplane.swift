@@ -79,6 +79,14 @@ public final class EBPFDataplane: Dataplane, Sendable {
     /// The node's socket programs and where each hooks in, on the cgroup root.
     public static let nodePrograms: [(name: String, hook: LinkAttach.CgroupHook)] = [
         ("cg_node_connect4", .connect4), ("cg_node_connect6", .connect6), ("sockops_node", .sockOps),
+    ] + dnsPrograms
+
+    /// The pods' DNS capture hooks, on the same cgroup root: they act only on sockets in the
+    /// namespaces of pods with DNS capture (``MapSync/setDNSCapture(netnsCookie:podIndex:)``).
+    public static let dnsPrograms: [(name: String, hook: LinkAttach.CgroupHook)] = [
+        ("cg_pod_connect4", .connect4), ("cg_pod_connect6", .connect6), ("cg_pod_sendmsg4", .sendmsg4),
+        ("cg_pod_sendmsg6", .sendmsg6), ("cg_pod_recvmsg4", .recvmsg4), ("cg_pod_recvmsg6", .recvmsg6),
+        ("cg_pod_getpeername4", .getpeername4), ("cg_pod_getpeername6", .getpeername6),
     ]
 
     /// The node device that holds the probe IPs as local (/32, /128) addresses, so the pods' replies
@@ -127,7 +135,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     static func kernelConfig(_ c: CaptureConfig) -> KernelConfig {
         KernelConfig(probeIPv4: c.probeIPv4, probeIPv6: c.probeIPv6, outboundPort: c.outboundPort, inboundPort: c.inboundPort,
-                     tunnelPort: c.tunnelPort, proxyMark: c.proxyMark, markMask: c.markMask, captureMark: c.connMark,
+                     tunnelPort: c.tunnelPort, dnsPort: c.dnsPort, proxyMark: c.proxyMark, markMask: c.markMask, captureMark: c.connMark,
                      proxyCgroup: c.proxyUnknown ? Self.noCgroup : c.proxyCgroup?.id ?? 0, kubeletCgroup: c.kubeletCgroup?.id ?? 0)
     }
 
@@ -283,13 +291,16 @@ public final class EBPFDataplane: Dataplane, Sendable {
             var flags = earlier?.flags ?? 0
             if attached.createdClsact { flags |= UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) }
             if attached.setAcceptLocal { flags |= UInt32(RA_POD_SET_ACCEPT_LOCAL.rawValue) }
-            let bypass = UInt32(RA_POD_BYPASS_INBOUND.rawValue)
+            let bypass = UInt32(RA_POD_BYPASS_INBOUND.rawValue), dns = UInt32(RA_POD_DNS_CAPTURE.rawValue)
             flags = pod.bypassInboundCapture ? flags | bypass : flags & ~bypass
+            let capturesDNS = config.capturesDNS(pod)
+            flags = capturesDNS ? flags | dns : flags & ~dns
             // Recorded before anything changes, so a failure below, a crash, or a removal later
             // undoes exactly what is ours (undoing a change not yet made is harmless).
             var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: earlier?.host_ifindex ?? 0, flags: flags)
             if pod.bypassInboundCapture { try maps.setBypassLookup(true) } // before the pod's entry says so
             try maps.upsert(entry)
+            try setDNSCapture(capturesDNS, netnsCookie: attached.netnsCookie, index: index)
             if let existing = attached.existing { keep(existing, pod, index: index) }
             try watcher.watch(pod) // before attaching: an interface that appears from now on is seen
             try attachInPod(pod, attached)
@@ -337,11 +348,32 @@ public final class EBPFDataplane: Dataplane, Sendable {
             do { try routing.remove(netns: pod.netns) } catch { failures.append("\(error)") }
         }
         if !failures.isEmpty { throw DataplaneError(.removeFailed, pod: pod.name, failures.joined(separator: "; ")) }
-        do { try maps.remove(ips: pod.ips) } catch { throw DataplaneError(.removeFailed, pod: pod.name, "\(error)") }
+        do {
+            if let entry { try maps.removeDNSCapture { $0 == entry.pod_index } }
+            try maps.remove(ips: pod.ips)
+        } catch { throw DataplaneError(.removeFailed, pod: pod.name, "\(error)") }
         if let entry {
             try? forgetKept { $0.pod == entry.pod_index }
             releaseIndex(entry.pod_index)
         }
+    }
+
+    // MARK: DNS capture
+
+    /// Captures the DNS of the pod with counter index `index` and namespace cookie `netnsCookie`,
+    /// or stops (the pod's flag in ra_pods says the same, for the egress check).
+    private func setDNSCapture(_ on: Bool, netnsCookie: UInt64, index: UInt32) throws {
+        if on { try maps.setDNSCapture(netnsCookie: netnsCookie, podIndex: index) }
+        else { try maps.removeDNSCapture { $0 == index } }
+    }
+
+    /// What is wrong with the pod's DNS capture entry (pod index `index`).
+    private func dnsDrift(_ pod: PodSpec, index: UInt32) throws -> [String] {
+        let want = config.capturesDNS(pod)
+        let cookies = try maps.dnsCaptures().filter { $0.pod == index }.map(\.netnsCookie)
+        guard want else { return cookies.isEmpty ? [] : ["ra_dns_netns captures DNS of a pod that does not want it"] }
+        let cookie = try NetworkNamespace(path: pod.netns).run { try NetworkNamespace.currentCookie() }
+        return cookies == [cookie] ? [] : ["ra_dns_netns: the pod's namespace (cookie \(cookie)) is not there alone: \(cookies)"]
     }
 
     // MARK: kept connections
@@ -430,6 +462,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         if let primary = entries.first?.1 {
             drift += try othersDrift(pod, primary: Int32(primary.pod_ifindex))
             drift += try publicationDrift(pod, index: primary.pod_index)
+            drift += try dnsDrift(pod, index: primary.pod_index)
         }
         if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
         drift += try egressGuardDrift(pod)
@@ -445,7 +478,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
         let name = pod.interface
         if options.attach == .tcx {
             let pinned = ["ingress", "egress"].filter { FileManager.default.fileExists(atPath: tcxPin(pod, $0)) }
-            return "tcx \(name) ifindex \(e.pod_ifindex): links pinned for \(pinned.joined(separator: " and ")); \(egressGuardSummary(pod)); pod index \(e.pod_index)"
+            return "tcx \(name) ifindex \(e.pod_ifindex): links pinned for \(pinned.joined(separator: " and ")); \(egressGuardSummary(pod)); \(dnsSummary(e)); pod index \(e.pod_index)"
         }
         let ids = (try? NetworkNamespace(path: pod.netns).run { () -> (UInt32?, UInt32?) in
             let idx = try TCAttach.ifindex(name)
@@ -453,7 +486,12 @@ public final class EBPFDataplane: Dataplane, Sendable {
         }) ?? (nil, nil)
         func id(_ v: UInt32?) -> String { v.map { "prog \($0)" } ?? "none" }
         let link = FileManager.default.fileExists(atPath: linkPin(pod)) ? "sk_lookup link pinned" : "sk_lookup link missing"
-        return "\(options.attach.rawValue) \(name) ifindex \(e.pod_ifindex): ingress \(id(ids.0)), egress \(id(ids.1)); \(link); \(egressGuardSummary(pod)); pod index \(e.pod_index)"
+        return "\(options.attach.rawValue) \(name) ifindex \(e.pod_ifindex): ingress \(id(ids.0)), egress \(id(ids.1)); \(link); \(egressGuardSummary(pod)); \(dnsSummary(e)); pod index \(e.pod_index)"
+    }
+
+    /// The pod's DNS capture as `status` shows it.
+    private func dnsSummary(_ e: ra_pod_info) -> String {
+        e.flags & UInt32(RA_POD_DNS_CAPTURE.rawValue) != 0 ? "DNS to [::1]/127.0.0.1:\(config.dnsPort)" : "DNS not captured"
     }
 
     /// The egress guard's links as `status` shows them.
@@ -473,7 +511,9 @@ public final class EBPFDataplane: Dataplane, Sendable {
             if info.host_ifindex != 0 { try? detachOnNode(info.host_ifindex, flags: info.flags) }
             removed.append("ra_pods \(ip)")
         }
-        try maps.removeInterfaces(keepingIndexes: Set(try maps.allPods().map { $0.1.pod_index }))
+        let live = Set(try maps.allPods().map { $0.1.pod_index })
+        try maps.removeInterfaces(keepingIndexes: live)
+        try maps.removeDNSCapture { !live.contains($0) }
         let links = "\(options.pinRoot)/links"
         for f in (try? FileManager.default.contentsOfDirectory(atPath: links)) ?? [] {
             let owner = Self.linkOwner(f)
@@ -509,6 +549,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     private struct PodAttachment {
         var podIfindex: Int32
+        var netnsCookie: UInt64
         var createdClsact: Bool
         var setAcceptLocal: Bool
         var existing: Result<[KeptConnection], any Error>?
@@ -527,7 +568,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
             let link = try Netlink.link(named: name)
             let acceptLocal = pod.hasIPv4 ? (try? readSysctl(interfaceSysctl("ipv4", name, "accept_local"))) : "1"
             let hasClsact = clsact ? try NetlinkRouting.hasClsact(ifindex: link.index) : true
-            var plan = PodAttachment(podIfindex: link.index, createdClsact: !hasClsact, setAcceptLocal: acceptLocal != "1")
+            var plan = PodAttachment(podIfindex: link.index, netnsCookie: try NetworkNamespace.currentCookie(), createdClsact: !hasClsact,
+                                     setAcceptLocal: acceptLocal != "1")
             let ours = TCAttach.attachedProgramID(ifindex: link.index, ingress: false) ?? TCAttach.attachedProgramID(ifindex: link.index, ingress: true)
             if snapshot, ours == nil { plan.existing = Result { try KeptConnections.current() } }
             return plan

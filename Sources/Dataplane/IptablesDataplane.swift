@@ -34,9 +34,12 @@ public final class IptablesDataplane: Dataplane, Sendable {
 
     private var rules: IptablesRules { IptablesRules(config: config) }
 
-    /// The renderer for one pod (its rerouted interfaces are part of its rules).
+    /// The renderer for one pod (its rerouted interfaces, inbound bypass and DNS capture are part
+    /// of its rules).
     private func rules(for pod: PodSpec) -> IptablesRules {
-        IptablesRules(config: config, reroute: pod.rerouteInterfaces, bypassInbound: pod.bypassInboundCapture)
+        var c = config
+        c.dnsCapture = c.capturesDNS(pod)
+        return IptablesRules(config: c, reroute: pod.rerouteInterfaces, bypassInbound: pod.bypassInboundCapture)
     }
 
     // MARK: node

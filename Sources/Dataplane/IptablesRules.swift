@@ -177,6 +177,11 @@ public struct IptablesRules: Sendable {
             for r in t.rules { out += "-A \(r.chain) \(r.rule)\n" }
             out += "COMMIT\n"
         }
+        // DNS capture turned off for a running pod: its raw chains (conntrack zones) are emptied.
+        let raw = present.filter { $0.table == "raw" }.map(\.to)
+        if !config.dnsCapture, !raw.isEmpty {
+            out += "*raw\n" + Set(raw).sorted().map { ":\($0) - [0:0]\n" }.joined() + "COMMIT\n"
+        }
         return out
     }
 

@@ -15,6 +15,8 @@ public struct KernelConfig: Sendable, Equatable {
     public var inboundPort: UInt16
     /// Tunnel port.
     public var tunnelPort: UInt16
+    /// The proxy's DNS port on the pods' loopback; 0: DNS capture off on the node.
+    public var dnsPort: UInt16
     /// Proxy mark.
     public var proxyMark: UInt32
     /// Mark mask.
@@ -28,9 +30,10 @@ public struct KernelConfig: Sendable, Equatable {
 
     /// Creates a config.
     public init(probeIPv4: IPAddress, probeIPv6: IPAddress, outboundPort: UInt16, inboundPort: UInt16, tunnelPort: UInt16,
-                proxyMark: UInt32, markMask: UInt32, captureMark: UInt32, proxyCgroup: UInt64 = 0, kubeletCgroup: UInt64 = 0) {
+                dnsPort: UInt16 = 0, proxyMark: UInt32, markMask: UInt32, captureMark: UInt32, proxyCgroup: UInt64 = 0,
+                kubeletCgroup: UInt64 = 0) {
         self.probeIPv4 = probeIPv4; self.probeIPv6 = probeIPv6; self.outboundPort = outboundPort; self.inboundPort = inboundPort
-        self.tunnelPort = tunnelPort; self.proxyMark = proxyMark; self.markMask = markMask; self.captureMark = captureMark
+        self.tunnelPort = tunnelPort; self.dnsPort = dnsPort; self.proxyMark = proxyMark; self.markMask = markMask; self.captureMark = captureMark
         self.proxyCgroup = proxyCgroup; self.kubeletCgroup = kubeletCgroup
     }
 }
@@ -76,6 +79,8 @@ public final class MapSync: Sendable {
     public let kept: BPFMap
     /// ra_bypass_flows.
     public let bypassFlows: BPFMap
+    /// ra_dns_netns.
+    public let dnsNamespaces: BPFMap
 
     /// Uses the maps of a loaded object.
     public init(object: BPFObject) throws {
@@ -89,6 +94,24 @@ public final class MapSync: Sendable {
         node = try object.map("ra_node")
         kept = try object.map("ra_kept")
         bypassFlows = try object.map("ra_bypass_flows")
+        dnsNamespaces = try object.map("ra_dns_netns")
+    }
+
+    // MARK: DNS capture
+
+    /// Captures the DNS of pod `index`, whose namespace has cookie `netnsCookie`.
+    public func setDNSCapture(netnsCookie: UInt64, podIndex index: UInt32) throws {
+        try dnsNamespaces.update(netnsCookie, ra_dns_pod(pod_index: index, reserved: 0))
+    }
+
+    /// Namespaces with DNS capture: cookie and pod index.
+    public func dnsCaptures() throws -> [(netnsCookie: UInt64, pod: UInt32)] {
+        try dnsNamespaces.keys(UInt64.self).compactMap { c in try dnsNamespaces.lookup(c, as: ra_dns_pod.self).map { (c, $0.pod_index) } }
+    }
+
+    /// Stops capturing DNS of the pods `drop` selects (by pod index).
+    public func removeDNSCapture(where drop: (UInt32) -> Bool) throws {
+        for (cookie, pod) in try dnsCaptures() where drop(pod) { _ = try dnsNamespaces.delete(cookie) }
     }
 
     /// Writes the node's namespace cookie: the node's socket programs act on connect() calls
@@ -164,6 +187,7 @@ public final class MapSync: Sendable {
         v.outbound_port = c.outboundPort
         v.inbound_port = c.inboundPort
         v.tunnel_port = c.tunnelPort
+        v.dns_port = c.dnsPort
         v.proxy_mark = c.proxyMark
         v.mark_mask = c.markMask
         v.capture_mark = c.captureMark
@@ -179,7 +203,7 @@ public final class MapSync: Sendable {
         return KernelConfig(probeIPv4: MapSync.ip(family: 2, ra_addr(words: (v.probe_ipv4, 0, 0, 0))),
                             probeIPv6: MapSync.ip(family: 10, ra_addr(words: (v6.0, v6.1, v6.2, v6.3))),
                             outboundPort: v.outbound_port, inboundPort: v.inbound_port, tunnelPort: v.tunnel_port,
-                            proxyMark: v.proxy_mark, markMask: v.mark_mask, captureMark: v.capture_mark,
+                            dnsPort: v.dns_port, proxyMark: v.proxy_mark, markMask: v.mark_mask, captureMark: v.capture_mark,
                             proxyCgroup: v.proxy_cgroup, kubeletCgroup: v.kubelet_cgroup)
     }
 
@@ -356,12 +380,12 @@ public final class MapSync: Sendable {
 public enum Decision: UInt32, CaseIterable, Sendable, Codable, CustomStringConvertible {
     case outboundCaptured = 0, inboundCaptured, hbonePass, probePass, proxyPass, established, spoofedProbe,
          timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, keptPass, dropFragment, dropMalformed, dropProtocol,
-         dropNotProxy, forgedMark, orphanToProxy, hostCaptured, dropUnwatched, refusedTCBypass
+         dropNotProxy, forgedMark, orphanToProxy, hostCaptured, dropUnwatched, refusedTCBypass, dnsCaptured, dropDNSUncaptured
     /// The name used in status output and metrics.
     public var description: String {
         ["outbound_captured", "inbound_captured", "hbone_pass", "probe_pass", "proxy_pass", "established", "spoofed_probe",
          "time_wait_handoff", "probe_snat", "drop_no_listener", "drop_assign_failed", "kept_pass", "drop_fragment",
          "drop_malformed", "drop_protocol", "drop_not_proxy", "forged_mark", "orphan_to_proxy", "host_captured",
-         "drop_unwatched", "refused_tc_bypass"][Int(rawValue)]
+         "drop_unwatched", "refused_tc_bypass", "dns_captured", "drop_dns_uncaptured"][Int(rawValue)]
     }
 }

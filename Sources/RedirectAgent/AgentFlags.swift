@@ -25,7 +25,8 @@ struct AgentFlags: ParsableArguments {
     @Option(help: "clsact or tcx (env REDIRECT_ATTACH).") var attach: String = env("REDIRECT_ATTACH") ?? "clsact"
     @Option(help: "legacy or nft; detected when absent (env REDIRECT_IPTABLES_BACKEND).") var iptablesBackend: String?
     @Option(help: "Node-local pod selection file (env REDIRECT_SELECTION_FILE).") var selectionFile: String?
-    @Flag(help: "Capture DNS to the proxy's 15053 (iptables mode).") var dnsCapture = false
+    @Flag(inversion: .prefixedNo, help: "Capture pods' DNS (UDP and TCP 53) to the proxy's 15053 on their loopback, as Istio does by default; a pod's ambient.istio.io/dns-capture annotation (\"true\" or \"false\") overrides it.")
+    var dnsCapture = true
     @Flag(inversion: .prefixedNo, help: "Connections a pod has when it is enrolled keep going uncaptured until they close, as under Istio's iptables rules; with --no-keep-existing-connections they are cut off.")
     var keepExistingConnections = true
     @Option(help: "cgroup v2 path of the proxy: only its sockets skip capture. 'zds-peer': the cgroup of the process connected to the ZDS socket, learned at each connection (until one connects, no socket skips capture). 'none': any socket with the proxy mark, as Istio (env REDIRECT_PROXY_CGROUP).")

@@ -19,6 +19,12 @@ public final class Socket: Sendable {
         self.init(fd: fd)
     }
 
+    /// Opens a UDP socket for `family`, close-on-exec.
+    public convenience init(udp family: Int32) throws {
+        let fd = try check("socket", Glibc.socket(family, cshim_sock_dgram() | cshim_sock_cloexec(), 0))
+        self.init(fd: fd)
+    }
+
     deinit { close() }
 
     /// Closes the descriptor (idempotent).
@@ -231,6 +237,29 @@ public final class Socket: Sendable {
 }
 
 extension Socket {
+    /// sendto(2) of one datagram; retries EINTR.
+    public func send(_ bytes: [UInt8], to address: SocketAddress) throws {
+        _ = try address.withSockaddr { sa, len in
+            try bytes.withUnsafeBytes { b in try retryingEINTR("sendto \(address)") { Int32(Glibc.sendto(fd, b.baseAddress, b.count, 0, sa, len)) } }
+        }
+    }
+
+    /// recvfrom(2) of one datagram and its sender; retries EINTR.
+    public func receive(max: Int = 65536) throws -> (bytes: [UInt8], from: SocketAddress) {
+        var buffer = [UInt8](repeating: 0, count: max)
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let n = try buffer.withUnsafeMutableBytes { b in
+            try withUnsafeMutablePointer(to: &storage) { sp in
+                try sp.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                    try retryingEINTR("recvfrom") { Int32(Glibc.recvfrom(fd, b.baseAddress, b.count, 0, sa, &len)) }
+                }
+            }
+        }
+        guard let from = SocketAddress(storage: storage) else { throw SystemError("recvfrom: sender is not an IP address", code: EAFNOSUPPORT) }
+        return (Array(buffer.prefix(Int(n))), from)
+    }
+
     /// O_NONBLOCK on (reads and accepts answer EAGAIN instead of waiting) or off again.
     public func setNonBlocking(_ on: Bool = true) throws {
         let flags = try check("fcntl F_GETFL", fcntl(fd, F_GETFL))

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import MeshProxy
 import NodeLab
 import SystemCalls
 
@@ -9,7 +10,7 @@ struct LabApp: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lab-app",
         abstract: "The lab pods' workload: an app server (HTTP /healthz and /whoami, TCP echo) and a load client.",
-        subcommands: [Serve.self, Client.self, Get.self])
+        subcommands: [Serve.self, Client.self, Get.self, DNS.self])
 }
 
 /// Enters `netns` on the main thread, before any other thread exists.
@@ -18,6 +19,25 @@ func enter(_ netns: String?) throws {
     resetSignalHandling()
     ParentWatch.start()
     signal(SIGPIPE, SIG_IGN)
+}
+
+/// The lab's cluster DNS: every name has the same addresses.
+struct DNS: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve DNS (UDP and TCP) on every address; every name has the given addresses.")
+    @Option(help: "Network namespace to serve in.") var netns: String?
+    @Option(help: "Port.") var port: UInt16 = 53
+    @Option(help: "Comma-separated addresses every name resolves to.") var answers: String
+
+    func run() throws {
+        try enter(netns)
+        let addresses = answers.split(separator: ",").compactMap { IPAddress(String($0)) }
+        let responder = DNSResponder(zone: "", addresses: addresses)
+        let server = try DNSServer(addresses: [SocketAddress(IPAddress("0.0.0.0")!, port), SocketAddress(IPAddress("::")!, port)],
+                                   responder: responder, mark: nil) { _, _, _ in }
+        print("READY")
+        flushOutput()
+        withExtendedLifetime(server) { while true { sleep(3600) } }
+    }
 }
 
 struct Serve: ParsableCommand {

@@ -11,6 +11,10 @@ public struct ProxyPorts: Sendable {
     public var inbound: UInt16 = 15006
     /// Inbound tunnel (HBONE stand-in) listener, reached directly.
     public var tunnel: UInt16 = 15008
+    /// DNS listener on each pod's loopback (127.0.0.1 and ::1), where DNS capture sends queries.
+    public var dns: UInt16 = 15053
+    /// Where the DNS listener forwards names outside ``MeshProxy/dnsZone`` (nil: it refuses them).
+    public var dnsUpstream: SocketAddress?
     /// SO_MARK on every socket the proxy opens.
     public var mark: UInt32 = 0x539
     /// Creates the defaults.
@@ -47,6 +51,25 @@ public final class MeshProxy: Sendable {
     public init(ports: ProxyPorts = ProxyPorts(), records: RecordWriter) {
         self.ports = ports
         self.records = records
+    }
+
+    /// The names the proxy answers itself, as ztunnel answers for the mesh's services.
+    public static let dnsZone = "mesh.lab."
+    /// What every name of that zone resolves to (Istio allocates such addresses from 240.240.0.0/16
+    /// and 2001:2::/48).
+    public static let dnsZoneAddresses = [IPAddress("240.240.0.1")!, IPAddress("2001:2::1")!]
+
+    /// The DNS answers of this proxy.
+    var dnsResponder: DNSResponder {
+        DNSResponder(zone: Self.dnsZone, addresses: Self.dnsZoneAddresses, upstream: ports.dnsUpstream, mark: ports.mark)
+    }
+
+    /// Records one answered DNS query of `workload`'s.
+    func recordDNS(_ workload: ProxyWorkload, client: SocketAddress, transport: String, by: String) {
+        var r = ProxyRecord(pod: workload.uid, listener: ports.dns, client: client.description)
+        r.method = "dns-\(transport)"
+        r.upstream = by
+        records.write(r)
     }
 
     /// Enrolled pod UIDs.

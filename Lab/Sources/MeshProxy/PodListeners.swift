@@ -5,10 +5,12 @@ import SystemCalls
 /// The proxy's listening sockets inside one pod, with their accept loops.
 final class PodListeners: Sendable {
     private let sockets: [Socket]
+    private let dns: DNSServer
 
-    private init(sockets: [Socket]) { self.sockets = sockets }
+    private init(sockets: [Socket], dns: DNSServer) { self.sockets = sockets; self.dns = dns }
 
-    /// Opens 15001/15006/15008 for each address family the pod has. Runs in the pod's namespace
+    /// Opens 15001/15006/15008 for each address family the pod has, and the DNS listener (UDP and
+    /// TCP) on the pod's loopback addresses. Runs in the pod's namespace
     /// on a dedicated thread; the accept threads are started from there, so they and the handler
     /// threads they start live in the pod's namespace too (new threads inherit it).
     static func open(_ workload: ProxyWorkload, proxy: MeshProxy) throws -> PodListeners {
@@ -21,13 +23,17 @@ final class PodListeners: Sendable {
                     sockets.append(try Socket.listening(on: SocketAddress(any, port), transparent: true, mark: proxy.ports.mark))
                 }
             }
+            let loopback = families.map { SocketAddress(IPAddress($0 ? "::1" : "127.0.0.1")!, proxy.ports.dns) }
+            let dns = try DNSServer(addresses: loopback, responder: proxy.dnsResponder, mark: proxy.ports.mark) { client, transport, by in
+                proxy.recordDNS(workload, client: client, transport: transport, by: by)
+            }
             for s in sockets {
                 let port = (try? s.localAddress().port) ?? 0
                 let t = Thread { PodListeners.acceptLoop(s, port: port, workload: workload, proxy: proxy) }
                 t.stackSize = 256 * 1024
                 t.start()
             }
-            return PodListeners(sockets: sockets)
+            return PodListeners(sockets: sockets, dns: dns)
         }
     }
 
@@ -51,5 +57,6 @@ final class PodListeners: Sendable {
         // Give the accept loops a moment to see the shutdown before the descriptors are reused.
         usleep(1000)
         for s in sockets { s.close() }
+        dns.close()
     }
 }

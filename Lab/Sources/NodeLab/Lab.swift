@@ -82,10 +82,17 @@ public final class LabNode: Sendable {
     public var bpffsMount: String { "\(directory)/bpffs" }
     /// The eBPF dataplane's pin root on this node.
     public var bpfPinRoot: String { "\(bpffsMount)/redirect-agent" }
-    private struct Processes { var proxy: ManagedProcess?; var agent: ManagedProcess?; var containerd: LabContainerd? }
+    private struct Processes { var proxy: ManagedProcess?; var agent: ManagedProcess?; var containerd: LabContainerd?; var dns: ManagedProcess? }
     private let processes = Mutex(Processes())
     /// The mesh proxy, if started.
     public internal(set) var proxy: ManagedProcess? { get { processes.read(\.proxy) } set { processes.write(\.proxy, newValue) } }
+    /// The node's cluster DNS server (``clusterDNS``), if started.
+    public internal(set) var dns: ManagedProcess? { get { processes.read(\.dns) } set { processes.write(\.dns, newValue) } }
+    /// The cluster DNS as the node's pods reach it (their gateway, port 53), as kube-dns or a
+    /// node-local DNS cache would be: it answers every name, with ``Lab/clusterDNSAddresses``.
+    public var clusterDNS: SocketAddress { SocketAddress(IPAddress("10.244.\(index).1")!, 53) }
+    /// The same over IPv6.
+    public var clusterDNSv6: SocketAddress { SocketAddress(IPAddress("fd00:10:244:\(index)::1")!, 53) }
     /// The node's agent, if started.
     public internal(set) var agent: ManagedProcess? { get { processes.read(\.agent) } set { processes.write(\.agent, newValue) } }
     /// The node's container runtime (with ``PodRuntime/containerd``).
@@ -225,7 +232,10 @@ public final class Lab: Sendable {
         for node in nodes {
             if options.runtime == .containerd { node.containerd = try LabContainerd(node: node) }
             if options.agentDataplane != nil { try startAgent(on: node) }
-            if options.startProxies { try startProxy(on: node) }
+            if options.startProxies {
+                try startClusterDNS(on: node)
+                try startProxy(on: node)
+            }
             if options.agentDataplane != nil && options.startProxies { try waitForProxyOnAgent(node) }
             for p in 1...max(options.podsPerNode, 1) where options.podsPerNode > 0 {
                 _ = try addPod(on: node, name: "\(node.name)-pod\(p)")
@@ -413,11 +423,26 @@ public final class Lab: Sendable {
         try waitForLine("READY", in: app, what: "app in \(pod.name)")
     }
 
-    /// Starts the mesh proxy for `node`, in the node's proxy cgroup unless another is given.
+    /// What the cluster DNS answers for every name (TEST-NET addresses: a name that resolves to
+    /// one was answered there, not by the proxy).
+    public static let clusterDNSAddresses = [IPAddress("198.51.100.53")!, IPAddress("2001:db8::53")!]
+
+    /// Starts the node's cluster DNS: in the node's namespace, on every address, port 53.
+    public func startClusterDNS(on node: LabNode) throws {
+        let dns = try ManagedProcess(try LabBinaries.path("lab-app"), [
+            "dns", "--netns", node.netns.path, "--port", "53", "--answers", Lab.clusterDNSAddresses.map(\.description).joined(separator: ","),
+        ], logPath: "\(node.directory)/cluster-dns.log")
+        node.dns = dns
+        try waitForLine("READY", in: dns, what: "cluster DNS on \(node.name)")
+    }
+
+    /// Starts the mesh proxy for `node`, in the node's proxy cgroup unless another is given. Its DNS
+    /// listeners forward what is not the mesh's to the node's cluster DNS.
     public func startProxy(on node: LabNode, cgroup: String? = nil) throws {
         let zds = options.agentDataplane != nil ? ["--zds", node.agentZDSSocket] : []
         let proxy = try ManagedProcess(try LabBinaries.path("mesh-proxy"), [
             "--netns", node.netns.path, "--control", node.proxyControlPath, "--records", node.proxyRecordsPath,
+            "--dns-upstream", node.clusterDNS.description,
         ] + zds, logPath: "\(node.directory)/proxy.log", cgroup: cgroup ?? node.proxyCgroupPath)
         node.proxy = proxy
         try waitForLine("READY", in: proxy, what: "mesh proxy on \(node.name)")
@@ -473,6 +498,7 @@ public final class Lab: Sendable {
             node.containerd?.stop()
             node.agent?.stop()
             node.proxy?.stop()
+            node.dns?.stop()
         }
         kubeState.withLock { k in
             k?.server.shutdown()

@@ -54,6 +54,8 @@ int cshim_peer_pid(int fd, int32_t *pid);
 int cshim_accept_cloexec(int fd);
 /// SOCK_STREAM, SOCK_SEQPACKET and SOCK_CLOEXEC.
 int cshim_sock_stream(void);
+/** SOCK_DGRAM. */
+int cshim_sock_dgram(void);
 int cshim_sock_seqpacket(void);
 int cshim_sock_cloexec(void);
 /// sendmsg(2) of one datagram with an optional file descriptor as SCM_RIGHTS (fd < 0: none).

@@ -35,6 +35,8 @@ enum ra_pod_flags {
     RA_POD_SET_ACCEPT_LOCAL = 4,    /* we changed the pod interface's accept_local from 0 to 1 */
     RA_POD_BYPASS_INBOUND = 8,      /* inbound is not captured (ambient.istio.io/bypass-inbound-capture): the stack
                                        delivers it; outbound is captured as ever */
+    RA_POD_DNS_CAPTURE = 16,        /* DNS is captured to the proxy's DNS port (struct ra_dns_pod): a UDP datagram to
+                                       port 53 that leaves the pod from another socket than the proxy's is dropped */
 };
 
 struct ra_pod_info {
@@ -52,7 +54,7 @@ struct ra_config {
     __u16 outbound_port; /* host order */
     __u16 inbound_port;  /* host order */
     __u16 tunnel_port;   /* host order */
-    __u16 reserved;
+    __u16 dns_port;      /* host order: the proxy's DNS listener on the pod's loopback (15053); was reserved (0) */
     __u32 proxy_mark;    /* the proxy's SO_MARK: its traffic is never captured */
     __u32 mark_mask;
     __u32 capture_mark;  /* set on captured packets; policy routing delivers them locally */
@@ -117,7 +119,10 @@ enum ra_decision {
                                      or a packet leaving the pod (netfilter guard, Linux 6.4+): dropped */
     RA_REFUSED_TC_BYPASS = 20,    /* node (BPF LSM): a process in a meshed pod asked for a socket that sends past the
                                      tc programs (PACKET_QDISC_BYPASS, AF_XDP): refused with EPERM */
-    RA_DECISION_COUNT = 21,
+    RA_DNS_CAPTURED = 21,         /* a DNS query (UDP or TCP to port 53) sent to the proxy's DNS port instead */
+    RA_DROP_DNS_UNCAPTURED = 22,  /* a UDP datagram to port 53 left a pod with DNS capture from a socket the socket hooks
+                                     did not redirect (a raw socket, an unknown path): dropped, never passed */
+    RA_DECISION_COUNT = 23,
 };
 
 /* Room in ra_counters per pod. It stays at the 20 decisions the map was first sized for, so a
@@ -190,6 +195,26 @@ struct ra_iface_key {
 struct ra_netns_iface {
     __u32 netns;
     __u32 ifindex;
+};
+
+/* DNS capture: a pod's namespace, by the cookie bpf_get_netns_cookie returns there, whose DNS
+ * goes to the proxy's DNS port. The node's socket hooks rewrite a query's destination to the
+ * proxy's listener on the pod's loopback as the socket sends it (connect, sendmsg) and give the
+ * answers the original server's address back (recvmsg, getpeername), as Istio's REDIRECT to
+ * 15053 and its conntrack do. Value: the pod index. */
+struct ra_dns_pod {
+    __u32 pod_index;
+    __u32 reserved;
+};
+
+/* What a socket's query was sent to before it was redirected (socket storage, freed with the
+ * socket): the address its answers must appear to come from. A v4-mapped destination of an IPv6
+ * socket is kept as the IPv4 address. */
+struct ra_dns_origin {
+    __u32 family;
+    struct ra_addr addr;
+    __u16 port;          /* network order */
+    __u16 reserved;
 };
 
 #endif

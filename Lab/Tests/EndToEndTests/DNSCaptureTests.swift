@@ -1,0 +1,113 @@
+import Dataplane
+import Foundation
+import MapSync
+import MeshProxy
+import NodeLab
+import SystemCalls
+import Testing
+
+/// DNS capture, in every dataplane: a meshed pod's queries to any server on port 53 are answered
+/// by the proxy's DNS listener (names of the mesh's zone from the proxy, the rest forwarded to the
+/// node's cluster DNS), and the answers carry the server's address the app asked. Real resolver
+/// clients (dig, and scripts/dns-query.py for the ways resolvers send) over real sockets.
+@Suite("DNS capture", .serialized)
+struct DNSCaptureTests {
+    static let meshName = "web.mesh.lab"
+    static var proxyAnswer4: String { MeshProxy.dnsZoneAddresses[0].description }
+    static var proxyAnswer6: String { MeshProxy.dnsZoneAddresses[1].description }
+    static var clusterAnswer4: String { Lab.clusterDNSAddresses[0].description }
+
+    @Test("a meshed pod's DNS reaches the proxy over UDP (unconnected, connected, v4-mapped), TCP and IPv6; answers come from the server asked; an outsider's does not",
+          arguments: conformanceSetups)
+    func captured(_ setup: CaptureSetup) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(setup) { cl throws in
+            let a = cl.meshed[0], outsider = try cl.outsider(cl.n1)
+            let server = cl.n1.clusterDNS
+            // The presence check first: out of the mesh, the cluster DNS answers.
+            let direct = try dnsQuery(outsider, server: server, name: Self.meshName)
+            #expect(direct["answers"] as? [String] == [Self.clusterAnswer4], "\(direct)")
+            for via in ["udp", "udp-connected", "tcp", "mapped"] {
+                let r = try dnsQuery(a, server: server, name: Self.meshName, via: via)
+                #expect(r["answers"] as? [String] == [Self.proxyAnswer4], "\(via): \(r)")
+                let from = via == "mapped" ? "[::ffff:\(server.ip)]:53" : server.description
+                #expect(r["from"] as? String == from, "\(via): the answer shows the server asked: \(r)")
+                if via == "udp-connected" || via == "tcp" { #expect(r["peer"] as? String == server.description, "\(via): \(r)") }
+            }
+            let v6 = try dnsQuery(a, server: cl.n1.clusterDNSv6, name: Self.meshName, type: "AAAA")
+            #expect(v6["answers"] as? [String] == [Self.proxyAnswer6] && v6["from"] as? String == cl.n1.clusterDNSv6.description, "\(v6)")
+            // Any server, on any node: the query never leaves uncaptured.
+            let remote = try dnsQuery(a, server: cl.n2.clusterDNS, name: Self.meshName)
+            #expect(remote["answers"] as? [String] == [Self.proxyAnswer4], "\(remote)")
+            // A name outside the mesh: the proxy forwards it (its own query is not captured again).
+            let other = try dnsQuery(a, server: server, name: "www.example.com")
+            #expect(other["answers"] as? [String] == [Self.clusterAnswer4], "\(other)")
+            let records = try cl.records(a.node, listener: 15053)
+            #expect(records.contains { $0.pod == a.identity.uid && $0.upstream == server.description }, "forwarded by the proxy: \(records)")
+            #expect(records.filter { $0.pod == a.identity.uid }.count == 7, "one record per query: \(records)")
+            // A real resolver client.
+            #expect(try dig(a, ["@\(server.ip)", Self.meshName, "+short"]) == Self.proxyAnswer4)
+            #expect(try dig(a, ["@\(server.ip)", Self.meshName, "+short", "+tcp"]) == Self.proxyAnswer4)
+            #expect(try dig(outsider, ["@\(server.ip)", Self.meshName, "+short"]) == Self.clusterAnswer4)
+            #expect(try cl.records(outsider.node, listener: 15053).allSatisfy { $0.pod != outsider.identity.uid })
+        }
+    }
+
+    @Test("a DNS query sent from a raw socket in a meshed pod never reaches a server uncaptured (ebpf drops and counts it, iptables redirects it)",
+          arguments: conformanceModes)
+    func rawQuery(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            let a = cl.meshed[0], outsider = try cl.outsider(cl.n1), server = cl.n1.clusterDNS
+            let direct = try dnsQuery(outsider, server: server, name: Self.meshName, via: "raw")
+            #expect(direct["answers"] as? [String] == [Self.clusterAnswer4], "the presence: a raw query gets its answer: \(direct)")
+            let r = try dnsQuery(a, server: server, name: Self.meshName, via: "raw")
+            switch mode {
+            case .ebpf:
+                #expect(r["error"] != nil, "dropped: \(r)")
+                let counters = try ebpfDataplane(cl, a.node).counters(cl.lab.podSpec(a))
+                #expect(counters[.dropDNSUncaptured, default: 0] >= 1, "\(counters)")
+            default:
+                #expect(r["answers"] as? [String] == [Self.proxyAnswer4], "redirected to the proxy: \(r)")
+            }
+        }
+    }
+
+    @Test("the node's switch and the pod's setting (ambient.istio.io/dns-capture) turn DNS capture off and on, on a running pod",
+          arguments: conformanceModes)
+    func settings(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode, config: { _ in var c = CaptureConfig(); c.dnsCapture = false; return c }) { cl throws in
+            let a = cl.meshed[0], b = cl.meshed[1], server = cl.n1.clusterDNS
+            func answer(_ pod: LabPod) throws -> [String]? { try dnsQuery(pod, server: server, name: Self.meshName)["answers"] as? [String] }
+            #expect(try answer(a) == [Self.clusterAnswer4], "the node's switch off: not captured")
+            var spec = cl.lab.podSpec(a)
+            spec.dnsCapture = true
+            try cl.capture.dataplane(a.node).enroll(spec)
+            #expect(try cl.capture.dataplane(a.node).verify(spec).isEmpty)
+            #expect(try answer(a) == [Self.proxyAnswer4], "the pod says true: captured")
+            #expect(try answer(b) == [Self.clusterAnswer4], "another pod keeps the node's setting")
+            spec.dnsCapture = false
+            try cl.capture.dataplane(a.node).enroll(spec)
+            #expect(try cl.capture.dataplane(a.node).verify(spec).isEmpty)
+            #expect(try answer(a) == [Self.clusterAnswer4], "the pod says false again: not captured")
+        }
+    }
+}
+
+/// Runs scripts/dns-query.py in `pod` and returns the JSON object it printed.
+func dnsQuery(_ pod: LabPod, server: SocketAddress, name: String, type: String = "A", via: String = "udp") throws -> [String: Any] {
+    let r = try Command.capture("/usr/bin/nsenter", ["--net=\(pod.netns.path)", "/usr/bin/python3", "\(repoRoot)/scripts/dns-query.py",
+                                                     "--server", server.description, "--name", name, "--type", type, "--via", via])
+    guard let line = r.stdout.split(separator: "\n").last,
+          let json = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+        throw LabError("dns-query \(via): exit \(r.status): \(r.stdout)\(r.stderr)")
+    }
+    return json
+}
+
+/// Runs dig (Debian's bind9-dnsutils) in `pod`; its output, trimmed.
+func dig(_ pod: LabPod, _ args: [String]) throws -> String {
+    let r = try Command.capture("/usr/bin/nsenter", ["--net=\(pod.netns.path)", "/usr/bin/dig", "+time=2", "+tries=1"] + args)
+    return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+}
