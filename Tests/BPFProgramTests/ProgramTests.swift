@@ -116,6 +116,36 @@ struct ProgramTests {
         }
     }
 
+    @Test("egress with DNS capture: a datagram to port 53 not from the proxy is dropped and counted, also behind IPv6 extension headers or with its header cut off; the proxy's and other ports pass")
+    func egressDNS() throws {
+        if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withPrograms { p throws in
+            func udp(_ src: String, _ dst: String, _ edit: (inout Packet) -> Void = { _ in }) -> Packet {
+                var packet = Packet(src, dst)
+                packet.proto = 17
+                edit(&packet)
+                return packet
+            }
+            let v4 = udp("10.244.1.2:5000", "10.96.0.10:53"), v6 = udp("[fd00:10:244:1::2]:5000", "[fd00:10:96::a]:53")
+            #expect(try p.run("tc_pod_egress", v4).verdict == TC_ACT_OK, "the presence: without DNS capture it passes")
+            let dns = UInt32(RA_POD_DNS_CAPTURE.rawValue)
+            for (i, ip) in ["10.244.1.2", "fd00:10:244:1::2"].enumerated() {
+                try p.sync.upsert(PodEntry(ips: [IPAddress(ip)!], index: UInt32(7 + i), podIfindex: 2, hostIfindex: 0, flags: dns))
+            }
+            #expect(try p.run("tc_pod_egress", v4).verdict == TC_ACT_SHOT)
+            #expect(try p.run("tc_pod_egress", v6).verdict == TC_ACT_SHOT)
+            #expect(try p.run("tc_pod_egress", udp("[fd00:10:244:1::2]:5000", "[fd00:10:96::a]:53") { $0.extHeaders = [0, 60, 60] }).verdict == TC_ACT_SHOT)
+            // The UDP header cut off after two bytes: its port cannot be read, so it may be a query.
+            #expect(try p.run("tc_pod_egress", udp("[fd00:10:244:1::2]:5000", "[fd00:10:96::a]:53") { $0.truncate = 14 + 40 + 2 }).verdict == TC_ACT_SHOT)
+            #expect(try p.count(7, .dropDNSUncaptured) == 1 && p.count(8, .dropDNSUncaptured) == 3)
+            #expect(try p.run("tc_pod_egress", v4, mark: 0x539).verdict == TC_ACT_OK, "the proxy's own query")
+            #expect(try p.run("tc_pod_egress", udp("10.244.1.2:5000", "10.96.0.10:5353")).verdict == TC_ACT_OK, "another port")
+            // A later fragment carries no UDP header (and is useless without the first, which is checked).
+            #expect(try p.run("tc_pod_egress", udp("10.244.1.2:5000", "10.96.0.10:53") { $0.fragment = true; $0.fragmentOffset = 185 }).verdict == TC_ACT_OK)
+            #expect(try p.run("tc_pod_egress", udp("10.244.1.2:5000", "10.96.0.10:53") { $0.fragment = true }).verdict == TC_ACT_SHOT, "a first fragment is checked")
+        }
+    }
+
     @Test("egress and ingress: fragmented TCP is dropped, never classified blind")
     func fragments() throws {
         if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }

@@ -18,8 +18,10 @@ struct IptablesGoldenTests {
     static let cases: [(String, String)] = [
         ("pod_default_v4", IptablesRules(config: config()).pod(ipv6: false)),
         ("pod_default_v6", IptablesRules(config: config()).pod(ipv6: true)),
-        ("pod_dns_v4", IptablesRules(config: config { $0.dnsCapture = true }).pod(ipv6: false)),
-        ("pod_dns_v6", IptablesRules(config: config { $0.dnsCapture = true }).pod(ipv6: true)),
+        ("pod_nodns_v4", IptablesRules(config: config { $0.dnsCapture = false }).pod(ipv6: false)),
+        ("pod_nodns_v6", IptablesRules(config: config { $0.dnsCapture = false }).pod(ipv6: true)),
+        ("pod_dns_turned_off_v4", IptablesRules(config: config { $0.dnsCapture = false })
+            .pod(ipv6: false, present: [.init("raw", "OUTPUT", "ISTIO_OUTPUT"), .init("raw", "PREROUTING", "ISTIO_PRERT")])),
         ("pod_hostprobe_v4", IptablesRules(config: config { try $0.setProbeIPs(v4: "172.30.0.1", v6: nil) }).pod(ipv6: false)),
         ("pod_proxycgroup_v4", IptablesRules(config: config { $0.proxyCgroup = Cgroup(path: "/kubepods/ztunnel", id: 7) }).pod(ipv6: false)),
         ("pod_proxycgroup_dns_v6", IptablesRules(config: config { $0.proxyCgroup = Cgroup(path: "/kubepods/ztunnel", id: 7); $0.dnsCapture = true }).pod(ipv6: true)),
