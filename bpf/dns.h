@@ -165,6 +165,22 @@ static __always_inline void ra_dns_restore6(struct bpf_sock_addr *ctx)
     ctx->user_port = o->port;
 }
 
+/* bind4, bind6: in a pod with DNS capture, only the proxy may take the DNS port (any address):
+ * redirected queries arrive there over loopback, where no tc program runs, so an app that held it
+ * (while the proxy is away) would read and answer them. Returns 0 to refuse the bind (EPERM).
+ * iptables mode drops such queries before that socket instead. */
+static __always_inline int ra_dns_bind_allowed(struct bpf_sock_addr *ctx)
+{
+    struct ra_config *cfg = ra_get_config();
+    if (!cfg || !cfg->dns_port || ctx->user_port != bpf_htons(cfg->dns_port))
+        return 1;
+    struct ra_dns_pod *p = ra_dns_pod_of(ctx);
+    if (!p || ra_dns_from_proxy(ctx, cfg))
+        return 1;
+    ra_count(p->pod_index, RA_REFUSED_DNS_BIND);
+    return 0;
+}
+
 /* tc_pod_egress: whether a datagram leaving the pod is a query the socket hooks should have
  * redirected (UDP to port 53, or UDP whose port cannot be read, from a pod with DNS capture, not
  * the proxy's): it came from a raw socket or another path around them, and is dropped. */

@@ -9,8 +9,8 @@
  *   cg_node_connect4, cg_node_connect6  the node's cgroup root: a kubelet connect() to an in-mesh
  *                   pod is bound to the probe IP
  *   sockops_node    the node's cgroup root: records that connection as a probe flow
- *   cg_pod_connect4/6, cg_pod_sendmsg4/6, cg_pod_recvmsg4/6, cg_pod_getpeername4/6  the node's cgroup
- *                   root, for sockets in pods' namespaces: DNS capture (dns.h)
+ *   cg_pod_connect4/6, cg_pod_sendmsg4/6, cg_pod_recvmsg4/6, cg_pod_getpeername4/6, cg_pod_bind4/6
+ *                   the node's cgroup root, for sockets in pods' namespaces: DNS capture (dns.h)
  *   lsm_pod_socket_create, lsm_pod_setsockopt  the node's security hooks (BPF LSM): no socket in a
  *                   meshed pod may send past the tc programs
  * Nothing is attached to the host side of a pod's veth: the primary CNI owns it.
@@ -555,7 +555,7 @@ int sockops_node(struct bpf_sock_ops *ctx)
 
 /* DNS capture (dns.h): the pods' socket hooks, on the node's cgroup root beside the node's own
  * programs. Each acts only for sockets in the namespace of a pod with DNS capture (or, for the
- * answers, sockets whose query it redirected) and never refuses a call. */
+ * answers, sockets whose query it redirected); only bind ever refuses a call. */
 SEC("cgroup/connect4")
 int cg_pod_connect4(struct bpf_sock_addr *ctx)
 {
@@ -582,6 +582,18 @@ int cg_pod_sendmsg6(struct bpf_sock_addr *ctx)
 {
     ra_dns_redirect6(ctx);
     return 1;
+}
+
+SEC("cgroup/bind4")
+int cg_pod_bind4(struct bpf_sock_addr *ctx)
+{
+    return ra_dns_bind_allowed(ctx);
+}
+
+SEC("cgroup/bind6")
+int cg_pod_bind6(struct bpf_sock_addr *ctx)
+{
+    return ra_dns_bind_allowed(ctx);
 }
 
 SEC("cgroup/recvmsg4")

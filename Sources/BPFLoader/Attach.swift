@@ -178,6 +178,10 @@ public enum LinkAttach {
         case getpeername4
         /// getpeername() of IPv6 sockets.
         case getpeername6
+        /// bind() of IPv4 sockets.
+        case bind4
+        /// bind() of IPv6 sockets.
+        case bind6
 
         var attachType: bpf_attach_type {
             switch self {
@@ -190,6 +194,8 @@ public enum LinkAttach {
             case .recvmsg6: BPF_CGROUP_UDP6_RECVMSG
             case .getpeername4: BPF_CGROUP_INET4_GETPEERNAME
             case .getpeername6: BPF_CGROUP_INET6_GETPEERNAME
+            case .bind4: BPF_CGROUP_INET4_BIND
+            case .bind6: BPF_CGROUP_INET6_BIND
             }
         }
     }

@@ -86,7 +86,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
     public static let dnsPrograms: [(name: String, hook: LinkAttach.CgroupHook)] = [
         ("cg_pod_connect4", .connect4), ("cg_pod_connect6", .connect6), ("cg_pod_sendmsg4", .sendmsg4),
         ("cg_pod_sendmsg6", .sendmsg6), ("cg_pod_recvmsg4", .recvmsg4), ("cg_pod_recvmsg6", .recvmsg6),
-        ("cg_pod_getpeername4", .getpeername4), ("cg_pod_getpeername6", .getpeername6),
+        ("cg_pod_getpeername4", .getpeername4), ("cg_pod_getpeername6", .getpeername6), ("cg_pod_bind4", .bind4), ("cg_pod_bind6", .bind6),
     ]
 
     /// The node device that holds the probe IPs as local (/32, /128) addresses, so the pods' replies

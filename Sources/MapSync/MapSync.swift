@@ -380,12 +380,13 @@ public final class MapSync: Sendable {
 public enum Decision: UInt32, CaseIterable, Sendable, Codable, CustomStringConvertible {
     case outboundCaptured = 0, inboundCaptured, hbonePass, probePass, proxyPass, established, spoofedProbe,
          timeWaitHandoff, probeSNAT, dropNoListener, dropAssignFailed, keptPass, dropFragment, dropMalformed, dropProtocol,
-         dropNotProxy, forgedMark, orphanToProxy, hostCaptured, dropUnwatched, refusedTCBypass, dnsCaptured, dropDNSUncaptured
+         dropNotProxy, forgedMark, orphanToProxy, hostCaptured, dropUnwatched, refusedTCBypass, dnsCaptured, dropDNSUncaptured,
+         refusedDNSBind
     /// The name used in status output and metrics.
     public var description: String {
         ["outbound_captured", "inbound_captured", "hbone_pass", "probe_pass", "proxy_pass", "established", "spoofed_probe",
          "time_wait_handoff", "probe_snat", "drop_no_listener", "drop_assign_failed", "kept_pass", "drop_fragment",
          "drop_malformed", "drop_protocol", "drop_not_proxy", "forged_mark", "orphan_to_proxy", "host_captured",
-         "drop_unwatched", "refused_tc_bypass", "dns_captured", "drop_dns_uncaptured"][Int(rawValue)]
+         "drop_unwatched", "refused_tc_bypass", "dns_captured", "drop_dns_uncaptured", "refused_dns_bind"][Int(rawValue)]
     }
 }

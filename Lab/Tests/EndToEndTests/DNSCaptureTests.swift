@@ -1,5 +1,6 @@
 import Dataplane
 import Foundation
+import Glibc
 import MapSync
 import MeshProxy
 import NodeLab
@@ -69,6 +70,46 @@ struct DNSCaptureTests {
                 #expect(counters[.dropDNSUncaptured, default: 0] >= 1, "\(counters)")
             default:
                 #expect(r["answers"] as? [String] == [Self.proxyAnswer4], "redirected to the proxy: \(r)")
+            }
+        }
+    }
+
+    @Test("while the proxy is away, an app that takes the DNS port in a meshed pod never reads the pod's queries (ebpf refuses the bind, iptables drops what reaches it)",
+          arguments: conformanceModes)
+    func portHijack(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            let a = cl.meshed[0], outsider = try cl.outsider(cl.n1)
+            let port = SocketAddress(IPAddress("127.0.0.1")!, 15053)
+            // The presence check: outside the mesh, a socket on that port reads what is sent to it.
+            let heard = try outsider.netns.run { () -> Int in
+                let s = try Socket(udp: AF_INET)
+                try s.bind(port)
+                try s.setTimeout(seconds: 2)
+                try Socket(udp: AF_INET).send(Array("hello".utf8), to: port)
+                return try s.receive().bytes.count
+            }
+            #expect(heard == 5)
+            try cl.lab.removeFromProxy(a) // the proxy's listeners in the pod close
+            let hijacker = try a.netns.run { () -> Result<Socket, any Error> in
+                Result {
+                    let s = try Socket(udp: AF_INET)
+                    try s.bind(port)
+                    try s.setTimeout(seconds: 2)
+                    return s
+                }
+            }
+            let query = try dnsQuery(a, server: cl.n1.clusterDNS, name: Self.meshName)
+            #expect(query["answers"] == nil, "no answer while the proxy is away: \(query)")
+            switch (mode, hijacker) {
+            case (.ebpf, .failure(let e)):
+                #expect((e as? SystemError)?.code == EPERM, "\(e)")
+                #expect(try ebpfDataplane(cl, a.node).counters(cl.lab.podSpec(a))[.refusedDNSBind, default: 0] == 1)
+            case (_, .success(let s)):
+                #expect(mode == .iptables, "only iptables mode lets the bind happen")
+                #expect(throws: (any Error).self, "the query never reaches the app's socket") { try s.receive() }
+            default:
+                Issue.record("\(mode): \(hijacker)")
             }
         }
     }

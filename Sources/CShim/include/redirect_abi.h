@@ -122,7 +122,9 @@ enum ra_decision {
     RA_DNS_CAPTURED = 21,         /* a DNS query (UDP or TCP to port 53) sent to the proxy's DNS port instead */
     RA_DROP_DNS_UNCAPTURED = 22,  /* a UDP datagram to port 53 left a pod with DNS capture from a socket the socket hooks
                                      did not redirect (a raw socket, an unknown path): dropped, never passed */
-    RA_DECISION_COUNT = 23,
+    RA_REFUSED_DNS_BIND = 23,     /* node: a socket other than the proxy's in a pod with DNS capture asked for the proxy's DNS
+                                     port, where redirected queries arrive: refused with EPERM */
+    RA_DECISION_COUNT = 24,
 };
 
 /* Room in ra_counters per pod. It stays at the 20 decisions the map was first sized for, so a
