@@ -4,7 +4,8 @@
   {"answers": [...], "rcode": N, "from": "IP:PORT", "peer": "IP:PORT"|null}  or  {"error": "..."}
 "from" is the answer's source as recvfrom reports it; "peer" what getpeername reports.
 
-  --server IP:PORT --name NAME [--type A|AAAA] --via MODE [--timeout S]
+  --server IP:PORT --name NAME [--type A|AAAA] --via MODE [--timeout S] [--mark N]
+(--mark: SO_MARK on the query's socket, as the proxy marks its own)
 MODE:
   udp            unconnected UDP: sendto, recvfrom (musl's resolver)
   udp-connected  connect, send, recvfrom (glibc's resolver)
@@ -106,6 +107,8 @@ def ask(a):
         if a.via == "mapped":
             family, server = socket.AF_INET6, ("::ffff:" + host, server[1])
         s = socket.socket(family, socket.SOCK_DGRAM)
+        if a.mark:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, a.mark)
         s.settimeout(a.timeout)
         if a.via == "udp-connected":
             s.connect(server)
@@ -125,6 +128,7 @@ def main():
     p.add_argument("--type", default="A", choices=["A", "AAAA"])
     p.add_argument("--via", default="udp", choices=["udp", "udp-connected", "tcp", "mapped", "raw"])
     p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--mark", type=lambda v: int(v, 0), default=0)
     a = p.parse_args()
     try:
         print(json.dumps(ask(a)))

@@ -46,6 +46,10 @@ struct DNSCaptureTests {
             let records = try cl.records(a.node, listener: 15053)
             #expect(records.contains { $0.pod == a.identity.uid && $0.upstream == server.description }, "forwarded by the proxy: \(records)")
             #expect(records.filter { $0.pod == a.identity.uid }.count == 7, "one record per query: \(records)")
+            // The proxy's mark forged on an app's socket: the lab knows the proxy by its cgroup, so
+            // the query is still captured.
+            let marked = try dnsQuery(a, server: server, name: Self.meshName, mark: 0x539)
+            #expect(marked["answers"] as? [String] == [Self.proxyAnswer4], "\(marked)")
             // A real resolver client.
             #expect(try dig(a, ["@\(server.ip)", Self.meshName, "+short"]) == Self.proxyAnswer4)
             #expect(try dig(a, ["@\(server.ip)", Self.meshName, "+short", "+tcp"]) == Self.proxyAnswer4)
@@ -137,9 +141,9 @@ struct DNSCaptureTests {
 }
 
 /// Runs scripts/dns-query.py in `pod` and returns the JSON object it printed.
-func dnsQuery(_ pod: LabPod, server: SocketAddress, name: String, type: String = "A", via: String = "udp") throws -> [String: Any] {
+func dnsQuery(_ pod: LabPod, server: SocketAddress, name: String, type: String = "A", via: String = "udp", mark: UInt32 = 0) throws -> [String: Any] {
     let r = try Command.capture("/usr/bin/nsenter", ["--net=\(pod.netns.path)", "/usr/bin/python3", "\(repoRoot)/scripts/dns-query.py",
-                                                     "--server", server.description, "--name", name, "--type", type, "--via", via])
+                                                     "--server", server.description, "--name", name, "--type", type, "--via", via, "--mark", "\(mark)"])
     guard let line = r.stdout.split(separator: "\n").last,
           let json = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
         throw LabError("dns-query \(via): exit \(r.status): \(r.stdout)\(r.stderr)")

@@ -31,7 +31,7 @@ struct KubeEnrolmentTests {
         try lab.kubectl(["get", "pod", pod.name, "-n", pod.identity.namespace, "-o", "jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}"])
     }
 
-    @Test("kubectl label on a namespace enrols its running pod, on the pod takes it out again; the annotation follows", arguments: testedModes)
+    @Test("kubectl label on a namespace enrols its running pod, on the pod takes it out again; the annotations follow", arguments: testedModes)
     func labelsDriveEnrolment(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withKubeLab(mode: mode) { lab in
@@ -54,6 +54,16 @@ struct KubeEnrolmentTests {
             _ = try lab.kubectl(["annotate", "pod", "shop-app", "-n", "shop", "ambient.istio.io/bypass-inbound-capture=true"])
             try waitFor("inbound capture is bypassed", seconds: 30) { try !inboundCaptured() }
             #expect(try reachesProxy(lab, from: app, to: dst), "outbound still captured")
+
+            // DNS capture is on by default; the pod's annotation turns it off and on again.
+            func dnsCaptured() throws -> Bool {
+                try dnsQuery(app, server: n1.clusterDNS, name: DNSCaptureTests.meshName)["answers"] as? [String] == [DNSCaptureTests.proxyAnswer4]
+            }
+            #expect(try dnsCaptured(), "the presence: DNS is captured")
+            _ = try lab.kubectl(["annotate", "pod", "shop-app", "-n", "shop", "ambient.istio.io/dns-capture=false"])
+            try waitFor("DNS capture is off", seconds: 30) { try !dnsCaptured() }
+            _ = try lab.kubectl(["annotate", "--overwrite", "pod", "shop-app", "-n", "shop", "ambient.istio.io/dns-capture=true"])
+            try waitFor("DNS capture is on again", seconds: 30) { try dnsCaptured() }
 
             // A pod created in the labelled namespace is enrolled at its ADD.
             let second = try lab.addPod(on: n1, name: "shop-app-2", namespace: "shop")
