@@ -32,7 +32,7 @@ let shipped: [Target] = [
     .target(name: "AgentAPI", dependencies: ["SystemCalls"]),
     // A Kubernetes API client: config (in-cluster, kubeconfig), list, watch, informers, pods/status patches.
     .target(name: "KubeClient", dependencies: [
-        .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
+        "SystemCalls", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOFoundationCompat", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams"),
     ]),

@@ -11,7 +11,7 @@ grpcio-tools (the lab's tools venv); the messages come from cri/runtime.proto, a
   remove --socket S --id ID            RemovePodSandbox
 Errors print {"error": ..., "code": ...} and exit 1.
 """
-import argparse, hashlib, importlib, io, json, os, shutil, subprocess, sys, tarfile, tempfile
+import platform, argparse, hashlib, importlib, io, json, os, shutil, subprocess, sys, tarfile, tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,7 +56,8 @@ def pause_image(a):
                 t.addfile(info, f)
         layer_bytes = layer.getvalue()
         diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
-        config = json.dumps({"architecture": "amd64", "os": "linux",
+        arch = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(platform.machine(), platform.machine())
+        config = json.dumps({"architecture": arch, "os": "linux",
                              "config": {"Entrypoint": ["/pause"]},
                              "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
         manifest = json.dumps([{"Config": "config.json", "RepoTags": [a.ref], "Layers": ["layer.tar"]}]).encode()

@@ -24,9 +24,9 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
     /// Netfilter BPF programs load (Linux 6.4+): pods get the egress guard that closes the window
     /// before a new interface carries the tc programs. Without it ebpf still runs, with that window.
     public var netfilterPrograms: Bool = false
-    /// The node's probe programs load and have somewhere to attach: cgroup connect hooks with
-    /// bpf_bind and bpf_get_netns_cookie, sockops with socket storage (Linux 5.7+), and a cgroup v2
-    /// hierarchy.
+    /// The node's socket programs load and have somewhere to attach: cgroup socket hooks with
+    /// bpf_bind, bpf_get_netns_cookie and socket storage (the probe programs and DNS capture), sockops
+    /// with socket storage (Linux 5.7+), and a cgroup v2 hierarchy.
     public var nodeSocketPrograms: Bool = false
     /// BPF LSM programs load: the node's security hooks refuse sockets that send past tc in meshed
     /// pods (whether the kernel also calls them shows once attached; see `status`). Without them
@@ -70,7 +70,7 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
         if !skcLookupHelper { return "the bpf_skc_lookup_tcp helper is not available to tc programs" }
         if !bpffs { return bpffsProblem ?? "no bpffs can be mounted at the pin directory" }
         if !nodeSocketPrograms {
-            return "the node's probe programs cannot run: cgroup connect hooks with bpf_bind and bpf_get_netns_cookie, sockops with socket storage (kernel 5.7+), and a cgroup v2 hierarchy are needed"
+            return "the node's socket programs (kubelet probes, DNS capture) cannot run: cgroup socket hooks with bpf_bind, bpf_get_netns_cookie and socket storage, sockops with socket storage (kernel 5.7+), and a cgroup v2 hierarchy are needed"
         }
         return nil
     }
@@ -79,5 +79,6 @@ public struct KernelFeatures: Sendable, Codable, Equatable {
         libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_bind, nil) == 1
             && libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_netns_cookie, nil) == 1
             && libbpf_probe_bpf_helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sk_storage_get, nil) == 1
+            && libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_sk_storage_get, nil) == 1 // DNS capture's hooks
     }
 }

@@ -4,6 +4,7 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import NIOSSL
+import Synchronization
 
 /// A change a watch reports.
 public enum WatchEvent<T: KubeObject>: Sendable {
@@ -21,6 +22,8 @@ public final class KubeClient: Sendable {
     /// Where and who.
     public let config: KubeConfig
     private let http: HTTPClient
+    /// The exec plugin's last credential, used until it expires or the server refuses it.
+    private let execCredential = Mutex<ExecPlugin.Credential?>(nil)
 
     /// A client for `config`.
     public init(_ config: KubeConfig) throws {
@@ -30,6 +33,12 @@ public final class KubeClient: Sendable {
             do { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(ca)) } catch {
                 throw KubeError(.config, "the CA bundle is not PEM: \(error)")
             }
+        }
+        if let cert = config.clientCertificate, let key = config.clientKey {
+            do {
+                tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(cert).map { .certificate($0) }
+                tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: key, format: .pem))
+            } catch { throw KubeError(.config, "the client certificate or key is not PEM: \(error)") }
         }
         if config.insecure { tls.certificateVerification = .none }
         var c = HTTPClient.Configuration(tlsConfiguration: tls)
@@ -49,7 +58,7 @@ public final class KubeClient: Sendable {
         r.method = method
         r.headers.add(name: "accept", value: "application/json")
         r.headers.add(name: "user-agent", value: "redirect-agent")
-        if let token = try config.currentToken() { r.headers.add(name: "authorization", value: "Bearer \(token)") }
+        if let token = try currentToken() { r.headers.add(name: "authorization", value: "Bearer \(token)") }
         if let body {
             r.body = .bytes(ByteBuffer(data: body))
             r.headers.add(name: "content-type", value: contentType ?? "application/json")
@@ -63,8 +72,20 @@ public final class KubeClient: Sendable {
         }
     }
 
-    /// The body of an answer that must be 2xx, else the server's Status as an error.
+    /// The token to send now: the exec plugin's (run again once its credential expires), else the
+    /// config's.
+    func currentToken() throws -> String? {
+        guard let exec = config.exec else { return try config.currentToken() }
+        if let c = execCredential.withLock({ $0 }), c.expires.map({ $0 > Date().addingTimeInterval(10) }) ?? true { return c.token }
+        let fresh = try exec.run()
+        execCredential.withLock { $0 = fresh }
+        return fresh.token
+    }
+
+    /// The body of an answer that must be 2xx, else the server's Status as an error. A 401 forgets
+    /// the exec plugin's credential, so the next request runs it again (as client-go does).
     private func ok(_ r: HTTPClientResponse, _ what: String) async throws -> Data {
+        if r.status == .unauthorized { execCredential.withLock { $0 = nil } }
         let body = Data(buffer: try await r.body.collect(upTo: 64 << 20))
         guard (200..<300).contains(Int(r.status.code)) else { throw Self.statusError(body, Int(r.status.code), what) }
         return body

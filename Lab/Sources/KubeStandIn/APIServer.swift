@@ -31,15 +31,22 @@ public final class APIServer: Sendable {
     /// Listens on `host:port` (0: a port the kernel picks, kept across restarts) with the
     /// certificate and key (PEM files); with `netns`, on every IPv4 address of that network
     /// namespace (a lab node's: where the agents can reach it).
+    /// With `clientCA` (a PEM file), a client may prove who it is with a certificate that CA signed
+    /// instead of the token, as kube-apiserver's `--client-ca-file` allows.
     public init(store: ObjectStore, host: String = "127.0.0.1", port: Int = 0, netns: NetworkNamespace? = nil,
-                certificate: String, key: String, token: String, bookmarkInterval: Duration = .seconds(5)) throws {
+                certificate: String, key: String, token: String, clientCA: String? = nil, bookmarkInterval: Duration = .seconds(5)) throws {
         self.store = store
         self.netns = netns
         self.token = token
         self.bookmarkInterval = bookmarkInterval
         self.host = host
         let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
-        tls = try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))))
+        var config = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+        if let clientCA {
+            config.certificateVerification = .optionalVerification // a certificate that is presented must verify
+            config.trustRoots = .file(clientCA)
+        }
+        tls = try NIOSSLContext(configuration: config)
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         listener.withLock { $0.port = port }
         try start()
@@ -103,16 +110,19 @@ public final class APIServer: Sendable {
     private func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
         serving.withLock { $0 += 1 }
         defer { serving.withLock { $0 -= 1 } }
+        let channel = connection.channel
         try? await connection.executeThenClose { inbound, outbound in
             var head: HTTPRequestHead?
             var body = ByteBuffer()
+            var certified: Bool?
             for try await part in inbound {
                 switch part {
                 case .head(let h): head = h; body.clear()
                 case .body(var b): body.writeBuffer(&b)
                 case .end:
                     guard let h = head else { continue }
-                    let keepOpen = try await respond(Request(head: h, body: Data(buffer: body)), outbound)
+                    if certified == nil { certified = await Self.presentedCertificate(channel) } // the handshake is over by now
+                    let keepOpen = try await respond(Request(head: h, body: Data(buffer: body)), outbound, certified: certified ?? false)
                     if !keepOpen { return }
                 }
             }
@@ -143,10 +153,19 @@ public final class APIServer: Sendable {
         while held.withLock({ $0.paths.contains(path) }) { try await Task.sleep(for: .milliseconds(10)) }
     }
 
-    /// Answers one request; false when the connection must close (after a watch).
-    private func respond(_ req: Request, _ out: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws -> Bool {
+    /// Whether the client presented a certificate (TLS verified it against the client CA, or the
+    /// handshake would have failed).
+    private static func presentedCertificate(_ channel: Channel) async -> Bool {
+        (try? await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate != nil
+        }.get()) ?? false
+    }
+
+    /// Answers one request; false when the connection must close (after a watch). A request needs
+    /// the token, or a connection that presented a client certificate.
+    private func respond(_ req: Request, _ out: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, certified: Bool) async throws -> Bool {
         try await waitWhileHeld(req.head)
-        guard req.head.headers.first(name: "authorization") == "Bearer \(token)" else {
+        guard certified || req.head.headers.first(name: "authorization") == "Bearer \(token)" else {
             try await send(out, StoreError(401, "Unauthorized", "Unauthorized").status, code: 401)
             return true
         }

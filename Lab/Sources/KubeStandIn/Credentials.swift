@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import SystemCalls
 
 /// What a client needs to reach the stand-in: a CA, the server's certificate for 127.0.0.1 signed
@@ -33,11 +34,63 @@ public struct Credentials: Sendable {
         _ = try Command.run("openssl", ["x509", "-req", "-in", "\(directory)/server.csr", "-CA", c.caFile, "-CAkey", "\(directory)/ca.key",
                                         "-CAcreateserial", "-out", c.certificateFile, "-extfile", "\(directory)/ext"] + days)
         try c.token.write(toFile: c.tokenFile, atomically: true, encoding: .utf8)
+        try c.sign(name: "client", subject: "/O=system:nodes/CN=system:node:lab", extensions: "extendedKeyUsage=clientAuth\n")
         return c
     }
 
-    /// Writes the kubeconfig for the server at `url` (to ``kubeconfig`` unless another path is given).
-    public func writeKubeconfig(server url: String, to path: String? = nil) throws {
+    /// A client certificate the CA signed, as a node's kubelet credentials are.
+    public var clientCertificateFile: String { "\(directory)/client.crt" }
+    /// Its key.
+    public var clientKeyFile: String { "\(directory)/client.key" }
+
+    /// Makes `<name>.key` and `<name>.crt`, signed by the CA.
+    private func sign(name: String, subject: String, extensions: String) throws {
+        _ = try Command.run("openssl", ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "\(directory)/\(name).key",
+                                        "-out", "\(directory)/\(name).csr", "-subj", subject])
+        try extensions.write(toFile: "\(directory)/\(name).ext", atomically: true, encoding: .utf8)
+        _ = try Command.run("openssl", ["x509", "-req", "-in", "\(directory)/\(name).csr", "-CA", caFile, "-CAkey", "\(directory)/ca.key",
+                                        "-CAcreateserial", "-out", "\(directory)/\(name).crt", "-extfile", "\(directory)/\(name).ext", "-days", "2"])
+    }
+
+    /// How a kubeconfig's user proves who it is.
+    public enum User: Sendable {
+        /// The bearer token, inline.
+        case token
+        /// The client certificate and key, by path.
+        case clientCertificate
+        /// The client certificate and key, inline (base64 data).
+        case clientCertificateData
+        /// An exec plugin: `command` prints an ExecCredential with the token.
+        case exec(command: String)
+    }
+
+    /// Writes a credential plugin at `path` that prints an ExecCredential with the token, valid for an hour.
+    public func writeExecPlugin(to path: String) throws {
+        let script = """
+        #!/bin/sh
+        # A kubeconfig credential plugin, as cloud providers ship them: prints an ExecCredential.
+        echo "$KUBERNETES_EXEC_INFO" | grep -q '"kind":"ExecCredential"' || { echo "no KUBERNETES_EXEC_INFO" >&2; exit 1; }
+        expiry=$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)
+        printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"%s","expirationTimestamp":"%s"}}\\n' "$(cat \(tokenFile))" "$expiry"
+
+        """
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        guard chmod(path, 0o700) == 0 else { throw SystemError("chmod \(path)", code: errno) }
+    }
+
+    /// Writes the kubeconfig for the server at `url` (to ``kubeconfig`` unless another path is given),
+    /// with `user`'s kind of credentials.
+    public func writeKubeconfig(server url: String, to path: String? = nil, user: User = .token) throws {
+        func base64(_ file: String) throws -> String { try Data(contentsOf: URL(fileURLWithPath: file)).base64EncodedString() }
+        let credentials: String
+        switch user {
+        case .token: credentials = "token: \(token)"
+        case .clientCertificate: credentials = "client-certificate: \(clientCertificateFile)\n    client-key: \(clientKeyFile)"
+        case .clientCertificateData:
+            credentials = "client-certificate-data: \(try base64(clientCertificateFile))\n    client-key-data: \(try base64(clientKeyFile))"
+        case .exec(let command):
+            credentials = "exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: \(command)\n      interactiveMode: Never\n      provideClusterInfo: false"
+        }
         let text = """
         apiVersion: v1
         kind: Config
@@ -49,7 +102,7 @@ public struct Credentials: Sendable {
         users:
         - name: lab
           user:
-            token: \(token)
+            \(credentials)
         contexts:
         - name: lab
           context:

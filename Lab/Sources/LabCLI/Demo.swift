@@ -3,6 +3,7 @@ import Dataplane
 import AgentAPI
 import Foundation
 import KubeStandIn
+import MeshProxy
 import NodeLab
 import SystemCalls
 
@@ -63,6 +64,8 @@ struct Demo: ParsableCommand {
             say("  \(meshed[0].name) -> \(meshed[2].name) (IPv6): HTTP \(r.status) \(r.body.trimmed)")
         }
 
+        if dataplane != .none { try showDNS(lab: lab, meshed: meshed[0], outsider: outsider) }
+
         say("\n== kubelet probes from each node (source the app saw)")
         for pod in lab.pods {
             for v6 in options.ipv6 ? [false, true] : [false] {
@@ -103,6 +106,19 @@ struct Demo: ParsableCommand {
 }
 
 extension Demo {
+    /// dig from a meshed pod and from one outside the mesh, against the node's cluster DNS: the proxy
+    /// answers the mesh's names itself and forwards the rest.
+    func showDNS(lab: Lab, meshed: LabPod, outsider: LabPod) throws {
+        let server = meshed.node.clusterDNS.ip
+        say("\n== DNS: dig @\(server) (the cluster DNS answers every name with \(Lab.clusterDNSAddresses[0]); the proxy answers *.\(MeshProxy.dnsZone) itself)")
+        for pod in [meshed, outsider] {
+            for name in ["web.mesh.lab", "www.example.com"] {
+                let answer = (try? lab.inNamespace(pod.netns, "dig", ["+short", "+time=2", "+tries=1", "@\(server)", name]))?.trimmed ?? "?"
+                say("  \(pod.name): \(name) -> \(answer.isEmpty ? "no answer" : answer)")
+            }
+        }
+    }
+
     /// A running pod joins the mesh when its namespace is labelled with kubectl, and leaves it
     /// when the label goes: no restart, no new ADD.
     func showLabelDriven(lab: Lab, peer: LabPod) throws {

@@ -161,11 +161,12 @@ public final class LabPod: Sendable {
     /// The app's accepted-connection records (JSON lines).
     public var appRecordsPath: String { "\(node.directory)/\(identity.name)-app.jsonl" }
 
-    init(identity: PodIdentity, node: LabNode, netnsName: String) {
+    /// A pod whose namespace is `netnsName` under /run/netns, or at `netnsPath` (a runtime's own folder).
+    init(identity: PodIdentity, node: LabNode, netnsName: String, netnsPath: String? = nil) {
         self.identity = identity
         self.node = node
         self.netnsName = netnsName
-        self.netns = NetworkNamespace(named: netnsName)
+        self.netns = netnsPath.map { NetworkNamespace(path: $0) } ?? NetworkNamespace(named: netnsName)
     }
 
     /// Takes the addresses the runtime reported: one per family.
@@ -359,7 +360,7 @@ public final class Lab: Sendable {
     private func addSandbox(_ containerd: LabContainerd, on node: LabNode, name: String, namespace: String, uid: String) throws -> LabPod {
         let sandbox = try containerd.runPodSandbox(name: name, namespace: namespace, uid: uid, cgroupParent: "\(node.cgroupPath)/kubepods/pod\(uid)")
         let identity = PodIdentity(name: name, namespace: namespace, uid: uid, containerID: sandbox.id)
-        let pod = LabPod(identity: identity, node: node, netnsName: URL(fileURLWithPath: sandbox.netns).lastPathComponent)
+        let pod = LabPod(identity: identity, node: node, netnsName: URL(fileURLWithPath: sandbox.netns).lastPathComponent, netnsPath: sandbox.netns)
         members.withLock { $0.pods.append(pod) }
         pod.assign(sandbox.ips)
         return pod
@@ -480,7 +481,8 @@ public final class Lab: Sendable {
     }
 
     private func waitForLine(_ marker: String, in process: ManagedProcess, what: String) throws {
-        let deadline = Date().addingTimeInterval(10)
+        // Generous: an agent loading every program takes several seconds in the kernel matrix's emulated VMs.
+        let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
             if process.log().contains(marker) { return }
             if !process.isRunning { break }
@@ -607,16 +609,22 @@ extension Mutex {
 extension Lab {
     /// Starts the stand-in API server, with credentials in the run's folder.
     /// It runs on the first node, as a control plane would: the first node's agent reaches it on
-    /// loopback, the others over the node link; each node gets its own kubeconfig.
+    /// loopback, the others over the node link; each node gets its own kubeconfig, each with another
+    /// kind of user, so every kind is what some agent (and kubectl, with the first node's) runs on:
+    /// a client certificate, an exec credential plugin, then a token.
     func startKubeAPI() throws {
         let home = nodes[0]
         let creds = try Credentials.make(in: "\(directory)/kube", hosts: ["127.0.0.1", home.address.description])
         let server = try APIServer(store: ObjectStore(), netns: home.netns, certificate: creds.certificateFile, key: creds.keyFile,
-                                   token: creds.token, bookmarkInterval: .seconds(2))
+                                   token: creds.token, clientCA: creds.caFile, bookmarkInterval: .seconds(2))
         kubeState.withLock { $0 = (server, creds) }
-        for node in nodes {
+        let plugin = "\(directory)/kube/exec-credential"
+        try creds.writeExecPlugin(to: plugin)
+        for (i, node) in nodes.enumerated() {
             let host = node === home ? "127.0.0.1" : home.address.description
-            try creds.writeKubeconfig(server: "https://\(host):\(server.port)", to: kubeconfig(for: node))
+            let kinds: [Credentials.User] = [.clientCertificate, .exec(command: plugin)]
+            let user = i < kinds.count ? kinds[i] : .token
+            try creds.writeKubeconfig(server: "https://\(host):\(server.port)", to: kubeconfig(for: node), user: user)
         }
     }
 

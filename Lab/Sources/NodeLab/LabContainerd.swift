@@ -22,7 +22,7 @@ public final class LabContainerd: Sendable {
         public var id: String
         /// Its addresses, as the runtime reports them from the CNI result.
         public var ips: [IPAddress]
-        /// The path of its network namespace (the runtime's own, under /run/netns).
+        /// The path of its network namespace (the runtime's own, under its state folder).
         public var netns: String
     }
 
@@ -96,6 +96,9 @@ public final class LabContainerd: Sendable {
             ("bin_dir = \"/opt/cni/bin\"", "bin_dir = \"\(directory)/cni-bin\""),
             ("conf_dir = \"/etc/cni/net.d\"", "conf_dir = \"\(cniConfDir)\""),
             ("restrict_oom_score_adj = false", "restrict_oom_score_adj = true"),
+            // Sandbox namespaces under the state folder, not /run/netns: a lab that crashes leaves
+            // them where its sweep finds them (it unmounts everything below the run's folder).
+            ("netns_mounts_under_state_dir = false", "netns_mounts_under_state_dir = true"),
             // runc's state for the CRI runtime, under the lab too (the only `Root = ""`: the runc
             // options; default /run/containerd/runc).
             ("Root = \"\"", "Root = \"\(directory)/runc\""),

@@ -1,8 +1,10 @@
 import Foundation
+import Glibc
 import KubeClient
 import KubeStandIn
 import Logging
 import Synchronization
+import SystemCalls
 import Testing
 
 /// The agent's Kubernetes client against the lab's API server (itself proven with kubectl).
@@ -37,6 +39,70 @@ struct KubeClientTests {
             } catch let e as KubeError {
                 #expect(e.httpStatus == 401, "\(e)")
             }
+        }
+    }
+
+    @Test("every kind of kubeconfig user reaches the API, with our client and with kubectl: token, client certificate (files, inline data), exec plugin; a certificate from another CA and no credentials are refused")
+    func userKinds() async throws {
+        try await withKubeAPIAsync { server, c in
+            try seed(server.store)
+            let kinds: [(String, Credentials.User)] = [("token", .token), ("cert", .clientCertificate), ("certdata", .clientCertificateData),
+                                                       ("exec", .exec(command: "\(c.directory)/exec-credential"))]
+            try c.writeExecPlugin(to: "\(c.directory)/exec-credential")
+            for (name, user) in kinds {
+                let path = "\(c.directory)/kubeconfig-\(name)"
+                try c.writeKubeconfig(server: server.url, to: path, user: user)
+                let k = try KubeClient(try KubeConfig.file(path))
+                let pods = try await k.list(Pod.self).items.map(\.metadata.name).sorted()
+                await k.shutdown()
+                #expect(pods == ["cart-1", "cart-2"], "\(name)")
+                let kubectl = try Command.run(try Command.resolve("kubectl"), ["--kubeconfig", path, "get", "pods", "-n", "shop", "-o", "name"])
+                #expect(kubectl.split(separator: "\n") == ["pod/cart-1", "pod/cart-2"], "kubectl with \(name): \(kubectl)")
+            }
+            // The presence of the refusal: no credentials at all.
+            let anonymous = "\(c.directory)/kubeconfig-anonymous"
+            try String(contentsOfFile: "\(c.directory)/kubeconfig-token", encoding: .utf8).replacingOccurrences(of: "token: \(c.token)", with: "username: nobody")
+                .write(toFile: anonymous, atomically: true, encoding: .utf8)
+            await #expect(throws: KubeError.self) { try await self.listOnce(anonymous) }
+            // A certificate another CA signed: TLS refuses it.
+            let other = try Credentials.make(in: "\(c.directory)/other")
+            var forged = try KubeConfig.file("\(c.directory)/kubeconfig-cert")
+            forged.clientCertificate = [UInt8](try Data(contentsOf: URL(fileURLWithPath: other.clientCertificateFile)))
+            forged.clientKey = [UInt8](try Data(contentsOf: URL(fileURLWithPath: other.clientKeyFile)))
+            let k = try KubeClient(forged)
+            await #expect(throws: KubeError.self) { _ = try await k.list(Pod.self) }
+            await k.shutdown()
+        }
+    }
+
+    func listOnce(_ kubeconfig: String) async throws {
+        let k = try KubeClient(try KubeConfig.file(kubeconfig))
+        defer { Task { await k.shutdown() } }
+        _ = try await k.list(Pod.self)
+    }
+
+    @Test("an exec plugin runs once and its token is reused until the server refuses it; then it runs again")
+    func execPluginCache() async throws {
+        try await withKubeAPIAsync { server, c in
+            try seed(server.store)
+            let tokenFile = "\(c.directory)/exec-token", runs = "\(c.directory)/exec-runs", plugin = "\(c.directory)/counting-plugin"
+            try "wrong".write(toFile: tokenFile, atomically: true, encoding: .utf8)
+            try """
+            #!/bin/sh
+            echo run >> \(runs)
+            printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"%s"}}' "$(cat \(tokenFile))"
+            """.write(toFile: plugin, atomically: true, encoding: .utf8)
+            #expect(chmod(plugin, 0o700) == 0)
+            try c.writeKubeconfig(server: server.url, to: "\(c.directory)/kubeconfig-exec", user: .exec(command: plugin))
+            let k = try KubeClient(try KubeConfig.file("\(c.directory)/kubeconfig-exec"))
+            defer { Task { await k.shutdown() } }
+            func runCount() -> Int { ((try? String(contentsOfFile: runs, encoding: .utf8)) ?? "").split(separator: "\n").count }
+            await #expect(throws: KubeError.self, "the plugin's first token is wrong") { _ = try await k.list(Pod.self) }
+            #expect(runCount() == 1)
+            try c.token.write(toFile: tokenFile, atomically: true, encoding: .utf8)
+            #expect(try await k.list(Pod.self).items.count == 2, "refused once, the plugin ran again and its new token works")
+            _ = try await k.list(Pod.self)
+            #expect(runCount() == 2, "a working token is reused")
         }
     }
 

@@ -10,7 +10,7 @@ func makeKubeAPI() throws -> (APIServer, Credentials, @Sendable () -> Void) {
     do {
         let creds = try Credentials.make(in: dir)
         let server = try APIServer(store: ObjectStore(historyLimit: 50), certificate: creds.certificateFile, key: creds.keyFile,
-                                   token: creds.token, bookmarkInterval: .milliseconds(200))
+                                   token: creds.token, clientCA: creds.caFile, bookmarkInterval: .milliseconds(200))
         let cleanup: @Sendable () -> Void = {
             server.shutdown()
             try? FileManager.default.removeItem(atPath: dir)
