@@ -83,18 +83,28 @@ public final class MapSync: Sendable {
     public let dnsNamespaces: BPFMap
 
     /// Uses the maps of a loaded object.
-    public init(object: BPFObject) throws {
-        pods = try object.map("ra_pods")
-        config = try object.map("ra_config")
-        counters = try object.map("ra_counters")
-        probeFlows = try object.map("ra_probe_flows")
-        proxyListeners = try object.map("ra_proxy_listeners")
-        interfaces = try object.map("ra_ifaces")
-        egressInterfaces = try object.map("ra_egress_ifaces")
-        node = try object.map("ra_node")
-        kept = try object.map("ra_kept")
-        bypassFlows = try object.map("ra_bypass_flows")
-        dnsNamespaces = try object.map("ra_dns_netns")
+    public convenience init(object: BPFObject) throws {
+        try self.init { try object.map($0) }
+    }
+
+    /// Opens the maps pinned in `directory` (the agent's `<pin root>/maps`), loading nothing: for
+    /// readers such as `redirect-agent maps`, which must work beside a running agent or without one.
+    public convenience init(pinDirectory directory: String) throws {
+        try self.init { try BPFMap.pinned("\(directory)/\($0)") }
+    }
+
+    private init(_ open: (String) throws -> BPFMap) throws {
+        pods = try open("ra_pods")
+        config = try open("ra_config")
+        counters = try open("ra_counters")
+        probeFlows = try open("ra_probe_flows")
+        proxyListeners = try open("ra_proxy_listeners")
+        interfaces = try open("ra_ifaces")
+        egressInterfaces = try open("ra_egress_ifaces")
+        node = try open("ra_node")
+        kept = try open("ra_kept")
+        bypassFlows = try open("ra_bypass_flows")
+        dnsNamespaces = try open("ra_dns_netns")
     }
 
     // MARK: DNS capture

@@ -160,6 +160,9 @@ extension Demo {
     func showBPFState(lab: Lab, pod: LabPod) throws {
         let maps = "\(pod.node.bpfPinRoot)/maps"
         say("\n== the maps on node \(pod.node.name) (pins under \(pod.node.bpfPinRoot))")
+        say("$ redirect-agent maps   (every map decoded, read from the kernel; names from the agent)")
+        say(try Command.run(try LabBinaries.path("redirect-agent"), ["maps", "--pin-root", pod.node.bpfPinRoot,
+                                                                     "--control-socket", pod.node.agentControlSocket]).trimmed)
         say("$ bpftool map dump pinned \(maps)/ra_config")
         say(try Command.run("bpftool", ["map", "dump", "pinned", "\(maps)/ra_config"]).trimmed)
         say("$ bpftool map dump pinned \(maps)/ra_pods   (one entry per pod address)")

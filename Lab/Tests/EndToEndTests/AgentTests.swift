@@ -2,6 +2,7 @@ import AgentAPI
 import BPFLoader
 import Dataplane
 import Foundation
+import MapSync
 import NodeLab
 import SystemCalls
 import Testing
@@ -319,6 +320,39 @@ struct AgentTests {
             #expect(r.body.contains("decision=\"outbound_captured\"} 1"))
             #expect(r.body.contains("redirect_agent_enrollment_seconds_count 1"))
             #expect(try lab.get(from: node.netns, to: SocketAddress(IPAddress("127.0.0.1")!, 15029), path: "/healthz", timeout: 3).status == 200)
+        }
+    }
+
+    @Test("redirect-agent maps decodes the pinned maps from the kernel: pods by name with addresses, interfaces, settings and counters, the config, probe flows; also with the agent stopped")
+    func mapsCommand() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("ebpf") { lab throws in
+            let node = lab.nodes[0]
+            let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let b = try lab.addPod(on: node, name: "n1-plain")
+            _ = try lab.request(from: a, to: SocketAddress(b.ip4, Lab.httpPort))
+            _ = try lab.probe(a)
+            func maps(_ args: [String]) throws -> String {
+                try Command.run(try LabBinaries.path("redirect-agent"), ["maps", "--pin-root", node.bpfPinRoot, "--control-socket", node.agentControlSocket] + args)
+            }
+            let report = try JSONDecoder().decode(MapReport.self, from: Data(try maps(["--json"]).utf8))
+            let pod = try #require(report.pods.first)
+            #expect(report.pods.count == 1, "only the meshed pod: \(report.pods.map(\.addresses))")
+            #expect(pod.name == "default/n1-pod1" && Set(pod.addresses) == Set(a.addresses.map(\.description)), "\(pod)")
+            #expect(pod.flags.contains("dns_capture") && pod.dnsNetnsCookie != nil)
+            #expect(pod.lookupInterfaces.contains("\(a.ip4)%\(pod.podIfindex)"), "\(pod.lookupInterfaces)")
+            #expect(pod.counters["outbound_captured", default: 0] >= 1 && pod.counters["probe_pass", default: 0] >= 1, "\(pod.counters)")
+            #expect(report.config?.probeIPv4 == "169.254.7.127" && report.config?.dnsPort == 15053 && report.config?.proxyMark == "0x539")
+            #expect(report.probeFlows.contains { $0.pod.hasPrefix("\(a.ip4):") && $0.probe.hasPrefix("169.254.7.127:") }, "\(report.probeFlows)")
+            // The same as bpftool sees it: one ra_pods entry per address.
+            let dump = try Command.run("bpftool", ["map", "dump", "pinned", "\(node.bpfPinRoot)/maps/ra_pods"])
+            #expect(dump.components(separatedBy: "\"pod_index\"").count - 1 == pod.addresses.count)
+            let text = try maps([])
+            #expect(text.contains("default/n1-pod1") && text.contains(a.ip4.description) && text.contains("outbound_captured="), "\(text)")
+            #expect(!text.contains(b.ip4.description + " "), "the plain pod is not there")
+            node.agent?.stop()
+            let offline = try JSONDecoder().decode(MapReport.self, from: Data(try maps(["--json"]).utf8))
+            #expect(offline.pods.map(\.addresses) == report.pods.map(\.addresses) && offline.pods.first?.name == nil, "read from the kernel alone")
         }
     }
 
