@@ -50,3 +50,12 @@ static __always_inline void ra_probe_addr(const struct ra_config *cfg, __u32 fam
     else
         __builtin_memcpy(out->words, cfg->probe_ipv6, 16);
 }
+
+/* Whether cgroup `id` is the proxy's: the current proxy's, or a draining one's (looked up only
+ * while there are any, and only for what the current proxy's id did not match). */
+static __always_inline int ra_is_proxy_cgroup(const struct ra_config *cfg, __u64 id)
+{
+    if (id == cfg->proxy_cgroup)
+        return 1;
+    return cfg->draining_proxies && id && bpf_map_lookup_elem(&ra_proxy_cgroups, &id);
+}

@@ -28,7 +28,7 @@ static __always_inline int ra_dns_from_proxy(struct bpf_sock_addr *ctx, const st
     struct bpf_sock *sk = ctx->sk;
     if (!sk || (sk->mark & cfg->mark_mask) != (cfg->proxy_mark & cfg->mark_mask))
         return 0;
-    return !cfg->proxy_cgroup || bpf_get_current_cgroup_id() == cfg->proxy_cgroup;
+    return !cfg->proxy_cgroup || ra_is_proxy_cgroup(cfg, bpf_get_current_cgroup_id());
 }
 
 /* Whether a query to `dst` stays uncaptured, as Istio's rules leave it: one to the pod itself (UDP
@@ -192,7 +192,7 @@ static __always_inline int ra_dns_uncaptured(struct __sk_buff *skb, const struct
     if (!info || !(info->flags & RA_POD_DNS_CAPTURE))
         return 0;
     if ((skb->mark & cfg->mark_mask) == (cfg->proxy_mark & cfg->mark_mask) &&
-        (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup))
+        (!cfg->proxy_cgroup || ra_is_proxy_cgroup(cfg, bpf_skb_cgroup_id(skb))))
         return 0;
     ra_count(info->pod_index, RA_DROP_DNS_UNCAPTURED);
     return 1;

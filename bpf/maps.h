@@ -150,3 +150,14 @@ struct {
     __type(value, struct ra_dns_origin);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_dns_origins SEC(".maps");
+
+/* Cgroup ids of proxies another proxy replaced that still run (a ztunnel rolling upgrade drains
+ * its connections): their sockets are the proxy's too. Read only while ra_config.draining_proxies
+ * is nonzero. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16);
+    __type(key, __u64);
+    __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} ra_proxy_cgroups SEC(".maps");

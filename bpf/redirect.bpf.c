@@ -44,7 +44,7 @@ static __always_inline int ra_is_proxy(struct __sk_buff *skb, const struct ra_co
     if (!cfg->proxy_cgroup || ra_is_bare_segment(f))
         return 1;
     __u64 cgroup = bpf_skb_cgroup_id(skb);
-    if (cgroup == cfg->proxy_cgroup || cgroup == 0)
+    if (cgroup == 0 || ra_is_proxy_cgroup(cfg, cgroup))
         return 1;
     if (ra_is_new_connection(f))
         ra_count(ra_pod_index(f->family, &f->src), RA_FORGED_MARK);
@@ -195,7 +195,7 @@ static __always_inline int ra_assign_proxy(struct __sk_buff *skb, struct bpf_soc
     }
     if (ra_assign(skb, sk, pod, RA_DECISION_COUNT) != TC_ACT_OK)
         return TC_ACT_SHOT;
-    if (cfg->proxy_cgroup && bpf_skb_cgroup_id(skb) != cfg->proxy_cgroup) {
+    if (cfg->proxy_cgroup && !ra_is_proxy_cgroup(cfg, bpf_skb_cgroup_id(skb))) {
         ra_count(pod, RA_DROP_NOT_PROXY);
         return TC_ACT_SHOT;
     }
@@ -213,7 +213,7 @@ static __always_inline int ra_assign_owner(struct __sk_buff *skb, struct bpf_soc
     int marked = cfg->proxy_cgroup || ra_sk_marked_proxy(sk, cfg);
     if (ra_assign(skb, sk, pod, RA_DECISION_COUNT) != TC_ACT_OK)
         return TC_ACT_SHOT;
-    if (marked && (!cfg->proxy_cgroup || bpf_skb_cgroup_id(skb) == cfg->proxy_cgroup))
+    if (marked && (!cfg->proxy_cgroup || ra_is_proxy_cgroup(cfg, bpf_skb_cgroup_id(skb))))
         return TC_ACT_OK; /* every packet of every flow: not counted */
     if (!ra_is_new_connection(f)) {
         if (bypass && ra_socket_in(skb, &ra_bypass_flows))
@@ -266,7 +266,7 @@ static __always_inline int ra_to_listener(struct __sk_buff *skb, const struct ra
         return TC_ACT_SHOT;
     }
     /* ra_proxy_listener checked the mark; the cgroup can only be read once assigned. */
-    if (cfg->proxy_cgroup && bpf_skb_cgroup_id(skb) != cfg->proxy_cgroup) {
+    if (cfg->proxy_cgroup && !ra_is_proxy_cgroup(cfg, bpf_skb_cgroup_id(skb))) {
         bpf_sk_release(listener);
         ra_count(pod, RA_DROP_NOT_PROXY);
         return TC_ACT_SHOT;

@@ -37,32 +37,53 @@ extension Agent {
         if try cgroup.path == "/" || cgroup.descendantCount() > 0 {
             throw AgentError(.proxyUnidentified, "the ZDS peer (\(how)) is in \(cgroup.path), which holds other groups: it cannot be told apart from them")
         }
-        let previous = dataplane.config.proxyCgroup
-        try learnProxy(cgroup)
-        logger.info("proxy identity learned from its ZDS connection", metadata: ["cgroup": "\(cgroup)", "how": "\(how)"])
+        let previous = dataplane.config.proxyCgroup, drainingBefore = dataplane.config.drainingProxyCgroups
+        // A proxy that is replaced while it still runs (a rolling upgrade) drains its connections
+        // as the proxy, until it exits (``retireDrainedProxies()``).
+        var draining = drainingBefore.filter { $0 != cgroup && $0.isPopulated() }
+        if let previous, previous != cgroup, previous.isPopulated(), !draining.contains(previous) { draining.append(previous) }
+        try learnProxy(cgroup, draining: draining)
+        logger.info("proxy identity learned from its ZDS connection",
+                    metadata: ["cgroup": "\(cgroup)", "how": "\(how)", "draining": "\(draining.map(\.description))"])
         return { [self] in
             guard dataplane.config.proxyCgroup == cgroup, previous != cgroup else { return }
-            do { try learnProxy(previous) } catch { logger.error("restoring the proxy's identity", metadata: ["error": "\(error)"]) }
+            do { try learnProxy(previous, draining: drainingBefore) } catch { logger.error("restoring the proxy's identity", metadata: ["error": "\(error)"]) }
             logger.warning("proxy lost before its snapshot: the previous proxy's cgroup is the proxy's again",
                            metadata: ["cgroup": "\(previous.map { "\($0)" } ?? "none")"])
         }
     }
 
-    /// Makes `cgroup` the proxy's (nil: no proxy) in the dataplane, then in the state file; when
-    /// the state file cannot take it, the dataplane goes back.
-    private func learnProxy(_ cgroup: Cgroup?) throws {
+    /// Makes `cgroup` the proxy's (nil: no proxy) and `draining` the replaced proxies' that still
+    /// run, in the dataplane, then the proxy's in the state file (draining ones are not kept
+    /// there); when the state file cannot take it, the dataplane goes back.
+    private func learnProxy(_ cgroup: Cgroup?, draining: [Cgroup]) throws {
         try guarded.withLock { state in
             let pods = state.pods.values.map(\.spec)
-            let before = dataplane.config.proxyCgroup
-            if before != cgroup { try dataplane.setProxyCgroup(cgroup, pods: pods) }
+            let before = (dataplane.config.proxyCgroup, dataplane.config.drainingProxyCgroups)
+            if before != (cgroup, draining) { try dataplane.setProxyCgroup(cgroup, draining: draining, pods: pods) }
             guard state.proxyCgroup != cgroup else { return }
             let saved = state.proxyCgroup
             state.proxyCgroup = cgroup
             do { try store.save(state) } catch {
                 state.proxyCgroup = saved
-                try? dataplane.setProxyCgroup(before, pods: pods)
+                try? dataplane.setProxyCgroup(before.0, draining: before.1, pods: pods)
                 throw error
             }
+        }
+    }
+
+    /// Drops the draining proxies that have exited (their cgroup holds no process, or is gone):
+    /// from then on their cgroup is nobody's. The daemon calls it every second; cheap while none drains.
+    public func retireDrainedProxies() {
+        let c = dataplane.config
+        guard !c.drainingProxyCgroups.isEmpty else { return }
+        let running = c.drainingProxyCgroups.filter { $0.isPopulated() }
+        guard running != c.drainingProxyCgroups else { return }
+        do {
+            try learnProxy(c.proxyCgroup, draining: running)
+            logger.info("a replaced proxy has exited: its cgroup is no longer the proxy's", metadata: ["still draining": "\(running.map(\.description))"])
+        } catch {
+            logger.error("retiring a drained proxy failed", metadata: ["error": "\(error)"])
         }
     }
 
@@ -70,6 +91,7 @@ extension Agent {
     func proxyIdentity(_ c: CaptureConfig) -> String {
         if c.proxyUnknown { return "learned from the ZDS peer: no proxy has connected yet, no app socket skips capture on the mark" }
         guard let cgroup = c.proxyCgroup else { return "mark only (forgeable, as Istio)" }
-        return "cgroup \(cgroup)" + (options.learnProxyCgroup ? ", learned from the ZDS peer" : "")
+        let draining = c.drainingProxyCgroups.isEmpty ? "" : "; draining (replaced, still running): " + c.drainingProxyCgroups.map(\.description).joined(separator: ", ")
+        return "cgroup \(cgroup)" + (options.learnProxyCgroup ? ", learned from the ZDS peer" : "") + draining
     }
 }

@@ -49,6 +49,15 @@ public struct CaptureConfig: Sendable, Equatable, Codable {
     /// Only sockets in this cgroup are the proxy's; nil: any socket with the proxy mark (Istio's
     /// rule, which any app with CAP_NET_RAW can forge).
     public var proxyCgroup: Cgroup?
+    /// Proxies that another has replaced (a ztunnel rolling upgrade) and that still run: their
+    /// sockets are the proxy's too, so the connections they drain keep flowing, until they exit.
+    /// Only with ``proxyCgroup``.
+    public var drainingProxyCgroups: [Cgroup] = []
+    /// Every cgroup whose sockets are the proxy's: the proxy's, then the draining ones.
+    public var proxyCgroups: [Cgroup] {
+        guard let proxy = proxyCgroup else { return [] }
+        return [proxy] + drainingProxyCgroups.filter { $0 != proxy }
+    }
     /// The proxy's cgroup is learned from its ZDS connection and no proxy has connected yet
     /// (``proxyCgroup`` is nil): no socket is the proxy's, whatever its mark.
     public var proxyUnknown = false

@@ -68,10 +68,10 @@ public protocol Dataplane: AnyObject, Sendable {
     func verify(_ pod: PodSpec) throws -> [String]
     /// Changes the probe source IPs on a running node, for every enrolled pod in `pods`.
     func setProbeIPs(v4: IPAddress, v6: IPAddress, pods: [PodSpec]) throws
-    /// Makes `cgroup` the proxy's (learned from its ZDS connection), for every enrolled pod in
-    /// `pods`; nil: no proxy, no socket is the proxy's. The configuration changes only once the
-    /// kernel has the change.
-    func setProxyCgroup(_ cgroup: Cgroup?, pods: [PodSpec]) throws
+    /// Makes `cgroup` the proxy's (learned from its ZDS connection), and `draining` the cgroups of
+    /// replaced proxies that still run, for every enrolled pod in `pods`; nil: no proxy, no socket
+    /// is the proxy's. The configuration changes only once the kernel has the change.
+    func setProxyCgroup(_ cgroup: Cgroup?, draining: [Cgroup], pods: [PodSpec]) throws
     /// Removes the node-wide part.
     func uninstallNode() throws
     /// Where the pod's capture is attached, as the kernel reports it (for `status`).
@@ -89,6 +89,9 @@ public protocol Dataplane: AnyObject, Sendable {
 }
 
 extension Dataplane {
+    /// Makes `cgroup` the proxy's, with no draining proxy.
+    public func setProxyCgroup(_ cgroup: Cgroup?, pods: [PodSpec]) throws { try setProxyCgroup(cgroup, draining: [], pods: pods) }
+
     /// Nothing to resume: the kernel state is all there is.
     public func resume(_ pod: PodSpec) throws {}
     /// Nothing to prune: the kernel forgets closed connections by itself (conntrack).

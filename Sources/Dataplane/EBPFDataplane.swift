@@ -135,7 +135,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
 
     static func kernelConfig(_ c: CaptureConfig) -> KernelConfig {
         KernelConfig(probeIPv4: c.probeIPv4, probeIPv6: c.probeIPv6, outboundPort: c.outboundPort, inboundPort: c.inboundPort,
-                     tunnelPort: c.tunnelPort, dnsPort: c.dnsPort, proxyMark: c.proxyMark, markMask: c.markMask, captureMark: c.connMark,
+                     tunnelPort: c.tunnelPort, dnsPort: c.dnsPort, drainingProxies: UInt32(c.drainingProxyCgroups.count), proxyMark: c.proxyMark, markMask: c.markMask, captureMark: c.connMark,
                      proxyCgroup: c.proxyUnknown ? Self.noCgroup : c.proxyCgroup?.id ?? 0, kubeletCgroup: c.kubeletCgroup?.id ?? 0)
     }
 
@@ -225,13 +225,18 @@ public final class EBPFDataplane: Dataplane, Sendable {
         try maps.write(Self.kernelConfig(c))
     }
 
-    /// One map write: the next packet of every pod knows the proxy by its new cgroup.
-    public func setProxyCgroup(_ cgroup: Cgroup?, pods: [PodSpec]) throws {
+    /// One config write: the next packet of every pod knows the proxy by its new cgroup. Draining
+    /// proxies' cgroups go into ra_proxy_cgroups before the config counts them, and leave it after.
+    public func setProxyCgroup(_ cgroup: Cgroup?, draining: [Cgroup], pods: [PodSpec]) throws {
         var c = config
         c.proxyCgroup = cgroup
+        c.drainingProxyCgroups = cgroup == nil ? [] : draining
         c.proxyUnknown = cgroup == nil
+        let ids = c.drainingProxyCgroups.map(\.id)
+        try maps.addProxyCgroups(ids)
         try maps.write(Self.kernelConfig(c))
-        current.withLock { $0.proxyCgroup = c.proxyCgroup; $0.proxyUnknown = c.proxyUnknown }
+        try maps.removeProxyCgroups(keeping: ids)
+        current.withLock { $0.proxyCgroup = c.proxyCgroup; $0.drainingProxyCgroups = c.drainingProxyCgroups; $0.proxyUnknown = c.proxyUnknown }
     }
 
     /// The node's socket program links, as `status` shows them, and what is wrong with them.

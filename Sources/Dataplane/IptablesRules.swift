@@ -59,8 +59,8 @@ public struct IptablesRules: Sendable {
         let probe = "\(c.probeIP(ipv6: ipv6))/\(ipv6 ? 128 : 32)"
         // Who skips capture on the way out: with a cgroup, one ACCEPT for the proxy's sockets and no
         // mark test after it; without, Istio's `! --mark` on each rule.
-        let proxy = c.proxyCgroup.map { "-m mark --mark \(mark) -m cgroup --path \($0.path)" }
-        let notProxy = proxy == nil && !c.proxyUnknown ? " -m mark ! --mark \(mark)" : ""
+        let proxies = c.proxyCgroups.map { "-m mark --mark \(mark) -m cgroup --path \($0.path)" }
+        let notProxy = proxies.isEmpty && !c.proxyUnknown ? " -m mark ! --mark \(mark)" : ""
         let mangle: [(String, String)] = [
             (prerouting, "-m mark --mark \(mark) -j CONNMARK --set-xmark \(conn)"),
             (prerouting, "! -i lo -m connmark --mark \(conn) -j DROP"),
@@ -73,7 +73,7 @@ public struct IptablesRules: Sendable {
         if !bypassInbound {
             nat.append((prerouting, "! -d \(lo) -p tcp -m tcp ! --dport \(c.tunnelPort) -m mark ! --mark \(mark) -j REDIRECT --to-ports \(c.inboundPort)"))
         }
-        if let proxy { nat.append((output, "\(proxy) -j ACCEPT")) }
+        nat += proxies.map { (output, "\($0) -j ACCEPT") }
         if c.dnsCapture {
             nat += [
                 (output, "! -o lo -p udp\(notProxy) -m udp --dport 53 -j REDIRECT --to-ports \(c.dnsPort)"),
@@ -88,10 +88,8 @@ public struct IptablesRules: Sendable {
         var tables: [(table: String, rules: [(chain: String, rule: String)])] = [("mangle", mangle), ("nat", nat)]
         if c.dnsCapture {
             // Separate conntrack zones keep the proxy's upstream DNS flows apart from the app's.
-            tables.append(("raw", [
-                (output, "-p udp \(proxy ?? "-m mark --mark \(mark)") -m udp --dport 53 -j CT --zone 1"),
-                (prerouting, "-p udp -m mark ! --mark \(mark) -m udp --sport 53 -j CT --zone 1"),
-            ]))
+            tables.append(("raw", (proxies.isEmpty ? ["-m mark --mark \(mark)"] : proxies).map { (output, "-p udp \($0) -m udp --dport 53 -j CT --zone 1") }
+                + [(prerouting, "-p udp -m mark ! --mark \(mark) -m udp --sport 53 -j CT --zone 1")]))
         }
         return tables
     }
@@ -141,7 +139,7 @@ public struct IptablesRules: Sendable {
         let c = config
         guard c.proxyCgroup != nil || c.proxyUnknown else { return [] }
         // No proxy known yet: no socket is the proxy's, so the cgroup test is left out.
-        let notProxy = c.proxyCgroup.map { " -m cgroup ! --path \($0.path)" } ?? ""
+        let notProxy = c.proxyCgroups.map { " -m cgroup ! --path \($0.path)" }.joined()
         let ports = ([c.outboundPort, c.inboundPort, c.tunnelPort] + (c.dnsCapture ? [c.dnsPort] : [])).map(String.init).joined(separator: ",")
         let sender = "-m owner --uid-owner 0-4294967294\(notProxy) -j DROP"
         var rules = [

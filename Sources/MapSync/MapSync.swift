@@ -17,6 +17,8 @@ public struct KernelConfig: Sendable, Equatable {
     public var tunnelPort: UInt16
     /// The proxy's DNS port on the pods' loopback; 0: DNS capture off on the node.
     public var dnsPort: UInt16
+    /// How many draining proxies' cgroups ra_proxy_cgroups holds (0: the programs never look there).
+    public var drainingProxies: UInt32
     /// Proxy mark.
     public var proxyMark: UInt32
     /// Mark mask.
@@ -30,10 +32,10 @@ public struct KernelConfig: Sendable, Equatable {
 
     /// Creates a config.
     public init(probeIPv4: IPAddress, probeIPv6: IPAddress, outboundPort: UInt16, inboundPort: UInt16, tunnelPort: UInt16,
-                dnsPort: UInt16 = 0, proxyMark: UInt32, markMask: UInt32, captureMark: UInt32, proxyCgroup: UInt64 = 0,
-                kubeletCgroup: UInt64 = 0) {
+                dnsPort: UInt16 = 0, drainingProxies: UInt32 = 0, proxyMark: UInt32, markMask: UInt32, captureMark: UInt32,
+                proxyCgroup: UInt64 = 0, kubeletCgroup: UInt64 = 0) {
         self.probeIPv4 = probeIPv4; self.probeIPv6 = probeIPv6; self.outboundPort = outboundPort; self.inboundPort = inboundPort
-        self.tunnelPort = tunnelPort; self.dnsPort = dnsPort; self.proxyMark = proxyMark; self.markMask = markMask; self.captureMark = captureMark
+        self.tunnelPort = tunnelPort; self.dnsPort = dnsPort; self.drainingProxies = drainingProxies; self.proxyMark = proxyMark; self.markMask = markMask; self.captureMark = captureMark
         self.proxyCgroup = proxyCgroup; self.kubeletCgroup = kubeletCgroup
     }
 }
@@ -81,6 +83,8 @@ public final class MapSync: Sendable {
     public let bypassFlows: BPFMap
     /// ra_dns_netns.
     public let dnsNamespaces: BPFMap
+    /// ra_proxy_cgroups.
+    public let proxyCgroups: BPFMap
 
     /// Uses the maps of a loaded object.
     public convenience init(object: BPFObject) throws {
@@ -105,7 +109,23 @@ public final class MapSync: Sendable {
         kept = try open("ra_kept")
         bypassFlows = try open("ra_bypass_flows")
         dnsNamespaces = try open("ra_dns_netns")
+        proxyCgroups = try open("ra_proxy_cgroups")
     }
+
+    // MARK: draining proxies
+
+    /// Adds draining proxies' cgroup ids to ra_proxy_cgroups.
+    public func addProxyCgroups(_ ids: [UInt64]) throws {
+        for id in ids { try proxyCgroups.update(id, UInt32(1)) }
+    }
+
+    /// Removes every cgroup id from ra_proxy_cgroups but `ids`.
+    public func removeProxyCgroups(keeping ids: [UInt64]) throws {
+        for id in try proxyCgroups.keys(UInt64.self) where !ids.contains(id) { try proxyCgroups.delete(id) }
+    }
+
+    /// The draining proxies' cgroup ids.
+    public func drainingProxyCgroups() throws -> [UInt64] { try proxyCgroups.keys(UInt64.self).sorted() }
 
     // MARK: DNS capture
 
@@ -198,6 +218,7 @@ public final class MapSync: Sendable {
         v.inbound_port = c.inboundPort
         v.tunnel_port = c.tunnelPort
         v.dns_port = c.dnsPort
+        v.draining_proxies = c.drainingProxies
         v.proxy_mark = c.proxyMark
         v.mark_mask = c.markMask
         v.capture_mark = c.captureMark
@@ -213,7 +234,7 @@ public final class MapSync: Sendable {
         return KernelConfig(probeIPv4: MapSync.ip(family: 2, ra_addr(words: (v.probe_ipv4, 0, 0, 0))),
                             probeIPv6: MapSync.ip(family: 10, ra_addr(words: (v6.0, v6.1, v6.2, v6.3))),
                             outboundPort: v.outbound_port, inboundPort: v.inbound_port, tunnelPort: v.tunnel_port,
-                            dnsPort: v.dns_port, proxyMark: v.proxy_mark, markMask: v.mark_mask, captureMark: v.capture_mark,
+                            dnsPort: v.dns_port, drainingProxies: v.draining_proxies, proxyMark: v.proxy_mark, markMask: v.mark_mask, captureMark: v.capture_mark,
                             proxyCgroup: v.proxy_cgroup, kubeletCgroup: v.kubelet_cgroup)
     }
 

@@ -37,6 +37,12 @@ struct Run: ParsableCommand {
                 agent.pruneKeptConnections()
             }
         }
+        DedicatedThread.detach(name: "proxy-drain") { // a replaced proxy that exits stops being the proxy
+            while true {
+                sleep(1)
+                agent.retireDrainedProxies()
+            }
+        }
         let control = try AgentControlServer(agent: agent, path: opts.controlSocket, logger: logger)
         control.start()
         guard let metricsAddr = SocketAddress(parsing: metricsAddress) else { throw ValidationError("--metrics-address: expected ip:port") }

@@ -32,6 +32,13 @@ extension Cgroup {
         return (cgroup, "SO_PEERCRED pid \(pid), alive by its SO_PEERPIDFD")
     }
 
+    /// Whether a process lives in this group or below it (`populated 1` in its cgroup.events); a
+    /// group that no longer exists holds none.
+    public func isPopulated() -> Bool {
+        guard let text = try? String(contentsOfFile: try Self.mountPoint() + path + "/cgroup.events", encoding: .utf8) else { return false }
+        return text.split(separator: "\n").contains("populated 1") && (try? Cgroup(path: path)) == self
+    }
+
     /// How many groups lie below this one (`nr_descendants` in its cgroup.stat).
     public func descendantCount() throws -> Int {
         let text = try String(contentsOfFile: try Self.mountPoint() + path + "/cgroup.stat", encoding: .utf8)

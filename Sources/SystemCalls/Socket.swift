@@ -45,6 +45,9 @@ public final class Socket: Sendable {
     /// SO_REUSEADDR.
     public func setReuseAddress() throws { try setOption(SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
 
+    /// Sets SO_REUSEPORT: another socket of the same user may bind the same address and port.
+    public func setReusePort() throws { try setOption(SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT") }
+
     /// TCP_NODELAY.
     public func setNoDelay() throws { try setOption(Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
 
@@ -208,10 +211,12 @@ public final class Socket: Sendable {
         return SocketAddress(storage: storage)
     }
 
-    /// Opens a listening TCP socket on `address` with SO_REUSEADDR.
-    public static func listening(on address: SocketAddress, transparent: Bool = false, mark: UInt32? = nil, backlog: Int32 = 1024) throws -> Socket {
+    /// Opens a listening TCP socket on `address` with SO_REUSEADDR (and SO_REUSEPORT with `reusePort`).
+    public static func listening(on address: SocketAddress, transparent: Bool = false, mark: UInt32? = nil, reusePort: Bool = false,
+                                 backlog: Int32 = 1024) throws -> Socket {
         let s = try Socket(tcp: address.ip.family)
         try s.setReuseAddress()
+        if reusePort { try s.setReusePort() }
         if address.ip.isIPv6 { try s.setV6Only(true) }
         if transparent { try s.setTransparent(ipv6: address.ip.isIPv6) }
         if let mark { try s.setMark(mark) }

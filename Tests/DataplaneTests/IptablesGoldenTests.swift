@@ -25,6 +25,10 @@ struct IptablesGoldenTests {
         ("pod_hostprobe_v4", IptablesRules(config: config { try $0.setProbeIPs(v4: "172.30.0.1", v6: nil) }).pod(ipv6: false)),
         ("pod_proxycgroup_v4", IptablesRules(config: config { $0.proxyCgroup = Cgroup(path: "/kubepods/ztunnel", id: 7) }).pod(ipv6: false)),
         ("pod_proxycgroup_dns_v6", IptablesRules(config: config { $0.proxyCgroup = Cgroup(path: "/kubepods/ztunnel", id: 7); $0.dnsCapture = true }).pod(ipv6: true)),
+        ("pod_proxydraining_v4", IptablesRules(config: config {
+            $0.proxyCgroup = Cgroup(path: "/kubepods/ztunnel-new", id: 7)
+            $0.drainingProxyCgroups = [Cgroup(path: "/kubepods/ztunnel-old", id: 8)]
+        }).pod(ipv6: false)),
         ("pod_proxyunknown_dns_v4", IptablesRules(config: config { $0.proxyUnknown = true; $0.dnsCapture = true }).pod(ipv6: false)),
         ("pod_reroute_v4", IptablesRules(config: config(), reroute: ["tap0", "net1"]).pod(ipv6: false)),
         ("pod_bypassinbound_v4", IptablesRules(config: config(), bypassInbound: true).pod(ipv6: false)),

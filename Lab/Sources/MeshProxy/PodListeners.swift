@@ -20,7 +20,8 @@ final class PodListeners: Sendable {
             for v6 in families.sorted(by: { !$0 && $1 }) {
                 let any = IPAddress(v6 ? "::" : "0.0.0.0")!
                 for port in [proxy.ports.outbound, proxy.ports.inbound, proxy.ports.tunnel] {
-                    sockets.append(try Socket.listening(on: SocketAddress(any, port), transparent: true, mark: proxy.ports.mark))
+                    // SO_REUSEPORT: a proxy that replaces this one listens beside it while it drains.
+                    sockets.append(try Socket.listening(on: SocketAddress(any, port), transparent: true, mark: proxy.ports.mark, reusePort: true))
                 }
             }
             let loopback = families.map { SocketAddress(IPAddress($0 ? "::1" : "127.0.0.1")!, proxy.ports.dns) }

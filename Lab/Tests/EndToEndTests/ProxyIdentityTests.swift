@@ -79,6 +79,48 @@ struct ProxyIdentityTests {
         }
     }
 
+    @Test("a rolling upgrade: a new proxy that connects while the old one still runs takes new traffic, the old one's connections keep flowing until it exits, then its cgroup is nobody's",
+          arguments: ["ebpf", "iptables"])
+    func rollingUpgrade(_ dataplane: String) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withLab({ o in
+            o.podsPerNode = 0
+            o.agentDataplane = dataplane
+        }) { lab throws in
+            let node = lab.nodes[0]
+            let pod = try lab.addMeshedPod(on: node, name: "n1-pod1")
+            let outsider = try lab.addPod(on: node, name: "n1-plain")
+            let identity = { try status(node).proxyIdentity ?? "" }
+            let old = try #require(node.proxy)
+            // A long connection through the first proxy: the app's echo session to a peer.
+            let conn = try pod.netns.run { try Socket.connected(to: SocketAddress(outsider.ip4, Lab.echoPort), timeout: 3) }
+            defer { conn.close() }
+            func echo(_ text: String) throws -> String? {
+                try conn.writeAll(text + "\n")
+                return try conn.readLine()
+            }
+            #expect(try echo("one") == "one", "the presence: the connection flows through the first proxy")
+            #expect(try lab.proxyRecords(node).contains { $0.listener == 15001 && $0.originalDestination == "\(outsider.ip4):\(Lab.echoPort)" })
+
+            // The new proxy connects while the old one runs (it listens beside it: SO_REUSEPORT).
+            try lab.startProxy(on: node, cgroup: node.daemonCgroupPath)
+            let second = try Cgroup(path: node.daemonCgroupPath), first = try Cgroup(path: node.proxyCgroupPath)
+            try waitFor("the new proxy is the proxy", seconds: 15) { try identity().hasPrefix("cgroup \(second)") }
+            let during = try identity()
+            #expect(during.contains("draining (replaced, still running): \(first)"), "\(during)")
+            #expect(try echo("two") == "two", "the old proxy's connection keeps flowing")
+            #expect(try lab.request(from: pod, to: SocketAddress(outsider.ip4, Lab.httpPort)).status == 200, "new connections are captured")
+
+            // The old proxy exits: its cgroup stops being the proxy's.
+            old.stop()
+            try waitFor("the drained proxy is retired", seconds: 15) { try !identity().contains("draining") }
+            #expect(try identity() == "cgroup \(second), learned from the ZDS peer")
+            let before = try lab.proxyRecords(node).filter { $0.listener == 15001 }.count
+            #expect(try markedGet(pod, cgroup: node.proxyCgroupPath, SocketAddress(outsider.ip4, Lab.httpPort)) == 200)
+            #expect(try lab.proxyRecords(node).filter { $0.listener == 15001 }.count == before + 1, "a marked socket in the old proxy's cgroup is captured again")
+        }
+    }
+
     /// An HTTP GET from `pod` to `dst` by a process in `cgroup` whose socket carries the proxy's
     /// mark; its status.
     private func markedGet(_ pod: LabPod, cgroup: String, _ dst: SocketAddress) throws -> Int {

@@ -58,7 +58,8 @@ struct ra_config {
     __u32 proxy_mark;    /* the proxy's SO_MARK: its traffic is never captured */
     __u32 mark_mask;
     __u32 capture_mark;  /* set on captured packets; policy routing delivers them locally */
-    __u32 reserved2;
+    __u32 draining_proxies; /* how many replaced proxies' cgroups ra_proxy_cgroups holds (a ztunnel rolling
+                               upgrade): their sockets are the proxy's too; 0: the map is never read. Was reserved */
     /* The proxy's cgroup v2 id: only its sockets are the proxy (a mark alone can be forged by any
      * process with CAP_NET_RAW). 0: identity by mark only, as Istio. */
     __u64 proxy_cgroup;
