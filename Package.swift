@@ -45,7 +45,7 @@ let shipped: [Target] = [
     .executableTarget(name: "CNIPlugin", dependencies: ["AgentAPI", "SystemCalls"]),
     // `redirect-agent`, the daemon and its CLI.
     .executableTarget(name: "RedirectAgent", dependencies: [
-        "Dataplane", "MapSync", "SystemCalls", "NetworkPolicyCheck", "AgentCore", "AgentAPI", "KubeClient",
+        "Dataplane", "MapSync", "BPFLoader", "SystemCalls", "NetworkPolicyCheck", "AgentCore", "AgentAPI", "KubeClient",
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),

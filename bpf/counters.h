@@ -1,6 +1,8 @@
-/* Per-pod, per-decision counters in a per-CPU hash. */
+/* Per-pod, per-decision counters in a per-CPU hash; each counted decision is also an event while
+ * a monitor listens (monitor.h). */
 #pragma once
 #include "maps.h"
+#include "monitor.h"
 
 static __always_inline struct ra_pod_info *ra_pod_lookup(__u32 family, const struct ra_addr *addr)
 {
@@ -18,6 +20,7 @@ static __always_inline __u32 ra_pod_index(__u32 family, const struct ra_addr *ad
 
 static __always_inline void ra_count(__u32 pod_index, enum ra_decision d)
 {
+    ra_monitor_note(pod_index, d);
     struct ra_counter_key k = { .pod_index = pod_index, .decision = d };
     __u64 *v = bpf_map_lookup_elem(&ra_counters, &k);
     if (v) {

@@ -77,6 +77,10 @@ static __always_inline void ra_dns_remember(struct bpf_sock_addr *ctx, __u32 fam
         o->port = port;
     }
     ra_count(pod, RA_DNS_CAPTURED);
+    if (ra_monitoring()) {
+        struct ra_addr unknown = {};
+        ra_emit(pod, RA_DNS_CAPTURED, RA_HOOK_SOCKET, ctx->protocol, family, &unknown, dst, 0, port, 0);
+    }
 }
 
 /* IPv4 (connect4, sendmsg4; also a v4-mapped send of an IPv6 socket, which the kernel hands to

@@ -126,37 +126,35 @@ static __always_inline int ra_parse_pod(struct __sk_buff *skb, struct ra_flow *f
 /* Outbound: every app TCP packet leaving the pod (not the proxy's, not to the probe IP) is turned
  * back into the interface's ingress with the capture mark, where tc_pod_ingress gives it to the
  * proxy's socket. The destination MAC becomes our own so the stack accepts it as for us. */
-SEC("tc")
-int tc_pod_egress(struct __sk_buff *skb)
+static __always_inline int ra_pod_egress(struct __sk_buff *skb, struct ra_flow *f)
 {
     struct ra_config *cfg = ra_get_config();
     if (!cfg)
         return TC_ACT_SHOT; /* no config: the agent has not set the node up; nothing leaves uncaptured */
-    struct ra_flow f;
-    int verdict = ra_parse_pod(skb, &f, 0);
+    int verdict = ra_parse_pod(skb, f, 0);
     if (verdict == RA_PASS)
-        return ra_dns_uncaptured(skb, cfg, &f) ? TC_ACT_SHOT : TC_ACT_OK;
+        return ra_dns_uncaptured(skb, cfg, f) ? TC_ACT_SHOT : TC_ACT_OK;
     if (verdict != RA_TCP)
         return TC_ACT_SHOT;
-    if (ra_is_proxy(skb, cfg, &f)) {
-        if (ra_is_new_connection(&f))
-            ra_count(ra_pod_index(f.family, &f.src), RA_PROXY_PASS);
+    if (ra_is_proxy(skb, cfg, f)) {
+        if (ra_is_new_connection(f))
+            ra_count(ra_pod_index(f->family, &f->src), RA_PROXY_PASS);
         return TC_ACT_OK;
     }
-    if (ra_is_probe_flow(cfg, &f, 0))
+    if (ra_is_probe_flow(cfg, f, 0))
         return TC_ACT_OK; /* replies to kubelet probes, as Istio's `-d <probe> -j ACCEPT` */
     /* Neither a kept nor an accepted connection opens anything: a SYN is always captured. */
-    if (!ra_is_new_connection(&f)) {
+    if (!ra_is_new_connection(f)) {
         struct ra_node *node = ra_get_node();
         if (ra_is_kept(skb, node)) {
-            ra_count(ra_pod_index(f.family, &f.src), RA_KEPT_PASS);
+            ra_count(ra_pod_index(f->family, &f->src), RA_KEPT_PASS);
             return TC_ACT_OK;
         }
-        if (ra_is_bypass_reply(skb, &f, node))
+        if (ra_is_bypass_reply(skb, f, node))
             return TC_ACT_OK;
     }
-    if (f.fragment) {
-        ra_count(ra_pod_index(f.family, &f.src), RA_DROP_FRAGMENT);
+    if (f->fragment) {
+        ra_count(ra_pod_index(f->family, &f->src), RA_DROP_FRAGMENT);
         return TC_ACT_SHOT;
     }
     __u8 mac[ETH_ALEN];
@@ -165,6 +163,16 @@ int tc_pod_egress(struct __sk_buff *skb)
         return TC_ACT_SHOT;
     skb->mark = (skb->mark & ~cfg->mark_mask) | (cfg->capture_mark & cfg->mark_mask);
     return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+SEC("tc")
+int tc_pod_egress(struct __sk_buff *skb)
+{
+    struct ra_flow f = {};
+    ra_monitor_begin();
+    int verdict = ra_pod_egress(skb, &f);
+    ra_monitor_end(skb, &f, RA_HOOK_TC_EGRESS);
+    return verdict;
 }
 
 /* Gives a packet to `sk` and releases it; counts `ok` (RA_DECISION_COUNT: nothing) or the failure. */
@@ -378,45 +386,61 @@ static __always_inline int ra_ingress_start(struct __sk_buff *skb, struct ra_con
     return RA_CONTINUE;
 }
 
-SEC("tc")
-int tc_pod_ingress(struct __sk_buff *skb)
+static __always_inline int ra_pod_ingress(struct __sk_buff *skb, struct ra_flow *f)
 {
     struct ra_config *cfg;
-    struct ra_flow f;
-    int start = ra_ingress_start(skb, &cfg, &f, 1);
+    int start = ra_ingress_start(skb, &cfg, f, 1);
     if (start != RA_CONTINUE)
         return start;
     /* The mark is cleared when a packet enters the pod from the veth, so only our egress
      * program can have set it. */
     if (ra_is_captured(skb, cfg))
-        return ra_outbound(skb, &f, cfg);
-    return ra_inbound(skb, &f, cfg);
+        return ra_outbound(skb, f, cfg);
+    return ra_inbound(skb, f, cfg);
+}
+
+SEC("tc")
+int tc_pod_ingress(struct __sk_buff *skb)
+{
+    struct ra_flow f = {};
+    ra_monitor_begin();
+    int verdict = ra_pod_ingress(skb, &f);
+    ra_monitor_end(skb, &f, RA_HOOK_TC_INGRESS);
+    return verdict;
 }
 
 /* Ingress of a virtual interface listed in the pod's `istio.io/reroute-virtual-interfaces` (a
  * KubeVirt VM's tap device): what arrives there is the VM's outbound traffic, so it is captured
  * as the pod's own outbound is, to the proxy's 15001 (Istio: `-i <iface> -p tcp -j REDIRECT
  * --to-ports 15001`). The capture mark makes policy routing deliver it locally. */
-SEC("tc")
-int tc_pod_ingress_reroute(struct __sk_buff *skb)
+static __always_inline int ra_pod_ingress_reroute(struct __sk_buff *skb, struct ra_flow *f)
 {
     struct ra_config *cfg;
-    struct ra_flow f;
-    int start = ra_ingress_start(skb, &cfg, &f, 0);
+    int start = ra_ingress_start(skb, &cfg, f, 0);
     if (start != RA_CONTINUE)
         return start;
-    if (!ra_is_new_connection(&f)) {
+    if (!ra_is_new_connection(f)) {
         /* Not a SYN and no socket owns it: the VM's side of a connection into the VM, which the
          * pod forwards (and its conntrack translates); iptables' REDIRECT, too, acts on a
          * connection's first packet only. A socket that owns the tuple still gets the packet
          * only if it is the proxy's (ra_outbound). */
-        struct bpf_sock *sk = ra_flow_socket(skb, &f);
+        struct bpf_sock *sk = ra_flow_socket(skb, f);
         if (!sk)
             return TC_ACT_OK;
         bpf_sk_release(sk);
     }
     skb->mark = (skb->mark & ~cfg->mark_mask) | (cfg->capture_mark & cfg->mark_mask);
-    return ra_outbound(skb, &f, cfg);
+    return ra_outbound(skb, f, cfg);
+}
+
+SEC("tc")
+int tc_pod_ingress_reroute(struct __sk_buff *skb)
+{
+    struct ra_flow f = {};
+    ra_monitor_begin();
+    int verdict = ra_pod_ingress_reroute(skb, &f);
+    ra_monitor_end(skb, &f, RA_HOOK_TC_INGRESS);
+    return verdict;
 }
 
 /* Every listener lookup of TCP in the pod's namespace runs here, whatever the interface: the

@@ -72,8 +72,19 @@ extension Agent {
         }
     }
 
+    /// The once-a-second housekeeping: retires exited draining proxies, and (ebpf) clears a
+    /// monitor's lease that ran out, so the programs go back to reading a zero.
+    public func everySecond() {
+        retireDrainedProxies()
+        if let ebpf = dataplane as? EBPFDataplane {
+            do {
+                if try ebpf.maps.clearExpiredMonitorLease(now: Monotonic.nanoseconds()) { logger.info("a monitor's lease ran out: events are off") }
+            } catch { logger.warning("clearing the monitor's lease failed", metadata: ["error": "\(error)"]) }
+        }
+    }
+
     /// Drops the draining proxies that have exited (their cgroup holds no process, or is gone):
-    /// from then on their cgroup is nobody's. The daemon calls it every second; cheap while none drains.
+    /// from then on their cgroup is nobody's. Cheap while none drains.
     public func retireDrainedProxies() {
         let c = dataplane.config
         guard !c.drainingProxyCgroups.isEmpty else { return }

@@ -85,6 +85,10 @@ public final class MapSync: Sendable {
     public let dnsNamespaces: BPFMap
     /// ra_proxy_cgroups.
     public let proxyCgroups: BPFMap
+    /// ra_events (the monitor's ring buffer).
+    public let events: BPFMap
+    /// ra_monitor (the monitor's lease).
+    public let monitor: BPFMap
 
     /// Uses the maps of a loaded object.
     public convenience init(object: BPFObject) throws {
@@ -110,6 +114,26 @@ public final class MapSync: Sendable {
         bypassFlows = try open("ra_bypass_flows")
         dnsNamespaces = try open("ra_dns_netns")
         proxyCgroups = try open("ra_proxy_cgroups")
+        events = try open("ra_events")
+        monitor = try open("ra_monitor")
+    }
+
+    // MARK: monitor
+
+    /// The monitor's lease: CLOCK_MONOTONIC ns until which the programs write events (0: none).
+    public func monitorLease() throws -> UInt64 { try monitor.lookup(UInt32(0), as: UInt64.self) ?? 0 }
+
+    /// Sets the lease (0 ends it).
+    public func setMonitorLease(until nanoseconds: UInt64) throws { try monitor.update(UInt32(0), nanoseconds) }
+
+    /// Clears a lease that has run out (its monitor is gone), so the programs go back to reading one
+    /// zero. True when one was cleared.
+    @discardableResult
+    public func clearExpiredMonitorLease(now: UInt64) throws -> Bool {
+        let lease = try monitorLease()
+        guard lease != 0, lease < now else { return false }
+        try setMonitorLease(until: 0)
+        return true
     }
 
     // MARK: draining proxies

@@ -37,10 +37,10 @@ struct Run: ParsableCommand {
                 agent.pruneKeptConnections()
             }
         }
-        DedicatedThread.detach(name: "proxy-drain") { // a replaced proxy that exits stops being the proxy
+        DedicatedThread.detach(name: "every-second") { // exited draining proxies, expired monitor leases
             while true {
                 sleep(1)
-                agent.retireDrainedProxies()
+                agent.everySecond()
             }
         }
         let control = try AgentControlServer(agent: agent, path: opts.controlSocket, logger: logger)

@@ -146,6 +146,31 @@ struct ProgramTests {
         }
     }
 
+    @Test("monitor: no event while no lease is held; with one, each counted decision is an event with its pod, flow and hook")
+    func monitorEvents() throws {
+        if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withPrograms { p throws in
+            let ring = try RingBuffer(mapFD: p.sync.events.fd)
+            let syn = Packet("10.244.1.2:40000", "10.244.2.2:15008")
+            #expect(try p.run("tc_pod_egress", syn, mark: 0x539).verdict == TC_ACT_OK)
+            #expect(try ring.poll(timeoutMilliseconds: 0).isEmpty, "no lease: nothing written")
+            #expect(try p.count(7, .proxyPass) == 1, "the presence: the decision was counted")
+            try p.sync.setMonitorLease(until: Monotonic.nanoseconds() + 10_000_000_000)
+            #expect(try p.run("tc_pod_egress", syn, mark: 0x539).verdict == TC_ACT_OK)
+            #expect(try p.run("tc_pod_egress", Packet("[fd00:10:244:1::2]:40000", "[fd00:10:244:2::2]:8080"), mark: 0).verdict == TC_ACT_REDIRECT)
+            let records = try ring.poll(timeoutMilliseconds: 100)
+            #expect(records.count == 1, "one counted decision, one event (a capture on egress is counted where it is assigned)")
+            let record = try #require(records.first)
+            let e = try #require(CaptureEvent(record: record, monotonicNow: Monotonic.nanoseconds(), wallNow: Date(), config: nil))
+            #expect(e.podIndex == 7 && e.decision == "proxy_pass" && e.hook == "tc-egress" && e.proto == "tcp")
+            #expect(e.source == "10.244.1.2:40000" && e.destination == "10.244.2.2:15008", "\(e)")
+            #expect(abs(e.time.timeIntervalSinceNow) < 5)
+            try p.sync.setMonitorLease(until: Monotonic.nanoseconds() - 1)
+            _ = try p.run("tc_pod_egress", syn, mark: 0x539)
+            #expect(try ring.poll(timeoutMilliseconds: 0).isEmpty, "an expired lease writes nothing")
+        }
+    }
+
     @Test("egress and ingress: fragmented TCP is dropped, never classified blind")
     func fragments() throws {
         if let why = bpfUnavailableReason() { Issue.record("cannot run: \(why)"); return }

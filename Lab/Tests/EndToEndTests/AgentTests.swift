@@ -356,6 +356,39 @@ struct AgentTests {
         }
     }
 
+    @Test("redirect-agent monitor streams the kernel's capture decisions, filtered by pod and decision; its lease ends with it")
+    func monitorCommand() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withAgentLab("ebpf") { lab throws in
+            let node = lab.nodes[0]
+            let a = try lab.addMeshedPod(on: node, name: "n1-pod1"), b = try lab.addMeshedPod(on: node, name: "n1-pod2")
+            let plain = try lab.addPod(on: node, name: "n1-plain")
+            let maps = try MapSync(pinDirectory: "\(node.bpfPinRoot)/maps")
+            #expect(try maps.monitorLease() == 0, "nobody listens: no lease")
+            let monitor = try ManagedProcess(try LabBinaries.path("redirect-agent"), [
+                "monitor", "--pin-root", node.bpfPinRoot, "--control-socket", node.agentControlSocket, "--json",
+                "--pod", "default/n1-pod1", "--decision", "outbound_captured", "--count", "2", "--seconds", "30",
+            ], logPath: "\(lab.directory)/monitor.log")
+            defer { monitor.stop() }
+            try waitFor("the monitor listens", seconds: 10) { monitor.log().contains("monitoring") }
+            #expect(try maps.monitorLease() > Monotonic.nanoseconds(), "a monitor holds a lease")
+            _ = try lab.request(from: b, to: SocketAddress(plain.ip4, Lab.httpPort)) // another pod: filtered out
+            for _ in 0..<2 { _ = try lab.request(from: a, to: SocketAddress(plain.ip4, Lab.httpPort)) }
+            try waitFor("the monitor has its two events", seconds: 20) { !monitor.isRunning }
+            let events = try monitor.log().split(separator: "\n").filter { $0.hasPrefix("{") }.map {
+                let d = JSONDecoder()
+                d.dateDecodingStrategy = .iso8601
+                return try d.decode(CaptureEvent.self, from: Data($0.utf8))
+            }
+            #expect(events.count == 2, "\(monitor.log())")
+            for e in events {
+                #expect(e.pod == "default/n1-pod1" && e.decision == "outbound_captured" && e.proxyPort == 15001 && e.hook == "tc-ingress", "\(e)")
+                #expect(e.source.hasPrefix("\(a.ip4):") && e.destination == "\(plain.ip4):\(Lab.httpPort)", "\(e)")
+            }
+            #expect(try maps.monitorLease() == 0, "the monitor ended its lease")
+        }
+    }
+
     @Test("tcx attachment through the agent: captured, verified, and its pinned links removed with the pod")
     func tcxThroughAgent() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }

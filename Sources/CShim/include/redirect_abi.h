@@ -220,4 +220,32 @@ struct ra_dns_origin {
     __u16 reserved;
 };
 
+/* One capture decision, as `redirect-agent monitor` streams it (ra_events ring buffer). Written
+ * only while a monitor holds the lease in ra_monitor (its end, CLOCK_MONOTONIC ns); otherwise the
+ * programs do nothing more than read that one value. */
+struct ra_event {
+    __u64 time_ns;      /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
+    __u32 pod_index;
+    __u32 decision;     /* enum ra_decision */
+    __u32 family;
+    __u8 hook;          /* enum ra_event_hook */
+    __u8 protocol;      /* IPPROTO_* */
+    __u16 reserved;
+    struct ra_addr src;
+    struct ra_addr dst;
+    __u16 sport;        /* network order */
+    __u16 dport;        /* network order */
+    __u32 ifindex;
+};
+
+/* Where a decision was made. */
+enum ra_event_hook {
+    RA_HOOK_TC_EGRESS = 0,   /* tc_pod_egress: leaving the pod */
+    RA_HOOK_TC_INGRESS = 1,  /* tc_pod_ingress (and _reroute): arriving, or turned around from egress */
+    RA_HOOK_SOCKET = 2,      /* a socket hook (DNS capture): src is unknown, dst is where the query went */
+};
+
+/* How big ra_events is: room for bursts while the monitor reads. */
+#define RA_EVENTS_BYTES (1 << 20)
+
 #endif
