@@ -55,6 +55,7 @@ struct Bench: ParsableCommand {
         try traffic.setUp(modeNames: modes)
         let samples = try traffic.run(rounds: rounds, duration: duration, kinds: ["short", "long", "bulk"])
         let cost = try traffic.bpfCost()
+        let monitor = try traffic.monitorCost(rounds: rounds, duration: duration)
 
         let enroll = EnrollBench(lab: lab, log: log)
         log("creating \(sizes.max() ?? 0) bare pods for the enrollment benchmark")
@@ -67,7 +68,7 @@ struct Bench: ParsableCommand {
 
         let kube = try KubeBench(log: log).run(quick: quick)
         let result = BenchResult(machine: MachineInfo.read(), quick: quick, rounds: rounds, durationSeconds: duration, modes: modes,
-                                 traffic: samples, bpfNsPerRun: cost, enrollment: enrollSamples, agentRSS: rss, kube: kube,
+                                 traffic: samples, bpfNsPerRun: cost, monitor: monitor, enrollment: enrollSamples, agentRSS: rss, kube: kube,
                                  seconds: Date().timeIntervalSince(started))
         try write(result, reportOnly: false)
         log("wrote \(out)/results.json, \(out)/README.md and plots")
@@ -103,6 +104,8 @@ struct BenchResult: Codable {
     var modes: [String]
     var traffic: [TrafficSample]
     var bpfNsPerRun: [String: [String: Double]]
+    /// A listening monitor's cost (absent in results from before it was measured).
+    var monitor: MonitorCost?
     var enrollment: [EnrollSample]
     var agentRSS: [RSSSample]
     /// Enrolment from the Kubernetes API (absent in results from before it was measured).

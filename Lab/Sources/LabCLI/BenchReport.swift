@@ -73,6 +73,12 @@ struct BenchReport {
             s += String(format: "\niptables has no per-rule timer; its cost shows as latency over the explicit path: long-connection p50 %+.1f µs for iptables, %+.1f µs for ebpf (same node).\n", ipt.median - exp.median, bpf.median - exp.median)
         }
 
+        if let m = result.monitor {
+            s += "\n## A listening monitor\n\n`redirect-agent monitor` draining every event (JSON to a file) while the ebpf mode's short connections run on one node, rounds interleaved with it off. Off, the programs read one zero per counted decision.\n\n| monitor | connections/s | tc_pod_ingress ns/run | tc_pod_egress ns/run |\n|---|---|---|---|\n"
+            s += String(format: "| off | %.0f | %.0f | %.0f |\n| on (%d events) | %.0f | %.0f | %.0f |\n", m.connPerSecondOff, m.ingressNsOff, m.egressNsOff,
+                        m.events, m.connPerSecondOn, m.ingressNsOn, m.egressNsOn)
+        }
+
         s += "\n## Enrollment\n\nBare pods (a namespace with a veth into the node), enrolled and removed one after another through each dataplane; modes interleaved per size. The probe-IP change is timed with the largest count enrolled.\n\n| mode | pods | enroll total ms | per pod ms | remove total ms | per pod ms | probe-IP change ms |\n|---|---|---|---|---|---|---|\n"
         for e in result.enrollment {
             s += String(format: "| %@ | %d | %.1f | %.3f | %.1f | %.3f | %@ |\n", e.mode, e.pods, e.enrollMs, e.enrollMs / Double(e.pods), e.removeMs,

@@ -68,6 +68,15 @@ struct BenchSummary: Encodable {
         for (program, byMode) in BenchSummary.bpfCost(result) {
             metrics["bpf_ns_per_run_\(program)"] = Metric(unit: "ns", better: "lower", values: Dictionary(uniqueKeysWithValues: modes.map { ($0, byMode[$0]) }))
         }
+        if let m = result.monitor {
+            // Values keyed "ebpf" (no monitor) and "ebpf+monitor" (one listening).
+            func pair(_ name: String, _ unit: String, _ better: String, _ off: Double, _ on: Double) {
+                metrics[name] = Metric(unit: unit, better: better, values: ["ebpf": off, "ebpf+monitor": on])
+            }
+            pair("monitor_short_conn_per_s", "conn/s", "higher", m.connPerSecondOff, m.connPerSecondOn)
+            pair("monitor_bpf_ns_per_run_tc_pod_ingress", "ns", "lower", m.ingressNsOff, m.ingressNsOn)
+            pair("monitor_bpf_ns_per_run_tc_pod_egress", "ns", "lower", m.egressNsOff, m.egressNsOn)
+        }
         for s in result.agentRSS where s.pods > 0 {
             func agent(_ name: String, _ unit: String, _ v: Double?) {
                 metrics["\(name)_\(s.pods)"] = Metric(unit: unit, better: "lower", values: Dictionary(uniqueKeysWithValues: modes.map { ($0, $0 == "ebpf" ? v : nil) }))

@@ -42,6 +42,10 @@ struct BenchTests {
             #expect(metrics[name] != nil, "\(name) in \(metrics.keys.sorted())")
         }
         #expect((metrics["agent_add_ms_p99_10"]?["ebpf"] as? Double ?? 0) > 0)
+        // A listening monitor's cost, side by side with none, and the events it drained.
+        let monitor = try #require(metrics["monitor_short_conn_per_s"])
+        #expect((monitor["ebpf"] as? Double ?? 0) > 0 && (monitor["ebpf+monitor"] as? Double ?? 0) > 0, "\(monitor)")
+        #expect(((json["monitor"] as? [String: Any])?["events"] as? Int ?? 0) > 0, "the monitor saw the connections it ran beside")
         let report = try String(contentsOfFile: "\(out)/README.md", encoding: .utf8)
         #expect(report.contains("## Against the targets") && report.contains("ebpf / iptables"))
         for plot in ["traffic.svg", "latency.svg", "enrollment.svg"] {
