@@ -1,51 +1,86 @@
+import CoreMetrics
 import Foundation
 import Glibc
+import Prometheus
 import Synchronization
 import SystemCalls
 
-/// The agent's own counters and the enrollment latency histogram, in Prometheus text format.
+/// The agent's metrics, on the ecosystem's libraries: its own counters and enrolment latency through
+/// swift-metrics (a Prometheus factory over this instance's registry, no global bootstrap), and the
+/// BPF programs' per-pod decision counters mirrored from the kernel into the same registry at each
+/// scrape. Prometheus names: `_total` counters, `_seconds` durations.
 public final class AgentMetrics: Sendable {
-    private static let buckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
-    private struct Counts {
-        var enrollments = 0, failures = 0, removals = 0
-        var bucketCounts = [Int](repeating: 0, count: AgentMetrics.buckets.count)
-        var latencySum = 0.0
-    }
-    private let counts = Mutex(Counts())
+    /// The registry `/metrics` renders.
+    public let registry = PrometheusCollectorRegistry()
+    private let enrollments: CoreMetrics.Counter
+    private let failures: CoreMetrics.Counter
+    private let removals: CoreMetrics.Counter
+    private let enrollmentDuration: CoreMetrics.Timer
+    private let pods: Prometheus.Gauge
+    private struct Mirrored { var counter: Prometheus.Counter; var last: UInt64 }
+    private let kernel = Mutex<[String: Mirrored]>([:]) // "pod|decision" -> counter
 
-    /// Creates empty counters.
-    public init() {}
+    /// The metric names this agent exports (the Grafana dashboard in deploy/ uses only these).
+    public static let names = ["redirect_agent_enrollments_total", "redirect_agent_enrollment_failures_total", "redirect_agent_removals_total",
+                               "redirect_agent_enrollment_duration_seconds", "redirect_agent_pods", "redirect_agent_capture_decisions_total"]
+
+    /// Creates the metrics, each at zero.
+    public init() {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets = ["redirect_agent_enrollment_duration_seconds": [
+            .microseconds(500), .milliseconds(1), .microseconds(2500), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+            .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+        ]]
+        enrollments = CoreMetrics.Counter(label: "redirect_agent_enrollments_total", factory: factory)
+        failures = CoreMetrics.Counter(label: "redirect_agent_enrollment_failures_total", factory: factory)
+        removals = CoreMetrics.Counter(label: "redirect_agent_removals_total", factory: factory)
+        enrollmentDuration = CoreMetrics.Timer(label: "redirect_agent_enrollment_duration_seconds", factory: factory)
+        pods = registry.makeGauge(name: "redirect_agent_pods", help: "Pods enrolled on this node.")
+    }
 
     /// Records a successful enrollment.
     public func enrolled(seconds: Double) {
-        counts.withLock { c in
-            c.enrollments += 1
-            c.latencySum += seconds
-            for (i, b) in Self.buckets.enumerated() where seconds <= b { c.bucketCounts[i] += 1 }
-        }
+        enrollments.increment()
+        enrollmentDuration.recordNanoseconds(Int64(seconds * 1e9))
     }
     /// Records a failed enrollment.
-    public func failure() { counts.withLock { $0.failures += 1 } }
+    public func failure() { failures.increment() }
     /// Records a removal.
-    public func removed() { counts.withLock { $0.removals += 1 } }
+    public func removed() { removals.increment() }
 
-    /// The exposition text; `extra` adds lines (pod counts, BPF counters).
-    public func render(extra: [String]) -> String {
-        let c = counts.withLock { $0 }
-        var out = [
-            "# HELP redirect_agent_enrollments_total Pods enrolled.", "# TYPE redirect_agent_enrollments_total counter",
-            "redirect_agent_enrollments_total \(c.enrollments)",
-            "# HELP redirect_agent_enrollment_failures_total Enrollments that failed.", "# TYPE redirect_agent_enrollment_failures_total counter",
-            "redirect_agent_enrollment_failures_total \(c.failures)",
-            "# HELP redirect_agent_removals_total Pods removed.", "# TYPE redirect_agent_removals_total counter",
-            "redirect_agent_removals_total \(c.removals)",
-            "# HELP redirect_agent_enrollment_seconds Time to enroll a pod.", "# TYPE redirect_agent_enrollment_seconds histogram",
-        ]
-        for (i, b) in Self.buckets.enumerated() { out.append("redirect_agent_enrollment_seconds_bucket{le=\"\(b)\"} \(c.bucketCounts[i])") }
-        out += ["redirect_agent_enrollment_seconds_bucket{le=\"+Inf\"} \(c.enrollments)",
-                "redirect_agent_enrollment_seconds_sum \(c.latencySum)", "redirect_agent_enrollment_seconds_count \(c.enrollments)"]
-        return (out + extra).joined(separator: "\n") + "\n"
+    /// Brings the mirrored kernel counters up to `counters` (pod name -> decision -> count, as the
+    /// maps hold them): each grows by what the kernel counted since the last scrape; a pod's
+    /// counters that went back (it was enrolled again) start over; a gone pod's are unregistered.
+    public func update(podCount: Int, counters: [String: [String: UInt64]]) {
+        pods.set(Double(podCount))
+        kernel.withLock { mirrored in
+            var seen = Set<String>()
+            for (pod, decisions) in counters {
+                for (decision, value) in decisions {
+                    let key = "\(pod)|\(decision)"
+                    seen.insert(key)
+                    if var m = mirrored[key], value >= m.last {
+                        m.counter.increment(by: Int64(value - m.last))
+                        m.last = value
+                        mirrored[key] = m
+                        continue
+                    }
+                    if let old = mirrored[key] { registry.unregisterCounter(old.counter) }
+                    let c = registry.makeCounter(name: "redirect_agent_capture_decisions_total", labels: [("pod", pod), ("decision", decision)],
+                                                 help: "Decisions of the BPF programs, per pod (drops are decisions named drop_*).")
+                    c.increment(by: Int64(value))
+                    mirrored[key] = Mirrored(counter: c, last: value)
+                }
+            }
+            for (key, m) in mirrored where !seen.contains(key) {
+                registry.unregisterCounter(m.counter)
+                mirrored[key] = nil
+            }
+        }
     }
+
+    /// The exposition text.
+    public func render() -> String { registry.emitToString() }
 }
 
 /// Serves `/metrics` and `/healthz` (readiness) over plain HTTP on one address.
@@ -76,9 +111,8 @@ public final class MetricsServer: Sendable {
 
     private func metrics() -> String {
         let status = agent.status()
-        var extra = ["# HELP redirect_agent_pods Pods enrolled on this node.", "# TYPE redirect_agent_pods gauge", "redirect_agent_pods \(status.pods.count)",
-                     "# HELP redirect_agent_capture_decisions_total Decisions of the BPF programs.", "# TYPE redirect_agent_capture_decisions_total counter"]
-        for p in status.pods { for (d, v) in p.counters.sorted(by: { $0.key < $1.key }) { extra.append("redirect_agent_capture_decisions_total{pod=\"\(p.pod)\",decision=\"\(d)\"} \(v)") } }
-        return agent.metrics.render(extra: extra)
+        agent.metrics.update(podCount: status.pods.count,
+                             counters: Dictionary(status.pods.map { ($0.pod, $0.counters) }, uniquingKeysWith: { a, _ in a }))
+        return agent.metrics.render()
     }
 }

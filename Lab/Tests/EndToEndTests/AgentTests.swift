@@ -318,7 +318,12 @@ struct AgentTests {
             #expect(r.status == 200)
             #expect(r.body.contains("redirect_agent_enrollments_total 1") && r.body.contains("redirect_agent_pods 1"))
             #expect(r.body.contains("decision=\"outbound_captured\"} 1"))
-            #expect(r.body.contains("redirect_agent_enrollment_seconds_count 1"))
+            #expect(r.body.contains("redirect_agent_enrollment_duration_seconds_count 1"), "\(r.body)")
+            #expect(r.body.contains("# TYPE redirect_agent_capture_decisions_total counter"))
+            // The kernel's counters are mirrored at each scrape: one more connection, one more.
+            _ = try lab.request(from: a, to: SocketAddress(b.ip4, Lab.httpPort))
+            let again = try lab.get(from: node.netns, to: SocketAddress(IPAddress("127.0.0.1")!, 15029), path: "/metrics", timeout: 3)
+            #expect(again.body.contains("redirect_agent_capture_decisions_total{pod=\"default/n1-pod1\",decision=\"outbound_captured\"} 2"), "\(again.body)")
             #expect(try lab.get(from: node.netns, to: SocketAddress(IPAddress("127.0.0.1")!, 15029), path: "/healthz", timeout: 3).status == 200)
         }
     }
