@@ -10,7 +10,7 @@ struct RedirectLab: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redirect-lab",
         abstract: "A local node lab: nodes and pods as network namespaces wired by the real CNI plugins.",
-        subcommands: [Demo.self, Bench.self, Cleanup.self])
+        subcommands: [Demo.self, Up.self, LabStatus.self, Exec.self, Down.self, Bench.self, Cleanup.self, Keep.self])
 }
 
 /// Tears the lab down on SIGINT/SIGTERM, then exits.
@@ -30,7 +30,10 @@ func tearDownOnSignal(_ lab: Lab) -> [DispatchSourceSignal] {
 
 struct Cleanup: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Remove whatever crashed labs left behind (namespaces named ra<hex>-*, /run/redirect-lab).")
-    func run() throws { Lab.sweep() }
+    func run() throws {
+        if let kept = KeptLab.read() { kill(kept.pid, SIGKILL) } // a kept lab's keeper names no run folder on its command line
+        Lab.sweep()
+    }
 }
 
 signal(SIGPIPE, SIG_IGN)

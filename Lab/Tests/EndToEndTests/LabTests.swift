@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import NodeLab
 import SystemCalls
 import Testing
@@ -87,6 +88,38 @@ struct LabTests {
                 #expect((json["ok"] as? Int ?? 0) > 0 && (json["failed"] as? Int) == 0, "\(mode): \(out)")
             }
         }
+    }
+
+    @Test("redirect-lab up leaves a lab running that status, exec and the agent's tools reach; down removes all of it")
+    func keptLab() throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        let cli = try LabBinaries.path("redirect-lab")
+        let up = try Command.capture(cli, ["up", "--dataplane", "ebpf"])
+        defer { _ = try? Command.capture(cli, ["down"]) }
+        #expect(up.status == 0, "\(up.stdout)\(up.stderr)")
+        let kept = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "/run/redirect-lab/kept-lab.json"))) as? [String: Any])
+        let runID = try #require(kept["runID"] as? String), keeper = try #require(kept["pid"] as? Int)
+        #expect(up.stdout.contains("n1-pod1") && up.stdout.contains("redirect-lab exec"), "\(up.stdout)")
+        #expect(kill(Int32(keeper), 0) == 0, "the keeper outlives `up`")
+        let status = try Command.run(cli, ["status"])
+        #expect(status.contains("agent on n1: ebpf, 2 pods, proxy connected"), "\(status)")
+        // A command in a pod: its connection is captured by the lab's own proxy.
+        let outsider = try #require((kept["pods"] as? [[String: Any]])?.first { $0["name"] as? String == "n2-outsider" })
+        let target = "\(try #require((outsider["addresses"] as? [String])?.first)):\(Lab.httpPort)"
+        let got = try Command.run(cli, ["exec", "n1-pod1", "--", try LabBinaries.path("lab-app"), "get", "--target", target, "--path", "/whoami"])
+        #expect(got.contains("\"status\":200"), "\(got)")
+        let records = try String(contentsOfFile: "/run/redirect-lab/\(runID)/n1/proxy-connections.jsonl", encoding: .utf8)
+        #expect(records.contains("\"originalDestination\":\"\(target)\""), "\(records)")
+        let maps = try Command.run(try LabBinaries.path("redirect-agent"), ["maps", "--pin-root", "/run/redirect-lab/\(runID)/n1/bpffs/redirect-agent",
+                                                                           "--control-socket", "/run/redirect-lab/\(runID)/n1/agent/control.sock"])
+        #expect(maps.contains("default/n1-pod1"), "\(maps)")
+
+        let down = try Command.run(cli, ["down"])
+        #expect(down.contains("is down"))
+        #expect(kill(Int32(keeper), 0) != 0, "the keeper is gone")
+        #expect(!FileManager.default.fileExists(atPath: "/run/redirect-lab/\(runID)") && !FileManager.default.fileExists(atPath: "/run/redirect-lab/kept-lab.json"))
+        #expect(try !Command.run("ip", ["netns", "list"]).contains(runID))
+        #expect(try Command.capture(cli, ["status"]).status != 0, "nothing is up")
     }
 
     @Test("teardown leaves no namespace, link or process, also after a failure inside the lab")
