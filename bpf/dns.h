@@ -21,14 +21,20 @@ static __always_inline struct ra_dns_pod *ra_dns_pod_of(struct bpf_sock_addr *ct
     return bpf_map_lookup_elem(&ra_dns_netns, &cookie);
 }
 
-/* The proxy's own queries are never redirected: its mark, and its cgroup when one is known (a
- * mark alone can be forged), as for its TCP. */
+/* Whether a socket with `mark` in cgroup `cgroup` is the proxy's: its mark, and its cgroup when
+ * one is known (a mark alone can be forged), as for its TCP. */
+static __always_inline int ra_dns_proxy_identity(const struct ra_config *cfg, __u32 mark, __u64 cgroup)
+{
+    if ((mark & cfg->mark_mask) != (cfg->proxy_mark & cfg->mark_mask))
+        return 0;
+    return !cfg->proxy_cgroup || ra_is_proxy_cgroup(cfg, cgroup);
+}
+
+/* The proxy's own queries are never redirected. */
 static __always_inline int ra_dns_from_proxy(struct bpf_sock_addr *ctx, const struct ra_config *cfg)
 {
     struct bpf_sock *sk = ctx->sk;
-    if (!sk || (sk->mark & cfg->mark_mask) != (cfg->proxy_mark & cfg->mark_mask))
-        return 0;
-    return !cfg->proxy_cgroup || ra_is_proxy_cgroup(cfg, bpf_get_current_cgroup_id());
+    return sk && ra_dns_proxy_identity(cfg, sk->mark, bpf_get_current_cgroup_id());
 }
 
 /* Whether a query to `dst` stays uncaptured, as Istio's rules leave it: one to the pod itself (UDP
@@ -185,19 +191,20 @@ static __always_inline int ra_dns_bind_allowed(struct bpf_sock_addr *ctx)
     return 0;
 }
 
-/* tc_pod_egress: whether a datagram leaving the pod is a query the socket hooks should have
- * redirected (UDP to port 53, or UDP whose port cannot be read, from a pod with DNS capture, not
- * the proxy's): it came from a raw socket or another path around them, and is dropped. */
+/* tc_pod_egress: whether a datagram leaving a meshed pod is a query the socket hooks should have
+ * redirected (UDP to port 53, or UDP whose port cannot be read), not the proxy's: it came from a
+ * raw socket or another path around them, and is dropped. Only a source that is a pod with DNS
+ * capture off sends queries as they are; a source that is no pod's (claimed by a raw socket) cannot
+ * be attributed, so its query is dropped too (counted on index 0). */
 static __always_inline int ra_dns_uncaptured(struct __sk_buff *skb, const struct ra_config *cfg, const struct ra_flow *f)
 {
     if (f->proto != IPPROTO_UDP || (f->dport != bpf_htons(RA_DNS_PORT) && !f->udp_unread))
         return 0;
     struct ra_pod_info *info = ra_pod_lookup(f->family, &f->src);
-    if (!info || !(info->flags & RA_POD_DNS_CAPTURE))
+    if (info && !(info->flags & RA_POD_DNS_CAPTURE))
         return 0;
-    if ((skb->mark & cfg->mark_mask) == (cfg->proxy_mark & cfg->mark_mask) &&
-        (!cfg->proxy_cgroup || ra_is_proxy_cgroup(cfg, bpf_skb_cgroup_id(skb))))
+    if (ra_dns_proxy_identity(cfg, skb->mark, bpf_skb_cgroup_id(skb)))
         return 0;
-    ra_count(info->pod_index, RA_DROP_DNS_UNCAPTURED);
+    ra_count(info ? info->pod_index : 0, RA_DROP_DNS_UNCAPTURED);
     return 1;
 }

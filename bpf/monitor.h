@@ -1,5 +1,6 @@
-/* Capture decisions as events for `redirect-agent monitor`. Nobody listening costs each counted
- * decision one array lookup and a compare (the lease in ra_monitor is 0); a listener renews the
+/* Capture decisions as events for `redirect-agent monitor`. Nobody listening costs each tc run two
+ * array lookups and compares (begin and end read the lease in ra_monitor, 0) and each counted
+ * decision one more; a listener renews the
  * lease every second, so one that dies stops the stream within seconds (and the agent clears an
  * expired lease). The tc programs note what they count in a per-CPU slot while they run and emit it
  * with the packet's flow as they return; the socket hooks emit directly. */
@@ -73,14 +74,16 @@ static __always_inline void ra_monitor_note(__u32 pod, __u32 decision)
     s->count = i + 1;
 }
 
-/* A tc program starts: nothing noted yet. */
-static __always_inline void ra_monitor_begin(void)
+/* A tc program starts: nothing noted yet. Returns whether a lease was held then: only notes made
+ * after this reset may go out with this packet (a socket hook's notes are never emitted). */
+static __always_inline int ra_monitor_begin(void)
 {
     if (!ra_monitor_leased())
-        return;
+        return 0;
     struct ra_monitor_slot *s = ra_monitor_slot();
     if (s)
         s->count = 0;
+    return 1;
 }
 
 static __always_inline void ra_emit(__u32 pod, __u32 decision, __u8 hook, __u8 protocol, __u32 family, const struct ra_addr *src,
@@ -105,9 +108,9 @@ static __always_inline void ra_emit(__u32 pod, __u32 decision, __u8 hook, __u8 p
 }
 
 /* A tc program returns: what it noted goes out with the packet's flow. */
-static __always_inline void ra_monitor_end(const struct __sk_buff *skb, const struct ra_flow *f, __u8 hook)
+static __always_inline void ra_monitor_end(int began, const struct __sk_buff *skb, const struct ra_flow *f, __u8 hook)
 {
-    if (!ra_monitoring())
+    if (!began || !ra_monitoring())
         return;
     struct ra_monitor_slot *s = ra_monitor_slot();
     if (!s)

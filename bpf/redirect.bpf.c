@@ -169,9 +169,9 @@ SEC("tc")
 int tc_pod_egress(struct __sk_buff *skb)
 {
     struct ra_flow f = {};
-    ra_monitor_begin();
+    int began = ra_monitor_begin();
     int verdict = ra_pod_egress(skb, &f);
-    ra_monitor_end(skb, &f, RA_HOOK_TC_EGRESS);
+    ra_monitor_end(began, skb, &f, RA_HOOK_TC_EGRESS);
     return verdict;
 }
 
@@ -403,9 +403,9 @@ SEC("tc")
 int tc_pod_ingress(struct __sk_buff *skb)
 {
     struct ra_flow f = {};
-    ra_monitor_begin();
+    int began = ra_monitor_begin();
     int verdict = ra_pod_ingress(skb, &f);
-    ra_monitor_end(skb, &f, RA_HOOK_TC_INGRESS);
+    ra_monitor_end(began, skb, &f, RA_HOOK_TC_INGRESS);
     return verdict;
 }
 
@@ -437,9 +437,9 @@ SEC("tc")
 int tc_pod_ingress_reroute(struct __sk_buff *skb)
 {
     struct ra_flow f = {};
-    ra_monitor_begin();
+    int began = ra_monitor_begin();
     int verdict = ra_pod_ingress_reroute(skb, &f);
-    ra_monitor_end(skb, &f, RA_HOOK_TC_INGRESS);
+    ra_monitor_end(began, skb, &f, RA_HOOK_TC_INGRESS);
     return verdict;
 }
 

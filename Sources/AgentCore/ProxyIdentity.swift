@@ -37,38 +37,48 @@ extension Agent {
         if try cgroup.path == "/" || cgroup.descendantCount() > 0 {
             throw AgentError(.proxyUnidentified, "the ZDS peer (\(how)) is in \(cgroup.path), which holds other groups: it cannot be told apart from them")
         }
-        let previous = dataplane.config.proxyCgroup, drainingBefore = dataplane.config.drainingProxyCgroups
         // A proxy that is replaced while it still runs (a rolling upgrade) drains its connections
-        // as the proxy, until it exits (``retireDrainedProxies()``).
-        var draining = drainingBefore.filter { $0 != cgroup && $0.isPopulated() }
-        if let previous, previous != cgroup, previous.isPopulated(), !draining.contains(previous) { draining.append(previous) }
-        try learnProxy(cgroup, draining: draining)
-        logger.info("proxy identity learned from its ZDS connection",
-                    metadata: ["cgroup": "\(cgroup)", "how": "\(how)", "draining": "\(draining.map(\.description))"])
+        // as the proxy, until it exits (``retireDrainedProxies()``); the newest few at most.
+        let before = try changeProxy { c in
+            var draining = c.drainingProxyCgroups.filter { $0 != cgroup && $0.isPopulated() }
+            if let previous = c.proxyCgroup, previous != cgroup, previous.isPopulated(), !draining.contains(previous) { draining.append(previous) }
+            return (cgroup, Array(draining.suffix(Self.maxDrainingProxies)))
+        }
+        logger.info("proxy identity learned from its ZDS connection", metadata: ["cgroup": "\(cgroup)", "how": "\(how)"])
         return { [self] in
-            guard dataplane.config.proxyCgroup == cgroup, previous != cgroup else { return }
-            do { try learnProxy(previous, draining: drainingBefore) } catch { logger.error("restoring the proxy's identity", metadata: ["error": "\(error)"]) }
+            do {
+                // Only if the lost proxy is still the proxy: a later admission or retirement stands.
+                let undone = try changeProxy { c in c.proxyCgroup == cgroup && before.proxy != cgroup ? (before.proxy, before.draining) : nil }
+                guard undone.proxy == cgroup else { return }
+            } catch { logger.error("restoring the proxy's identity", metadata: ["error": "\(error)"]) }
             logger.warning("proxy lost before its snapshot: the previous proxy's cgroup is the proxy's again",
-                           metadata: ["cgroup": "\(previous.map { "\($0)" } ?? "none")"])
+                           metadata: ["cgroup": "\(before.proxy.map { "\($0)" } ?? "none")"])
         }
     }
 
-    /// Makes `cgroup` the proxy's (nil: no proxy) and `draining` the replaced proxies' that still
-    /// run, in the dataplane, then the proxy's in the state file (draining ones are not kept
-    /// there); when the state file cannot take it, the dataplane goes back.
-    private func learnProxy(_ cgroup: Cgroup?, draining: [Cgroup]) throws {
+    /// How many replaced proxies may drain at once (ra_proxy_cgroups has room for 16).
+    static let maxDrainingProxies = 8
+
+    /// Changes the proxy's and the draining proxies' cgroups, under the agent's lock: `change` sees
+    /// the configuration in force and returns the new pair (nil: no change). In the dataplane,
+    /// then the proxy's in the state file (draining ones are not kept there); when the state file
+    /// cannot take it, the dataplane goes back. Returns the pair in force before.
+    @discardableResult
+    private func changeProxy(_ change: (CaptureConfig) -> (Cgroup?, [Cgroup])?) throws -> (proxy: Cgroup?, draining: [Cgroup]) {
         try guarded.withLock { state in
             let pods = state.pods.values.map(\.spec)
-            let before = (dataplane.config.proxyCgroup, dataplane.config.drainingProxyCgroups)
-            if before != (cgroup, draining) { try dataplane.setProxyCgroup(cgroup, draining: draining, pods: pods) }
-            guard state.proxyCgroup != cgroup else { return }
+            let c = dataplane.config, before = (proxy: c.proxyCgroup, draining: c.drainingProxyCgroups)
+            guard let (cgroup, draining) = change(c), (cgroup, draining) != (before.proxy, before.draining) else { return before }
+            try dataplane.setProxyCgroup(cgroup, draining: draining, pods: pods)
+            guard state.proxyCgroup != cgroup else { return before }
             let saved = state.proxyCgroup
             state.proxyCgroup = cgroup
             do { try store.save(state) } catch {
                 state.proxyCgroup = saved
-                try? dataplane.setProxyCgroup(before.0, draining: before.1, pods: pods)
+                try? dataplane.setProxyCgroup(before.proxy, draining: before.draining, pods: pods)
                 throw error
             }
+            return before
         }
     }
 
@@ -86,13 +96,16 @@ extension Agent {
     /// Drops the draining proxies that have exited (their cgroup holds no process, or is gone):
     /// from then on their cgroup is nobody's. Cheap while none drains.
     public func retireDrainedProxies() {
-        let c = dataplane.config
-        guard !c.drainingProxyCgroups.isEmpty else { return }
-        let running = c.drainingProxyCgroups.filter { $0.isPopulated() }
-        guard running != c.drainingProxyCgroups else { return }
+        guard !dataplane.config.drainingProxyCgroups.isEmpty else { return }
         do {
-            try learnProxy(c.proxyCgroup, draining: running)
-            logger.info("a replaced proxy has exited: its cgroup is no longer the proxy's", metadata: ["still draining": "\(running.map(\.description))"])
+            let before = try changeProxy { c in
+                let running = c.drainingProxyCgroups.filter { $0.isPopulated() }
+                return running == c.drainingProxyCgroups ? nil : (c.proxyCgroup, running)
+            }
+            if before.draining != dataplane.config.drainingProxyCgroups {
+                logger.info("a replaced proxy has exited: its cgroup is no longer the proxy's",
+                            metadata: ["still draining": "\(dataplane.config.drainingProxyCgroups.map(\.description))"])
+            }
         } catch {
             logger.error("retiring a drained proxy failed", metadata: ["error": "\(error)"])
         }

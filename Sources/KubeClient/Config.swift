@@ -77,7 +77,8 @@ public struct KubeConfig: Sendable, Equatable {
             guard let d = Data(base64Encoded: text) else { throw KubeError(.config, "kubeconfig \(path): \(dataKey) is not base64") }
             return [UInt8](d)
         }
-        var c = KubeConfig(server: server, token: user["token"] as? String, tokenFile: user["tokenFile"] as? String)
+        let tokenFile = (user["tokenFile"] as? String).map { $0.hasPrefix("/") ? $0 : "\(folder)/\($0)" }
+        var c = KubeConfig(server: server, token: user["token"] as? String, tokenFile: tokenFile)
         c.certificateAuthority = try bytes("certificate-authority", "certificate-authority-data", in: cluster)
         c.insecure = cluster["insecure-skip-tls-verify"] as? Bool ?? false
         c.clientCertificate = try bytes("client-certificate", "client-certificate-data", in: user)

@@ -15,6 +15,8 @@ public struct MapReport: Codable, Sendable {
         public var proxyMark, markMask, captureMark: String
         /// The proxy's and the kubelet's cgroup ids (0: not used; 2^64-1: the proxy is not known yet).
         public var proxyCgroup, kubeletCgroup: UInt64
+        /// Replaced proxies still draining (ra_proxy_cgroups), by cgroup id.
+        public var drainingProxyCgroups: [UInt64]
     }
 
     /// ra_node: the node's own entry.
@@ -71,8 +73,12 @@ public struct MapReport: Codable, Sendable {
     public var unattributed: [String: UInt64]
     /// Kubelet probe flows.
     public var probeFlows: [ProbeFlow]
-    /// Entries of the maps that are counted, not listed.
-    public var bypassFlows: Int
+    /// Entries of the maps that are counted, not listed: accepted connections of pods that bypass
+    /// inbound capture (ra_bypass_flows), SYNs awaiting the TIME_WAIT hand-off (ra_tw_handoff), the
+    /// proxy listeners recorded (ra_proxy_listeners).
+    public var bypassFlows, timeWaitHandoffs, proxyListeners: Int
+    /// Whether a monitor holds the event lease (ra_monitor) now.
+    public var monitorListening: Bool
 
     /// Reads every map of `maps`; `names` maps addresses to pod names where known.
     public static func read(_ maps: MapSync, names: [IPAddress: String] = [:]) throws -> MapReport {
@@ -91,7 +97,9 @@ public struct MapReport: Codable, Sendable {
         }
         return MapReport(config: try readConfig(maps), node: try readNode(maps), pods: pods,
                          unattributed: named(try maps.counters(podIndex: 0)), probeFlows: try probeFlows(maps),
-                         bypassFlows: try maps.bypassFlows.keys(UInt64.self).count)
+                         bypassFlows: try maps.bypassFlows.keys(UInt64.self).count, timeWaitHandoffs: try maps.timeWaitHandoffs.keys(ra_tuple_key.self).count,
+                         proxyListeners: try maps.proxyListeners.keys(ra_listener_key.self).count,
+                         monitorListening: try maps.monitorLease() > Monotonic.nanoseconds())
     }
 
     private static func readConfig(_ maps: MapSync) throws -> Config? {
@@ -99,7 +107,8 @@ public struct MapReport: Codable, Sendable {
         func hex(_ v: UInt32) -> String { "0x" + String(v, radix: 16) }
         return Config(probeIPv4: c.probeIPv4.description, probeIPv6: c.probeIPv6.description, outboundPort: c.outboundPort,
                       inboundPort: c.inboundPort, tunnelPort: c.tunnelPort, dnsPort: c.dnsPort, proxyMark: hex(c.proxyMark),
-                      markMask: hex(c.markMask), captureMark: hex(c.captureMark), proxyCgroup: c.proxyCgroup, kubeletCgroup: c.kubeletCgroup)
+                      markMask: hex(c.markMask), captureMark: hex(c.captureMark), proxyCgroup: c.proxyCgroup, kubeletCgroup: c.kubeletCgroup,
+                      drainingProxyCgroups: try maps.drainingProxyCgroups())
     }
 
     private static func readNode(_ maps: MapSync) throws -> Node? {
@@ -134,6 +143,7 @@ public struct MapReport: Codable, Sendable {
         var out: [String] = []
         if let c = config {
             out.append("ra_config:  probe IPs \(c.probeIPv4) \(c.probeIPv6); ports outbound \(c.outboundPort) inbound \(c.inboundPort) tunnel \(c.tunnelPort) dns \(c.dnsPort)")
+            if !c.drainingProxyCgroups.isEmpty { out.append("            draining proxies' cgroups (ra_proxy_cgroups): " + c.drainingProxyCgroups.map(String.init).joined(separator: " ")) }
             out.append("            proxy mark \(c.proxyMark)/\(c.markMask), capture mark \(c.captureMark); proxy cgroup \(c.proxyCgroup == UInt64.max ? "not known yet (no socket is the proxy's)" : c.proxyCgroup == 0 ? "none (mark only)" : "\(c.proxyCgroup)"); kubelet cgroup \(c.kubeletCgroup == 0 ? "none (any host process)" : "\(c.kubeletCgroup)")")
         } else {
             out.append("ra_config:  empty (no agent has prepared this node)")
@@ -152,7 +162,7 @@ public struct MapReport: Codable, Sendable {
         }
         out.append("ra_probe_flows: \(probeFlows.count)")
         for f in probeFlows { out.append("  \(f.probe) -> \(f.pod)  \(f.open ? "open" : "closed (tail only)")") }
-        out.append("ra_bypass_flows: \(bypassFlows)")
+        out.append("ra_bypass_flows: \(bypassFlows)   ra_tw_handoff: \(timeWaitHandoffs)   ra_proxy_listeners: \(proxyListeners)   monitor: \(monitorListening ? "listening" : "none")")
         return out.joined(separator: "\n")
     }
 }

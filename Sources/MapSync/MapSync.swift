@@ -71,6 +71,8 @@ public final class MapSync: Sendable {
     public let probeFlows: BPFMap
     /// ra_proxy_listeners.
     public let proxyListeners: BPFMap
+    /// ra_tw_handoff.
+    public let timeWaitHandoffs: BPFMap
     /// ra_ifaces.
     public let interfaces: BPFMap
     /// ra_egress_ifaces.
@@ -107,6 +109,7 @@ public final class MapSync: Sendable {
         counters = try open("ra_counters")
         probeFlows = try open("ra_probe_flows")
         proxyListeners = try open("ra_proxy_listeners")
+        timeWaitHandoffs = try open("ra_tw_handoff")
         interfaces = try open("ra_ifaces")
         egressInterfaces = try open("ra_egress_ifaces")
         node = try open("ra_node")

@@ -21,7 +21,7 @@ struct Maps: ParsableCommand {
             FileHandle.standardError.write(Data("redirect-agent maps: no ebpf dataplane's maps under \(pinRoot)/maps: \(error)\n".utf8))
             throw ExitCode(2)
         }
-        let report = try MapReport.read(maps, names: podNames())
+        let report = try MapReport.read(maps, names: agentPodNames(controlSocket))
         if json {
             let enc = JSONEncoder()
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -30,12 +30,12 @@ struct Maps: ParsableCommand {
             print(report.text)
         }
     }
+}
 
-    /// Pod names by address, from the agent when it answers (none otherwise).
-    private func podNames() -> [IPAddress: String] {
-        guard let s = try? AgentClient.call(ControlRequest(op: "status"), socket: controlSocket).status else { return [:] }
-        var names: [IPAddress: String] = [:]
-        for p in s.pods { for ip in p.ips.compactMap(IPAddress.init) { names[ip] = p.pod } }
-        return names
-    }
+/// Pod names (namespace/name) by address, from the agent at `controlSocket` when it answers; none otherwise.
+func agentPodNames(_ controlSocket: String) -> [IPAddress: String] {
+    guard let s = try? AgentClient.call(ControlRequest(op: "status"), socket: controlSocket).status else { return [:] }
+    var names: [IPAddress: String] = [:]
+    for p in s.pods { for ip in p.ips.compactMap(IPAddress.init) { names[ip] = p.pod } }
+    return names
 }

@@ -37,6 +37,12 @@ struct Monitor: ParsableCommand {
         let config = try maps.readConfig()
         let end = seconds.map { Monotonic.now() + $0 }
         var seen = 0, renewed = 0.0
+        // One monitor at a time: they would share the ring buffer, each seeing part of the stream.
+        let held = try maps.monitorLease()
+        if held > Monotonic.nanoseconds() {
+            FileHandle.standardError.write(Data("redirect-agent monitor: another monitor is running on \(pinRoot) (its lease is current)\n".utf8))
+            throw ExitCode(2)
+        }
         try maps.setMonitorLease(until: Monotonic.nanoseconds() + 3_000_000_000)
         defer { try? maps.setMonitorLease(until: 0) }
         FileHandle.standardError.write(Data("monitoring \(pinRoot): events on while this runs\n".utf8))
@@ -92,10 +98,8 @@ final class PodNames {
 
     private func refresh() {
         refreshed = Monotonic.now()
-        guard let pods = try? maps.allPods(),
-              let status = try? AgentClient.call(ControlRequest(op: "status"), socket: controlSocket).status else { return }
-        var byIP: [IPAddress: String] = [:]
-        for p in status.pods { for ip in p.ips.compactMap(IPAddress.init) { byIP[ip] = p.pod } }
+        let byIP = agentPodNames(controlSocket)
+        guard !byIP.isEmpty, let pods = try? maps.allPods() else { return }
         for (ip, info) in pods { if let n = byIP[ip] { byIndex[info.pod_index] = n } }
     }
 }

@@ -127,7 +127,10 @@ struct ProgramTests {
                 return packet
             }
             let v4 = udp("10.244.1.2:5000", "10.96.0.10:53"), v6 = udp("[fd00:10:244:1::2]:5000", "[fd00:10:96::a]:53")
-            #expect(try p.run("tc_pod_egress", v4).verdict == TC_ACT_OK, "the presence: without DNS capture it passes")
+            #expect(try p.run("tc_pod_egress", v4).verdict == TC_ACT_OK, "the presence: from a pod without DNS capture it passes")
+            // A source no pod has (a raw socket can claim any): it cannot be attributed, so it is dropped.
+            #expect(try p.run("tc_pod_egress", udp("10.244.1.99:5000", "10.96.0.10:53")).verdict == TC_ACT_SHOT)
+            #expect(try p.count(0, .dropDNSUncaptured) == 1)
             let dns = UInt32(RA_POD_DNS_CAPTURE.rawValue)
             for (i, ip) in ["10.244.1.2", "fd00:10:244:1::2"].enumerated() {
                 try p.sync.upsert(PodEntry(ips: [IPAddress(ip)!], index: UInt32(7 + i), podIfindex: 2, hostIfindex: 0, flags: dns))
@@ -139,6 +142,11 @@ struct ProgramTests {
             #expect(try p.run("tc_pod_egress", udp("[fd00:10:244:1::2]:5000", "[fd00:10:96::a]:53") { $0.truncate = 14 + 40 + 2 }).verdict == TC_ACT_SHOT)
             #expect(try p.count(7, .dropDNSUncaptured) == 1 && p.count(8, .dropDNSUncaptured) == 3)
             #expect(try p.run("tc_pod_egress", v4, mark: 0x539).verdict == TC_ACT_OK, "the proxy's own query")
+            // With the proxy known by its cgroup, the mark alone (a test packet has no socket, so no cgroup) is not enough.
+            var known = try #require(try p.sync.readConfig())
+            known.proxyCgroup = 4242
+            try p.sync.write(known)
+            #expect(try p.run("tc_pod_egress", v4, mark: 0x539).verdict == TC_ACT_SHOT, "a forged mark")
             #expect(try p.run("tc_pod_egress", udp("10.244.1.2:5000", "10.96.0.10:5353")).verdict == TC_ACT_OK, "another port")
             // A later fragment carries no UDP header (and is useless without the first, which is checked).
             #expect(try p.run("tc_pod_egress", udp("10.244.1.2:5000", "10.96.0.10:53") { $0.fragment = true; $0.fragmentOffset = 185 }).verdict == TC_ACT_OK)

@@ -37,8 +37,12 @@ struct KeptLab: Codable {
         return try? JSONDecoder().decode(KeptLab.self, from: data)
     }
 
-    /// Whether its keeper still runs.
-    var isRunning: Bool { kill(pid, 0) == 0 }
+    /// Whether its keeper still runs: that pid, and it is this lab's keeper (a pid can be reused).
+    var isRunning: Bool {
+        guard let cmdline = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        let args = cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        return args.contains("keep") && args.contains(runID)
+    }
 
     func pod(_ name: String) throws -> Pod {
         guard let p = pods.first(where: { $0.name == name }) else {
@@ -80,6 +84,8 @@ struct Up: ParsableCommand {
             if (try? String(contentsOfFile: log, encoding: .utf8))?.contains("keeper failed") == true { break }
             usleep(200_000)
         }
+        // Whatever did start goes: a keeper that has not written its file yet is found by its run id.
+        _ = try? Command.capture("pkill", ["-TERM", "-f", "redirect-lab keep --run-id \(runID)"])
         throw LabError("the lab did not come up: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
     }
 
@@ -191,8 +197,8 @@ struct Down: ParsableCommand {
         if k.isRunning {
             kill(k.pid, SIGTERM)
             let end = Date().addingTimeInterval(60)
-            while kill(k.pid, 0) == 0 && Date() < end { usleep(100_000) }
-            if kill(k.pid, 0) == 0 { kill(k.pid, SIGKILL) }
+            while k.isRunning && Date() < end { usleep(100_000) }
+            if k.isRunning { kill(k.pid, SIGKILL) }
         }
         Lab.sweep(runID: k.runID) // whatever a keeper that was killed left
         try? FileManager.default.removeItem(atPath: KeptLab.path)

@@ -31,7 +31,7 @@ func tearDownOnSignal(_ lab: Lab) -> [DispatchSourceSignal] {
 struct Cleanup: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Remove whatever crashed labs left behind (namespaces named ra<hex>-*, /run/redirect-lab).")
     func run() throws {
-        if let kept = KeptLab.read() { kill(kept.pid, SIGKILL) } // a kept lab's keeper names no run folder on its command line
+        if let kept = KeptLab.read(), kept.isRunning { kill(kept.pid, SIGKILL) } // its command line names no run folder
         Lab.sweep()
     }
 }
