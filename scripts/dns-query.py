@@ -14,7 +14,10 @@ MODE:
   raw            the query built by hand (IP and UDP headers) and sent from a raw socket, the answer
                  awaited on a UDP socket bound to the source port it claims (IPv4)
 """
-import argparse, json, random, socket, struct, sys
+import argparse, json, random, socket, struct, sys, os
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from labpackets import checksum  # noqa: E402
 
 
 def query(name, qtype):
@@ -49,15 +52,6 @@ def parse(msg, qid):
 def endpoint(sa):
     host, port = sa[0], sa[1]
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
-
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def raw_send(server, payload, timeout):

@@ -14,6 +14,9 @@
       Opens an AF_XDP socket. Prints {"opened": true}, or {"refused": "socket", "errno": E} and exits 3.
 """
 import argparse, fcntl, json, os, select, socket, struct, sys, time
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from labpackets import checksum  # noqa: E402
 
 SOL_PACKET, PACKET_QDISC_BYPASS, AF_XDP, SIOCGIFHWADDR = 263, 20, 44, 0x8927
 
@@ -21,15 +24,6 @@ SOL_PACKET, PACKET_QDISC_BYPASS, AF_XDP, SIOCGIFHWADDR = 263, 20, 44, 0x8927
 def addr(text):
     host, port = text.rsplit(":", 1)
     return host, int(port)
-
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}

@@ -12,9 +12,7 @@ import SystemCalls
 struct Monitor: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stream capture decisions live from the kernel: time, pod, hook, 5-tuple, decision (captured to which port, passed, dropped and why).")
-    @Option(help: "bpffs directory of the pins (env REDIRECT_PIN_ROOT).") var pinRoot: String = env("REDIRECT_PIN_ROOT") ?? "/sys/fs/bpf/redirect-agent"
-    @Option(help: "The agent's control socket, asked for pod names (env REDIRECT_CONTROL_SOCKET).")
-    var controlSocket: String = env("REDIRECT_CONTROL_SOCKET") ?? AgentClient.defaultSocket
+    @OptionGroup var pins: PinnedMaps
     @Option(help: "Only this pod (namespace/name, or name); repeatable.") var pod: [String] = []
     @Option(help: "Only this decision (e.g. outbound_captured, drop_not_proxy); repeatable.") var decision: [String] = []
     @Option(help: "Stop after this many events.") var count: Int?
@@ -27,25 +25,21 @@ struct Monitor: ParsableCommand {
     }
 
     func run() throws {
-        let maps: MapSync
-        do { maps = try MapSync(pinDirectory: "\(pinRoot)/maps") } catch {
-            FileHandle.standardError.write(Data("redirect-agent monitor: no ebpf dataplane's maps under \(pinRoot)/maps: \(error)\n".utf8))
-            throw ExitCode(2)
-        }
+        let maps = try pins.open(for: "monitor")
         let ring = try RingBuffer(mapFD: maps.events.fd)
-        let names = PodNames(maps: maps, controlSocket: controlSocket)
+        let names = PodNames(maps: maps, controlSocket: pins.controlSocket)
         let config = try maps.readConfig()
         let end = seconds.map { Monotonic.now() + $0 }
         var seen = 0, renewed = 0.0
         // One monitor at a time: they would share the ring buffer, each seeing part of the stream.
         let held = try maps.monitorLease()
         if held > Monotonic.nanoseconds() {
-            FileHandle.standardError.write(Data("redirect-agent monitor: another monitor is running on \(pinRoot) (its lease is current)\n".utf8))
+            FileHandle.standardError.write(Data("redirect-agent monitor: another monitor is running on \(pins.pinRoot) (its lease is current)\n".utf8))
             throw ExitCode(2)
         }
         try maps.setMonitorLease(until: Monotonic.nanoseconds() + 3_000_000_000)
         defer { try? maps.setMonitorLease(until: 0) }
-        FileHandle.standardError.write(Data("monitoring \(pinRoot): events on while this runs\n".utf8))
+        FileHandle.standardError.write(Data("monitoring \(pins.pinRoot): events on while this runs\n".utf8))
         while count.map({ seen < $0 }) ?? true, end.map({ Monotonic.now() < $0 }) ?? true {
             if Monotonic.now() - renewed > 1 { // the lease outlives a missed renewal, not a dead monitor
                 try maps.setMonitorLease(until: Monotonic.nanoseconds() + 3_000_000_000)

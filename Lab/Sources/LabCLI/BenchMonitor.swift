@@ -3,10 +3,12 @@ import Foundation
 import NodeLab
 import SystemCalls
 
-/// What a listening `redirect-agent monitor` costs the ebpf mode: short connections on one node,
-/// in interleaved rounds with the monitor off and on (draining every event as JSON to a file).
+/// What a listening `redirect-agent monitor` costs the ebpf mode: requests on long connections on
+/// one node (every packet of a captured flow is a counted decision, so an event), in interleaved
+/// rounds with the monitor off and on (draining every event as JSON to a file). Long, not short,
+/// connections: back-to-back short runs from one client pile up TIME_WAIT sockets and drift.
 struct MonitorCost: Codable {
-    /// Connections/s (median of the rounds), monitor off and on.
+    /// Requests/s on long connections (median of the rounds), monitor off and on.
     var connPerSecondOff, connPerSecondOn: Double
     /// ns per run of the pod programs over the same runs, off and on.
     var ingressNsOff, ingressNsOn, egressNsOff, egressNsOn: Double
@@ -15,7 +17,7 @@ struct MonitorCost: Codable {
 }
 
 extension TrafficBench {
-    /// Measures the monitor's cost on the `ebpf` mode (same node, short connections).
+    /// Measures the monitor's cost on the `ebpf` mode (same node, long connections).
     func monitorCost(rounds: Int, duration: Double) throws -> MonitorCost? {
         guard let mode = modes.first(where: { $0.name == "ebpf" }), let dp = dataplanes["ebpf"]?["n1"] as? EBPFDataplane else { return nil }
         let node = mode.client.node
@@ -30,7 +32,7 @@ extension TrafficBench {
                 ], logPath: logPath) : nil
                 if let monitor { try waitFor("monitor") { monitor.log().contains("monitoring") } }
                 let before = try dp.programStats()
-                let s = try measure(mode, placement: "same-node", kind: "short", duration: duration, round: round)
+                let s = try measure(mode, placement: "same-node", kind: "long", duration: duration, round: round)
                 let after = try dp.programStats()
                 if let monitor {
                     monitor.stop()
@@ -42,7 +44,7 @@ extension TrafficBench {
                     let b = before[prog] ?? (0, 0), acc = ns[on]![prog] ?? (0, 0)
                     ns[on]![prog] = (acc.0 + a.runTimeNs - b.runTimeNs, acc.1 + a.runs - b.runs)
                 }
-                log(String(format: "monitor %@ round %d: %.0f conn/s", on ? "on" : "off", round, s.rate))
+                log(String(format: "monitor %@ round %d: %.0f requests/s", on ? "on" : "off", round, s.rate))
             }
         }
         func perRun(_ on: Bool, _ prog: String) -> Double { ns[on]![prog].map { $0.1 > 0 ? Double($0.0) / Double($0.1) : 0 } ?? 0 }

@@ -74,7 +74,7 @@ struct BenchReport {
         }
 
         if let m = result.monitor {
-            s += "\n## A listening monitor\n\n`redirect-agent monitor` draining every event (JSON to a file) while the ebpf mode's short connections run on one node, rounds interleaved with it off. Off, the programs read one zero per counted decision.\n\n| monitor | connections/s | tc_pod_ingress ns/run | tc_pod_egress ns/run |\n|---|---|---|---|\n"
+            s += "\n## A listening monitor\n\n`redirect-agent monitor` draining every event (JSON to a file) while the ebpf mode's long connections run on one node (each packet of a captured flow is a counted decision, so an event), rounds interleaved with it off. Off, the programs read the lease, zero, at each run and each counted decision.\n\n| monitor | requests/s (long) | tc_pod_ingress ns/run | tc_pod_egress ns/run |\n|---|---|---|---|\n"
             s += String(format: "| off | %.0f | %.0f | %.0f |\n| on (%d events) | %.0f | %.0f | %.0f |\n", m.connPerSecondOff, m.ingressNsOff, m.egressNsOff,
                         m.events, m.connPerSecondOn, m.ingressNsOn, m.egressNsOn)
         }

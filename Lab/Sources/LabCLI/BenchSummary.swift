@@ -73,7 +73,7 @@ struct BenchSummary: Encodable {
             func pair(_ name: String, _ unit: String, _ better: String, _ off: Double, _ on: Double) {
                 metrics[name] = Metric(unit: unit, better: better, values: ["ebpf": off, "ebpf+monitor": on])
             }
-            pair("monitor_short_conn_per_s", "conn/s", "higher", m.connPerSecondOff, m.connPerSecondOn)
+            pair("monitor_long_req_per_s", "req/s", "higher", m.connPerSecondOff, m.connPerSecondOn)
             pair("monitor_bpf_ns_per_run_tc_pod_ingress", "ns", "lower", m.ingressNsOff, m.ingressNsOn)
             pair("monitor_bpf_ns_per_run_tc_pod_egress", "ns", "lower", m.egressNsOff, m.egressNsOn)
         }

@@ -43,7 +43,7 @@ struct BenchTests {
         }
         #expect((metrics["agent_add_ms_p99_10"]?["ebpf"] as? Double ?? 0) > 0)
         // A listening monitor's cost, side by side with none, and the events it drained.
-        let monitor = try #require(metrics["monitor_short_conn_per_s"])
+        let monitor = try #require(metrics["monitor_long_req_per_s"])
         #expect((monitor["ebpf"] as? Double ?? 0) > 0 && (monitor["ebpf+monitor"] as? Double ?? 0) > 0, "\(monitor)")
         #expect(((json["monitor"] as? [String: Any])?["events"] as? Int ?? 0) > 0, "the monitor saw the connections it ran beside")
         let report = try String(contentsOfFile: "\(out)/README.md", encoding: .utf8)
