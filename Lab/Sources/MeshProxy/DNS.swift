@@ -106,10 +106,10 @@ public final class DNSServer: Sendable {
             if a.ip.isIPv6 { try udp.setV6Only(true) }
             if let mark { try udp.setMark(mark) }
             try udp.setReuseAddress()
-            try udp.setReusePort() // beside a proxy this one replaces
+            if MeshProxy.reusePort { try udp.setReusePort() } // beside a proxy this one replaces
             try udp.bind(a)
             sockets.append((udp, false))
-            sockets.append((try Socket.listening(on: a, mark: mark, reusePort: true), true))
+            sockets.append((try Socket.listening(on: a, mark: mark, reusePort: MeshProxy.reusePort), true))
         }
         self.sockets = sockets
         for (s, tcp) in sockets {

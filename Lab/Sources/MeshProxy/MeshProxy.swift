@@ -53,6 +53,10 @@ public final class MeshProxy: Sendable {
         self.records = records
     }
 
+    /// Whether listeners use SO_REUSEPORT (so a new proxy can listen beside a draining one): only
+    /// where bpf_sk_assign takes reuseport sockets (Linux 6.5+).
+    static let reusePort = KernelRelease.atLeast(6, 5)
+
     /// The names the proxy answers itself, as ztunnel answers for the mesh's services.
     public static let dnsZone = "mesh.lab."
     /// What every name of that zone resolves to (Istio allocates such addresses from 240.240.0.0/16

@@ -21,7 +21,9 @@ final class PodListeners: Sendable {
                 let any = IPAddress(v6 ? "::" : "0.0.0.0")!
                 for port in [proxy.ports.outbound, proxy.ports.inbound, proxy.ports.tunnel] {
                     // SO_REUSEPORT: a proxy that replaces this one listens beside it while it drains.
-                    sockets.append(try Socket.listening(on: SocketAddress(any, port), transparent: true, mark: proxy.ports.mark, reusePort: true))
+                    // Only on Linux 6.5+: before, bpf_sk_assign refuses reuseport sockets.
+                    sockets.append(try Socket.listening(on: SocketAddress(any, port), transparent: true, mark: proxy.ports.mark,
+                                                        reusePort: MeshProxy.reusePort))
                 }
             }
             let loopback = families.map { SocketAddress(IPAddress($0 ? "::1" : "127.0.0.1")!, proxy.ports.dns) }
