@@ -73,8 +73,8 @@ public final class Agent: Sendable {
     // When each unrecorded pod's processes were last looked for.
     let scanned = Mutex<[String: Date]>([:])
 
-    /// Chooses the dataplane: `ebpf` fails with the kernel's reason, `auto` falls back to
-    /// iptables with it, `iptables` is iptables.
+    /// Chooses the dataplane: `ebpf` fails with the kernel's reason, `auto` falls back with it to
+    /// nftables or iptables (``fallbackMode(runner:)``), `iptables` and `nftables` are themselves.
     public static func chooseDataplane(_ o: AgentOptions, logger: Logger) throws -> (Dataplane, String, KernelFeatures) {
         let pinParent = (o.bpf.pinRoot as NSString).deletingLastPathComponent
         let features = KernelFeatures.probe(bpffsPath: pinParent)
@@ -84,12 +84,20 @@ public final class Agent: Sendable {
             (IptablesDataplane(config: o.capture, runner: runner, backend: o.iptablesBackend,
                                lockDirectory: "\(o.stateDirectory)/xtables", logger: logger), why, features)
         }
+        func nftables(_ why: String) throws -> (Dataplane, String, KernelFeatures) {
+            (try NftablesDataplane(config: o.capture, runner: runner, logger: logger), why, features)
+        }
+        func fallback(_ why: String) throws -> (Dataplane, String, KernelFeatures) {
+            let (mode, reason) = fallbackMode(runner: runner)
+            return mode == .nftables ? try nftables("auto: \(why); \(reason): using nftables") : iptables("auto: \(why); \(reason): using iptables")
+        }
         switch o.mode {
         case .iptables: return iptables("--dataplane iptables")
+        case .nftables: return try nftables("--dataplane nftables")
         case .ebpf, .auto:
             if let missing = features.missing {
                 if o.mode == .ebpf { throw AgentError(.ebpfUnavailable, "--dataplane ebpf: \(missing)") }
-                return iptables("auto: eBPF unavailable (\(missing)); using iptables")
+                return try fallback("eBPF unavailable (\(missing))")
             }
             var bpf = o.bpf
             var note = ""
@@ -102,9 +110,25 @@ public final class Agent: Sendable {
                 return (dp, (o.mode == .ebpf ? "--dataplane ebpf" : "auto: the kernel supports every feature the programs use") + note, features)
             } catch {
                 if o.mode == .ebpf { throw AgentError(.ebpfUnavailable, "--dataplane ebpf: loading the programs failed: \(error)") }
-                return iptables("auto: loading the BPF programs failed (\(error)); using iptables")
+                return try fallback("loading the BPF programs failed (\(error))")
             }
         }
+    }
+
+    /// Where BPF cannot be used: the rule system the node already uses. iptables when the node
+    /// has iptables rules (kube-proxy or the CNI wrote them, legacy or nft-based) or no nft
+    /// program; else nftables (Istio too refuses to mix them on one node).
+    static func fallbackMode(runner: CommandRunner) -> (DataplaneMode, String) {
+        guard (try? Command.resolve("nft")) != nil else { return (.iptables, "no nft program") }
+        var iptablesRules = 0
+        for b in IptablesBackend.allCases {
+            for v6 in [false, true] {
+                let out = (try? runner.run(b.save(ipv6: v6), [], netns: nil, input: nil, environment: [:]))?.stdout ?? ""
+                iptablesRules += out.split(separator: "\n").filter { $0.hasPrefix("-A ") }.count
+            }
+        }
+        if iptablesRules > 0 { return (.iptables, "the node has \(iptablesRules) iptables rules") }
+        return (.nftables, "the node has no iptables rules")
     }
 
     /// Chooses the dataplane and loads the state file (migrating pods if the dataplane changed).
@@ -113,7 +137,7 @@ public final class Agent: Sendable {
         self.store = StateStore(path: options.statePath)
         let state = try store.load()
         var options = options
-        if options.learnProxyCgroup { options.capture.rememberProxy(state.proxyCgroup, logger: logger) }
+        if options.learnProxyCgroup { options.capture.rememberProxy(state.proxyCgroup, draining: state.drainingProxyCgroups, logger: logger) }
         self.options = options
         self.selection = FileAndArgsSelection(path: options.selectionFile)
         if let kube = options.kube {

@@ -9,14 +9,18 @@ import SystemCalls
 
 extension CaptureConfig {
     /// Starts from the cgroup a previous run learned, while that very group (same path, same id)
-    /// still exists; else from no proxy.
-    mutating func rememberProxy(_ saved: Cgroup?, logger: Logger) {
+    /// still exists; else from no proxy. With it, the replaced proxies that were draining and
+    /// still run (same group, still populated) go on draining: a restart mid-upgrade cuts nothing.
+    mutating func rememberProxy(_ saved: Cgroup?, draining: [Cgroup] = [], logger: Logger) {
         if let saved, let now = try? Cgroup(path: saved.path), now == saved {
             proxyCgroup = now
             proxyUnknown = false
-            logger.info("proxy identity from the state file, until the proxy connects", metadata: ["cgroup": "\(now)"])
+            drainingProxyCgroups = draining.filter { d in d != now && (try? Cgroup(path: d.path)) == d && d.isPopulated() }
+            logger.info("proxy identity from the state file, until the proxy connects",
+                        metadata: ["cgroup": "\(now)", "draining": "\(drainingProxyCgroups.map(\.description))"])
         } else {
             proxyCgroup = nil
+            drainingProxyCgroups = []
             proxyUnknown = true
             logger.info("proxy identity to be learned from its ZDS connection: until then no socket is the proxy's")
         }
@@ -61,8 +65,8 @@ extension Agent {
 
     /// Changes the proxy's and the draining proxies' cgroups, under the agent's lock: `change` sees
     /// the configuration in force and returns the new pair (nil: no change). In the dataplane,
-    /// then the proxy's in the state file (draining ones are not kept there); when the state file
-    /// cannot take it, the dataplane goes back. Returns the pair in force before.
+    /// then in the state file; when the state file cannot take it, the dataplane goes back.
+    /// Returns the pair in force before.
     @discardableResult
     private func changeProxy(_ change: (CaptureConfig) -> (Cgroup?, [Cgroup])?) throws -> (proxy: Cgroup?, draining: [Cgroup]) {
         try guarded.withLock { state in
@@ -70,11 +74,11 @@ extension Agent {
             let c = dataplane.config, before = (proxy: c.proxyCgroup, draining: c.drainingProxyCgroups)
             guard let (cgroup, draining) = change(c), (cgroup, draining) != (before.proxy, before.draining) else { return before }
             try dataplane.setProxyCgroup(cgroup, draining: draining, pods: pods)
-            guard state.proxyCgroup != cgroup else { return before }
-            let saved = state.proxyCgroup
-            state.proxyCgroup = cgroup
+            guard (state.proxyCgroup, state.drainingProxyCgroups) != (cgroup, draining) else { return before }
+            let saved = (state.proxyCgroup, state.drainingProxyCgroups)
+            (state.proxyCgroup, state.drainingProxyCgroups) = (cgroup, draining)
             do { try store.save(state) } catch {
-                state.proxyCgroup = saved
+                (state.proxyCgroup, state.drainingProxyCgroups) = saved
                 try? dataplane.setProxyCgroup(before.proxy, draining: before.draining, pods: pods)
                 throw error
             }

@@ -45,13 +45,16 @@ public struct AgentState: Codable, Sendable, Equatable {
     /// The proxy's cgroup as last learned from its ZDS connection (with `--proxy-cgroup zds-peer`):
     /// a restarted agent keeps it, so the proxy's open connections stay its own.
     public var proxyCgroup: Cgroup?
+    /// Replaced proxies that were still draining their connections when this was written (a
+    /// ztunnel rolling upgrade): a restarted agent keeps those that still run as the proxy's too.
+    public var drainingProxyCgroups: [Cgroup] = []
     /// Pods the runtime added that are not in the mesh, by UID: what enrolling one later (a label
     /// set with kubectl) needs, since no ADD comes again for a running pod.
     public var known: [String: PodSpec] = [:]
     /// Creates an empty state.
     public init() {}
 
-    private enum CodingKeys: String, CodingKey { case version, dataplane, probeIPv4, probeIPv6, pods, pending, proxyCgroup, known }
+    private enum CodingKeys: String, CodingKey { case version, dataplane, probeIPv4, probeIPv6, pods, pending, proxyCgroup, drainingProxyCgroups, known }
 
     /// Reads a state file; files from before `pending` existed have none.
     public init(from decoder: any Decoder) throws {
@@ -63,6 +66,7 @@ public struct AgentState: Codable, Sendable, Equatable {
         pods = try c.decodeIfPresent([String: EnrolledPod].self, forKey: .pods) ?? [:]
         pending = try c.decodeIfPresent([String: PendingOperation].self, forKey: .pending) ?? [:]
         proxyCgroup = try c.decodeIfPresent(Cgroup.self, forKey: .proxyCgroup)
+        drainingProxyCgroups = try c.decodeIfPresent([Cgroup].self, forKey: .drainingProxyCgroups) ?? []
         known = try c.decodeIfPresent([String: PodSpec].self, forKey: .known) ?? [:]
     }
 }
@@ -236,6 +240,8 @@ struct StateChange: Codable, Equatable {
     var probeIPv4: String?
     var probeIPv6: String?
     var proxyCgroup: Cgroup?
+    /// Optional: journal lines written before draining proxies were kept have none.
+    var drainingProxyCgroups: [Cgroup]?
     var pods: [String: EnrolledPod] = [:]
     var podsRemoved: [String] = []
     var pending: [String: PendingOperation] = [:]
@@ -246,6 +252,7 @@ struct StateChange: Codable, Equatable {
     init(from old: AgentState, to new: AgentState, generation: Int) {
         self.generation = generation
         version = new.version; dataplane = new.dataplane; probeIPv4 = new.probeIPv4; probeIPv6 = new.probeIPv6; proxyCgroup = new.proxyCgroup
+        drainingProxyCgroups = new.drainingProxyCgroups
         (pods, podsRemoved) = Self.diff(old.pods, new.pods)
         (pending, pendingRemoved) = Self.diff(old.pending, new.pending)
         (known, knownRemoved) = Self.diff(old.known, new.known)
@@ -253,6 +260,7 @@ struct StateChange: Codable, Equatable {
 
     func apply(to state: inout AgentState) {
         state.version = version; state.dataplane = dataplane; state.probeIPv4 = probeIPv4; state.probeIPv6 = probeIPv6; state.proxyCgroup = proxyCgroup
+        state.drainingProxyCgroups = drainingProxyCgroups ?? []
         Self.patch(&state.pods, pods, podsRemoved)
         Self.patch(&state.pending, pending, pendingRemoved)
         Self.patch(&state.known, known, knownRemoved)

@@ -149,7 +149,11 @@ public final class EBPFDataplane: Dataplane, Sendable {
         let c = config
         let previous = try maps.readConfig()
         try holdProbeAddresses([c.probeIPv4, c.probeIPv6], releasing: previous.map { [$0.probeIPv4, $0.probeIPv6] } ?? [])
+        // Draining proxies a previous run kept (a restart mid-upgrade) are in the map before the config counts them.
+        let draining = c.drainingProxyCgroups.map(\.id)
+        try maps.addProxyCgroups(draining)
         try maps.write(Self.kernelConfig(c))
+        try maps.removeProxyCgroups(keeping: draining)
         try maps.writeNode(netnsCookie: try onNode { try NetworkNamespace.currentCookie() })
         let root = try Self.cgroupRoot()
         for (name, hook) in Self.nodePrograms {

@@ -226,25 +226,13 @@ public final class IptablesDataplane: Dataplane, Sendable {
         let have = r.installed(in: try podCommand(pod, backend.save(ipv6: ipv6), []))
         if first, have.jumps.isEmpty, config.keepExistingConnections {
             // Failing to keep them cuts them off (closed); it never stops the pod's capture.
-            do { try keepConnections(pod, ipv6: ipv6) } catch {
+            do { try KeptConnections.keepInConntrack(netns: pod.netns, families: [ipv6]) } catch {
                 logger.warning("connections from before enrolment cannot be kept: they are cut off",
                                metadata: ["pod": "\(pod.namespace)/\(pod.name)", "error": "\(error)"])
             }
         }
         try podCommand(pod, backend.restore(ipv6: ipv6), ["--noflush"], input: r.pod(ipv6: ipv6, present: have.jumps))
         return !have.jumps.isEmpty
-    }
-
-    /// Conntrack follows a connection only from the moment rules need it: a connection opened
-    /// before has no entry, and its next packet would look new to the nat table, which would
-    /// redirect it mid-stream (the proxy resets it). So each one gets an established entry before
-    /// the rules load; connections opened from then on are new and captured.
-    private func keepConnections(_ pod: PodSpec, ipv6: Bool) throws {
-        try NetworkNamespace(path: pod.netns).run {
-            for c in try KeptConnections.current() where c.from.ip.isIPv6 == ipv6 {
-                try Conntrack.insertEstablished(from: c.from, to: c.to)
-            }
-        }
     }
 
     private var routing: PolicyRouting { PolicyRouting(config: config) }

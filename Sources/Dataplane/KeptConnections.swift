@@ -21,6 +21,18 @@ public enum KeptConnections {
         try NetworkNamespace(path: netns).run { try current() }
     }
 
+    /// Tells conntrack about the connections of the namespace at `netns` (of the families given,
+    /// `true` for IPv6) before rules that need conntrack load: one opened before has no entry, and
+    /// its next packet would look new to a nat table, which would redirect it mid-stream (the proxy
+    /// resets it). Each gets an established entry; connections opened from then on are new and captured.
+    public static func keepInConntrack(netns: String, families: [Bool]) throws {
+        try NetworkNamespace(path: netns).run {
+            for c in try current() where families.contains(c.from.ip.isIPv6) {
+                try Conntrack.insertEstablished(from: c.from, to: c.to)
+            }
+        }
+    }
+
     /// The same, in the calling thread's namespace.
     public static func current() throws -> [KeptConnection] {
         let sockets = try SocketDiag.tcp(states: SocketDiag.connectedStates + [SocketDiag.listenState])

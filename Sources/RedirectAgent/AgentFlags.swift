@@ -14,7 +14,7 @@ func env(_ name: String) -> String? {
 
 /// The flags `run` and `uninstall` share.
 struct AgentFlags: ParsableArguments {
-    @Option(help: "ebpf, iptables or auto (env REDIRECT_DATAPLANE).") var dataplane: String = env("REDIRECT_DATAPLANE") ?? "auto"
+    @Option(help: "ebpf, iptables, nftables or auto (env REDIRECT_DATAPLANE).") var dataplane: String = env("REDIRECT_DATAPLANE") ?? "auto"
     @Option(help: "IPv4 source of kubelet probes (env HOST_PROBE_SNAT_IP, as Istio).") var probeIP: String?
     @Option(name: .customLong("probe-ipv6"), help: "IPv6 source of kubelet probes (env HOST_PROBE_SNAT_IPV6, as Istio).") var probeIPv6: String?
     @Option(help: "State file and sockets (env REDIRECT_STATE_DIR).") var stateDir: String = env("REDIRECT_STATE_DIR") ?? "/run/redirect-agent"
@@ -53,7 +53,7 @@ struct AgentFlags: ParsableArguments {
         let iptablesBackend = iptablesBackend ?? env("REDIRECT_IPTABLES_BACKEND")
         let selectionFile = selectionFile ?? env("REDIRECT_SELECTION_FILE")
         if !cgroupRoot.isEmpty { Cgroup.useHierarchy(at: cgroupRoot) }
-        guard let mode = DataplaneMode(rawValue: dataplane) else { throw ValidationError("--dataplane: expected ebpf, iptables or auto, got '\(dataplane)'") }
+        guard let mode = DataplaneMode(rawValue: dataplane) else { throw ValidationError("--dataplane: expected ebpf, iptables, nftables or auto, got '\(dataplane)'") }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var o = AgentOptions(bpfObject: bpfObject ?? EBPFOptions.defaultObjectPath(besides: (exe as NSString).deletingLastPathComponent))
         o.mode = mode

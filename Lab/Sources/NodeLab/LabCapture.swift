@@ -61,6 +61,8 @@ public final class LabCapture: Sendable {
         switch mode {
         case .iptables, .auto:
             return IptablesDataplane(config: config, runner: runner, lockDirectory: "\(node.directory)/xtables")
+        case .nftables:
+            return try NftablesDataplane(config: config, runner: runner)
         case .ebpf:
             try BPFFS.ensureMounted(node.bpffsMount)
             var options = EBPFOptions(objectPath: try LabBinaries.bpfObject())

@@ -70,14 +70,19 @@ struct AdversarialTests {
                     return try MiniHTTP.get(socket, host: "victim", path: "/whoami")
                 }
             }
-            if mode == .iptables {
+            if mode != .ebpf {
                 // The presence: without the node's guard (Istio's rules alone) the spoofed connection
                 // reaches the app and the proxy never sees it.
-                _ = try cl.lab.inNamespace(cl.n1.netns, "iptables", ["-t", "raw", "-D", "PREROUTING", "-j", "ISTIO_PROBE_GUARD"])
+                if mode == .nftables {
+                    _ = try cl.lab.inNamespace(cl.n1.netns, "nft", ["delete", "chain", "inet", NftablesRules.nodeTable, "probe-guard"])
+                } else {
+                    _ = try cl.lab.inNamespace(cl.n1.netns, "iptables", ["-t", "raw", "-D", "PREROUTING", "-j", "ISTIO_PROBE_GUARD"])
+                }
                 #expect(attempt()?.status == 200)
                 #expect(try cl.records(victim.node, listener: 15006, to: dst).isEmpty, "Istio's rule lets it through uncaptured")
                 try cl.capture.dataplane(cl.n1).prepareNode()
                 func guardDrops() throws -> Int {
+                    if mode == .nftables { return try nftCounted(cl.lab, cl.n1.netns, table: NftablesRules.nodeTable, chain: "probe-guard") }
                     let out = try cl.lab.inNamespace(cl.n1.netns, "iptables", ["-t", "raw", "-L", "ISTIO_PROBE_GUARD", "-v", "-x", "-n"])
                     return out.split(separator: "\n").filter { $0.contains("DROP") }.compactMap { Int($0.split(separator: " ").first ?? "") }.reduce(0, +)
                 }
@@ -160,6 +165,10 @@ struct AdversarialTests {
                 let counters = try ebpfDataplane(cl, victim.node).counters(cl.lab.podSpec(victim))
                 let refused = counters[.dropNotProxy, default: 0] + counters[.dropNoListener, default: 0]
                 #expect(refused >= 2, "\(counters.filter { $0.value > 0 })")
+            } else if mode == .nftables {
+                // nft asks the listener's cgroup, not its mark: a marked app listener gets no SYN either.
+                let dropped = try nftCounted(cl.lab, victim.netns, table: NftablesRules.mangleTable, chain: NftablesRules.proxySocketChain)
+                #expect(dropped >= 2, "the listener guard dropped the SYNs: \(dropped)")
             } else {
                 let mangle = try cl.lab.inNamespace(victim.netns, "iptables-nft-save", ["-c", "-t", "mangle"])
                 let drops = mangle.split(separator: "\n").first { $0.contains("ISTIO_INPUT") && $0.contains("-j DROP") && $0.contains("tcp") }

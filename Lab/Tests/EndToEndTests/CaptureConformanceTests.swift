@@ -237,6 +237,7 @@ struct CaptureConformanceTests {
             let pod = cl.meshed[0], dp = cl.capture.dataplane(pod.node)
             try cl.lab.inNamespace(pod.netns, "ip", ["-4", "rule", "del", "fwmark", "0x111/0xfff", "lookup", "100"])
             if setup.mode == .iptables { try cl.lab.inNamespace(pod.netns, "iptables", ["-t", "nat", "-F", "ISTIO_OUTPUT"]) }
+            if setup.mode == .nftables { try cl.lab.inNamespace(pod.netns, "nft", ["flush", "chain", "inet", NftablesRules.natTable, "istio-output"]) }
             let drift = try dp.verify(cl.lab.podSpec(pod))
             #expect(!drift.isEmpty)
             try dp.enroll(cl.lab.podSpec(pod))

@@ -21,7 +21,7 @@ struct CaptureSetup: CustomTestStringConvertible, Sendable {
 /// (the kernel matrix's VMs, where emulation makes every lab slow, run ebpf only: iptables mode uses
 /// no BPF of ours, so what the matrix proves, the kernel's BPF, is all in ebpf mode).
 let testedModes: [DataplaneMode] = {
-    let all: [DataplaneMode] = [.iptables, .ebpf]
+    let all: [DataplaneMode] = [.iptables, .nftables, .ebpf]
     let named = ProcessInfo.processInfo.environment["REDIRECT_TEST_DATAPLANES"]?.split(separator: ",").compactMap { DataplaneMode(rawValue: String($0)) }
     guard let named, !named.isEmpty else { return all }
     return all.filter(named.contains)
@@ -29,8 +29,8 @@ let testedModes: [DataplaneMode] = {
 
 /// Every case of the conformance suite runs once per dataplane and enrolment path.
 let conformanceSetups: [CaptureSetup] = [
-    CaptureSetup(mode: .iptables, viaAgent: false), CaptureSetup(mode: .ebpf, viaAgent: false),
-    CaptureSetup(mode: .iptables, viaAgent: true), CaptureSetup(mode: .ebpf, viaAgent: true),
+    CaptureSetup(mode: .iptables, viaAgent: false), CaptureSetup(mode: .nftables, viaAgent: false), CaptureSetup(mode: .ebpf, viaAgent: false),
+    CaptureSetup(mode: .iptables, viaAgent: true), CaptureSetup(mode: .nftables, viaAgent: true), CaptureSetup(mode: .ebpf, viaAgent: true),
 ].filter { testedModes.contains($0.mode) }
 
 /// The dataplanes driven directly (for cases about the dataplane object itself).
@@ -123,7 +123,8 @@ func podKernelState(_ lab: Lab, _ pod: LabPod) throws -> String {
     }
     queries += [("bpftool", ["net", "show"]), ("ip", ["-4", "rule"]), ("ip", ["-6", "rule"]),
                 ("ip", ["-4", "route", "show", "table", "100"]), ("ip", ["-6", "route", "show", "table", "100"]),
-                ("iptables-nft-save", []), ("ip6tables-nft-save", []), ("iptables-legacy-save", []), ("ip6tables-legacy-save", [])]
+                ("iptables-nft-save", []), ("ip6tables-nft-save", []), ("iptables-legacy-save", []), ("ip6tables-legacy-save", []),
+                ("nft", ["list", "tables"])]
     return try queries.map { tool, args in "## \(tool) \(args.joined(separator: " "))\n" + (try kernelQuery(pod.netns, tool, args)) }
         .joined(separator: "\n")
 }
@@ -133,7 +134,7 @@ func podKernelState(_ lab: Lab, _ pod: LabPod) throws -> String {
 func nodeKernelState(_ lab: Lab, _ node: LabNode) throws -> String {
     var queries: [(String, [String])] = [("ipset", ["list", "-name"]), ("bpftool", ["net", "show"]),
                                          ("iptables-nft-save", []), ("ip6tables-nft-save", []),
-                                         ("iptables-legacy-save", []), ("ip6tables-legacy-save", [])]
+                                         ("iptables-legacy-save", []), ("ip6tables-legacy-save", []), ("nft", ["list", "tables"])]
     for dev in try interfaces(lab, node.netns) { queries.append(("tc", ["filter", "show", "dev", dev, "ingress"])) }
     queries.append(("ip", ["-o", "address", "show", "dev", "lo"])) // where the ebpf dataplane holds the probe IPs
     let netns = try queries.map { tool, args in "## \(tool) \(args.joined(separator: " "))\n" + (try kernelQuery(node.netns, tool, args)) }
@@ -179,7 +180,7 @@ private func kernelQuery(_ netns: NetworkNamespace, _ tool: String, _ args: [Str
 /// policy rule and its table, a raised accept_local. Empty for a pod with nothing of ours.
 func captureMarks(_ state: String) -> [String] {
     var marks: [String] = []
-    for needle in ["ISTIO", "tc_pod_", "lookup 100", "local default", "fwmark 0x"] where state.contains(needle) { marks.append(needle) }
+    for needle in ["ISTIO", "istio-ambient", "tc_pod_", "lookup 100", "local default", "fwmark 0x"] where state.contains(needle) { marks.append(needle) }
     // An accept_local of 1 directly under its heading.
     if state.range(of: #"accept_local\n1"#, options: .regularExpression) != nil { marks.append("accept_local 1") }
     return marks
@@ -196,7 +197,11 @@ func expectClean(_ state: String, sourceLocation: SourceLocation = #_sourceLocat
 /// before any check relies on not seeing us.
 func expectCaptured(_ state: String, _ mode: DataplaneMode, sourceLocation: SourceLocation = #_sourceLocation) {
     let marks = captureMarks(state)
-    let expected = mode == .ebpf ? ["tc_pod_", "lookup 100", "accept_local 1"] : ["ISTIO", "lookup 100"]
+    let expected = switch mode {
+    case .ebpf: ["tc_pod_", "lookup 100", "accept_local 1"]
+    case .nftables: ["istio-ambient", "lookup 100"]
+    case .iptables, .auto: ["ISTIO", "lookup 100"]
+    }
     #expect(Set(expected).isSubset(of: Set(marks)), "an enrolled pod's state lacks \(Set(expected).subtracting(marks)): \(state)",
             sourceLocation: sourceLocation)
 }
@@ -204,10 +209,15 @@ func expectCaptured(_ state: String, _ mode: DataplaneMode, sourceLocation: Sour
 /// Kept for the conformance suite's wording: the same dump as ``podKernelState(_:_:)``.
 func captureState(_ lab: Lab, _ pod: LabPod) throws -> String { try podKernelState(lab, pod) }
 
-/// Whether the node still treats `ip` as in the mesh (the ipset in iptables mode, ra_pods in ebpf mode).
+/// Whether the node still treats `ip` as in the mesh (the ipset in iptables mode, the nft set in
+/// nftables mode, ra_pods in ebpf mode).
 func nodeHasMember(_ cl: CaptureLab, _ node: LabNode, _ ip: IPAddress) throws -> Bool {
     switch cl.capture.dataplane(node) {
     case let ebpf as EBPFDataplane: return try ebpf.maps.pod(ip) != nil
+    case is NftablesDataplane:
+        let set = CaptureConfig().ipsetName(ipv6: ip.isIPv6)
+        let listed = try cl.lab.inNamespace(node.netns, "nft", ["-j", "list", "set", "inet", NftablesRules.nodeTable, set])
+        return listed.contains("\"\(ip)\"")
     default: return try cl.lab.inNamespace(node.netns, "ipset", ["list"]).contains(ip.description)
     }
 }
@@ -251,4 +261,17 @@ func routeProbeReplies(_ lab: Lab, on node: LabNode, to attacker: LabPod, probe:
         try lab.ip(n + ["rule", "del", "pref", "10"])
         try lab.ip(n + ["rule", "del", "pref", "100"])
     }
+}
+
+/// Packets counted by the `counter` statements of an nft chain in `netns`.
+func nftCounted(_ lab: Lab, _ netns: NetworkNamespace, table: String, chain: String) throws -> Int {
+    let text = try lab.inNamespace(netns, "nft", ["-j", "list", "chain", "inet", table, chain])
+    let root = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    var packets = 0
+    for o in root["nftables"] as? [[String: Any]] ?? [] {
+        for e in (o["rule"] as? [String: Any])?["expr"] as? [[String: Any]] ?? [] {
+            packets += ((e["counter"] as? [String: Any])?["packets"] as? Int) ?? 0
+        }
+    }
+    return packets
 }

@@ -58,7 +58,7 @@ struct DNSCaptureTests {
         }
     }
 
-    @Test("a DNS query sent from a raw socket in a meshed pod never reaches a server uncaptured (ebpf drops and counts it, iptables redirects it)",
+    @Test("a DNS query sent from a raw socket in a meshed pod never reaches a server uncaptured (ebpf drops and counts it, iptables and nftables redirect it)",
           arguments: conformanceModes)
     func rawQuery(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
@@ -78,7 +78,7 @@ struct DNSCaptureTests {
         }
     }
 
-    @Test("while the proxy is away, an app that takes the DNS port in a meshed pod never reads the pod's queries (ebpf refuses the bind, iptables drops what reaches it)",
+    @Test("while the proxy is away, an app that takes the DNS port in a meshed pod never reads the pod's queries (ebpf refuses the bind, iptables and nftables drop what reaches it)",
           arguments: conformanceModes)
     func portHijack(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
@@ -110,7 +110,7 @@ struct DNSCaptureTests {
                 #expect((e as? SystemError)?.code == EPERM, "\(e)")
                 #expect(try ebpfDataplane(cl, a.node).counters(cl.lab.podSpec(a))[.refusedDNSBind, default: 0] == 1)
             case (_, .success(let s)):
-                #expect(mode == .iptables, "only iptables mode lets the bind happen")
+                #expect(mode != .ebpf, "only the netfilter modes let the bind happen")
                 #expect(throws: (any Error).self, "the query never reaches the app's socket") { try s.receive() }
             default:
                 Issue.record("\(mode): \(hijacker)")

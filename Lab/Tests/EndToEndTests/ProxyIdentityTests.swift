@@ -79,7 +79,7 @@ struct ProxyIdentityTests {
         }
     }
 
-    @Test("a rolling upgrade: a new proxy that connects while the old one still runs takes new traffic, the old one's connections keep flowing until it exits, then its cgroup is nobody's",
+    @Test("a rolling upgrade: a new proxy that connects while the old one still runs takes new traffic, the old one's connections keep flowing until it exits, an agent restart mid-drain keeps them flowing; then its cgroup is nobody's",
           .enabled(if: KernelRelease.atLeast(6, 5), "two proxies listen side by side with SO_REUSEPORT, which bpf_sk_assign takes only from Linux 6.5"),
           arguments: ["ebpf", "iptables"])
     func rollingUpgrade(_ dataplane: String) throws {
@@ -111,6 +111,13 @@ struct ProxyIdentityTests {
             #expect(during.contains("draining (replaced, still running): \(first)"), "\(during)")
             #expect(try echo("two") == "two", "the old proxy's connection keeps flowing")
             #expect(try lab.request(from: pod, to: SocketAddress(outsider.ip4, Lab.httpPort)).status == 200, "new connections are captured")
+
+            // The agent restarts mid-drain: the old proxy is still draining, its connection still flows.
+            node.agent?.kill9()
+            try lab.startAgent(on: node)
+            let restarted = try identity()
+            #expect(restarted.contains("draining (replaced, still running): \(first)"), "\(restarted)")
+            #expect(try echo("three") == "three", "the old proxy's connection outlives an agent restart")
 
             // The old proxy exits: its cgroup stops being the proxy's.
             old.stop()
