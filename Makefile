@@ -11,7 +11,7 @@ OTHER_CNI  := Lab/bpf/other_cni.bpf.o
 BPF_CFLAGS  = -O2 -g -Wall -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(ARCH)-linux-gnu
 BIN        := .build/debug
 
-.PHONY: deps bpf build test kernel-matrix demo demo-iptables demo-ebpf bench clean proto
+.PHONY: deps bpf build test kernel-matrix demo demo-iptables demo-ebpf demo-nftables bench clean proto
 
 deps:
 	@bash scripts/deps.sh
@@ -44,6 +44,9 @@ demo-iptables: deps build
 
 demo-ebpf: deps build
 	$(BIN)/redirect-lab demo --dataplane ebpf
+
+demo-nftables: deps build
+	$(BIN)/redirect-lab demo --dataplane nftables
 
 # Release binaries (agent, proxy, apps, lab): what a node runs, and what the report says it measured.
 bench: deps bpf

@@ -84,7 +84,7 @@ let tests: [Target] = [
     .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
     .testTarget(name: "BPFProgramTests", dependencies: ["BPFLoader", "MapSync", "CShim", "SystemCalls"]),
     .testTarget(name: "DataplaneTests", dependencies: ["Dataplane"], resources: [.copy("Golden"), .copy("IstioReference")]),
-    .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "AgentAPI", "SystemCalls", "KubeClient", .product(name: "Yams", package: "Yams"),
+    .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "AgentAPI", "Dataplane", "SystemCalls", "KubeClient", .product(name: "Yams", package: "Yams"),
                                                       "HostileInput", .product(name: "PropertyBased", package: "swift-property-based")]),
     .testTarget(name: "NetworkPolicyCheckTests", dependencies: ["NetworkPolicyCheck", "SystemCalls", .product(name: "Yams", package: "Yams")]),
     .testTarget(name: "EndToEndTests", dependencies: ["NodeLab", "Dataplane", "BPFLoader", "MeshProxy", "MapSync", "AgentAPI", "LabApp", "MeshProxyMain",

@@ -118,7 +118,7 @@ public final class Agent: Sendable {
     /// Where BPF cannot be used: the rule system the node already uses. iptables when the node
     /// has iptables rules (kube-proxy or the CNI wrote them, legacy or nft-based) or no nft
     /// program; else nftables (Istio too refuses to mix them on one node).
-    static func fallbackMode(runner: CommandRunner) -> (DataplaneMode, String) {
+    public static func fallbackMode(runner: CommandRunner) -> (DataplaneMode, String) {
         guard (try? Command.resolve("nft")) != nil else { return (.iptables, "no nft program") }
         var iptablesRules = 0
         for b in IptablesBackend.allCases {

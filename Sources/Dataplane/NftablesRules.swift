@@ -122,7 +122,7 @@ public struct NftablesRules: Sendable {
         // The proxy's sockets skip capture: with a cgroup, one ACCEPT and no mark test after it.
         var out = c.proxyCgroups.map { "\(mark) \(cgroupMatch($0)) accept" }
         if c.dnsCapture {
-            out.append("oifname != \"lo\" udp dport 53\(notProxy) redirect to :\(c.dnsPort)")
+            out.append("oifname != \"lo\"\(notProxy) udp dport 53 redirect to :\(c.dnsPort)")
             out += families.map { "\(loopback($0)) tcp dport 53\(notProxy) redirect to :\(c.dnsPort)" }
         }
         out.append("meta l4proto tcp meta mark & \(hex(c.markMask)) == \(hex(c.connMark)) accept")

@@ -4,7 +4,7 @@ import Foundation
 import NodeLab
 import SystemCalls
 
-/// `redirect-lab bench`: ebpf vs iptables vs no capture, side by side in one run.
+/// `redirect-lab bench`: ebpf vs iptables vs nftables vs no capture, side by side in one run.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure capture modes side by side (interleaved rounds), enrollment at scale, probe-IP change, BPF per-packet cost and agent memory; write JSON, a Markdown report and SVG plots.")
@@ -44,7 +44,7 @@ struct Bench: ParsableCommand {
         defer { lab.teardown(); _ = signals }
         try lab.up()
         let tcx = Self.tcxSupported(lab)
-        var modes = ["direct", "explicit", "iptables", "ebpf"]
+        var modes = ["direct", "explicit", "iptables", "nftables", "ebpf"]
         if tcx { modes.append("ebpf-tcx") }
         log("modes: \(modes.joined(separator: ", ")); \(rounds) round(s) x \(duration)s per run")
 
@@ -62,7 +62,7 @@ struct Bench: ParsableCommand {
         try enroll.makePods(sizes.max() ?? 1)
         defer { enroll.deletePods() }
         let node = lab.nodes[0]
-        let enrollModes = ["iptables", "ebpf"] + (tcx ? ["ebpf-tcx"] : [])
+        let enrollModes = ["iptables", "nftables", "ebpf"] + (tcx ? ["ebpf-tcx"] : [])
         let enrollSamples = try enroll.run(sizes: sizes, modes: enrollModes) { try traffic.makeDataplane($0, node: node) }
         let rss = try enroll.agentRSS(steps: quick ? [0, 1, 10] : [0, 1, 100, min(1000, sizes.max() ?? 1000)].filter { $0 <= (sizes.max() ?? 0) })
 

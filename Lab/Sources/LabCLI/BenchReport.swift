@@ -30,7 +30,7 @@ struct BenchReport {
     func markdown() -> String {
         let m = result.machine
         var s = """
-        # Benchmark: eBPF vs iptables vs no capture
+        # Benchmark: eBPF vs iptables and nftables vs no capture
 
         Produced by `make bench` (`redirect-lab bench`\(result.quick ? " --quick" : "")) on \(m.date), \(m.build) build: Linux \(m.kernel), \(m.cpus) CPUs (\(m.cpu)), \(m.memoryGiB) GiB.
         \(result.rounds) interleaved round(s) of every mode (A B C … A B C …), \(result.durationSeconds) s per client run, one client
@@ -38,7 +38,7 @@ struct BenchReport {
         absolute numbers move with the machine. The whole run took \(Int(result.seconds)) s. Raw samples: `results.json`.
 
         Modes: **direct** (no capture, client to the app), **explicit** (no capture, the client talks to its node's proxy
-        with CONNECT: the limit any capture can reach), **iptables** (Istio's in-pod rules), **ebpf** (tc clsact)\(result.modes.contains("ebpf-tcx") ? ", **ebpf-tcx** (tcx links)" : "").
+        with CONNECT: the limit any capture can reach), **iptables** (Istio's in-pod rules), \(result.modes.contains("nftables") ? "**nftables** (the same in native nftables), " : "")**ebpf** (tc clsact)\(result.modes.contains("ebpf-tcx") ? ", **ebpf-tcx** (tcx links)" : "").
         Every proxied path goes client → proxy (15001) → peer proxy (15008) → app through the stand-in proxy.
         Capture is verified on every client run: the client's proxy recorded \(result.traffic.map(\.proxied).reduce(0, +)) connections
         in all, exactly the ones the client made in each proxied mode (found by capture, or by CONNECT in explicit mode) and none
@@ -55,7 +55,7 @@ struct BenchReport {
             let failed = result.traffic.filter { $0.placement == placement }.reduce(0) { $0 + $1.failed }
             s += "\nFailed connections in these runs: \(failed).\n"
             s += "\n| ratio | connections/s | requests/s | bulk | short p99 |\n|---|---|---|---|---|\n"
-            for (a, b) in [("ebpf", "iptables"), ("ebpf", "explicit"), ("iptables", "explicit")] + (result.modes.contains("ebpf-tcx") ? [("ebpf-tcx", "ebpf")] : []) {
+            for (a, b) in [("ebpf", "iptables"), ("ebpf", "explicit"), ("iptables", "explicit")] + (result.modes.contains("nftables") ? [("ebpf", "nftables"), ("nftables", "iptables")] : []) + (result.modes.contains("ebpf-tcx") ? [("ebpf-tcx", "ebpf")] : []) {
                 s += "| \(a) / \(b) | \(r(ratio(stat(a, placement, "short") { $0.rate }, stat(b, placement, "short") { $0.rate }))) | "
                 s += "\(r(ratio(stat(a, placement, "long") { $0.rate }, stat(b, placement, "long") { $0.rate }))) | "
                 s += "\(r(ratio(stat(a, placement, "bulk") { $0.gbps }, stat(b, placement, "bulk") { $0.gbps }))) | "

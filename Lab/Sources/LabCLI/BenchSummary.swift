@@ -32,14 +32,14 @@ struct BenchSummary: Encodable {
     var rounds: Int
     var metrics: [String: Metric]
 
-    /// The summary of `result`, with the modes `direct`, `explicit`, `iptables`, `ebpf` (and `ebpf-tcx` when measured).
+    /// The summary of `result`, with the modes `direct`, `explicit`, `iptables`, `ebpf` (and `nftables`, `ebpf-tcx` when measured).
     init(_ result: BenchResult) {
         build = result.machine.build
         kernel = result.machine.kernel
         cpu = result.machine.cpu
         rounds = result.rounds
         let report = BenchReport(result: result)
-        let modes = ["direct", "explicit", "iptables", "ebpf"] + (result.modes.contains("ebpf-tcx") ? ["ebpf-tcx"] : [])
+        let modes = ["direct", "explicit", "iptables", "ebpf"] + (result.modes.contains("nftables") ? ["nftables"] : []) + (result.modes.contains("ebpf-tcx") ? ["ebpf-tcx"] : [])
         var metrics: [String: Metric] = [:]
         for placement in ["same-node", "cross-node"] {
             let suffix = placement == "same-node" ? "same_node" : "cross_node"

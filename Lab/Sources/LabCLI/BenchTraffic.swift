@@ -76,6 +76,7 @@ final class TrafficBench {
     private func newDataplane(_ name: String, node: LabNode) throws -> Dataplane {
         let runner = ProcessRunner(defaultNetns: node.netns.path)
         if name == "iptables" { return IptablesDataplane(config: CaptureConfig(), runner: runner, lockDirectory: "\(node.directory)/xtables") }
+        if name == "nftables" { return try NftablesDataplane(config: CaptureConfig(), runner: runner) }
         try BPFFS.ensureMounted(node.bpffsMount)
         var o = EBPFOptions(objectPath: try LabBinaries.bpfObject())
         o.pinRoot = node.bpfPinRoot

@@ -11,8 +11,8 @@ import SystemCalls
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "2 nodes, pods created through the CNI chain with redirect-cni, a redirect-agent per node, the proxy on ZDS: traffic, probes, what was captured, the kernel's view; then teardown.")
-    enum Choice: String, ExpressibleByArgument, CaseIterable { case auto, ebpf, iptables, none }
-    @Option(help: "The agents' dataplane: auto (eBPF where the kernel allows it), ebpf, iptables, or none (no capture; the client talks to the proxy explicitly).") var dataplane: Choice = .auto
+    enum Choice: String, ExpressibleByArgument, CaseIterable { case auto, ebpf, iptables, nftables, none }
+    @Option(help: "The agents' dataplane: auto (eBPF where the kernel allows it), ebpf, iptables, nftables, or none (no capture; the client talks to the proxy explicitly).") var dataplane: Choice = .auto
     @Flag(help: "No IPv6 addresses.") var noIPv6 = false
 
     func run() throws {
@@ -87,8 +87,24 @@ struct Demo: ParsableCommand {
         say("\n== redirect-agent status (node \(node.name), read from the kernel)")
         say(try Command.run(try LabBinaries.path("redirect-agent"), ["status", "--control-socket", node.agentControlSocket]).trimmed)
         let s = try AgentClient.call(ControlRequest(op: "status"), socket: node.agentControlSocket).status!
-        if s.dataplane == "ebpf" { try showBPFState(lab: lab, pod: meshed[0]) } else { try showKernelState(lab: lab, pod: meshed[0]) }
+        switch s.dataplane {
+        case "ebpf": try showBPFState(lab: lab, pod: meshed[0])
+        case "nftables": try showNftState(lab: lab, pod: meshed[0])
+        default: try showKernelState(lab: lab, pod: meshed[0])
+        }
         say("\n== tearing down")
+    }
+
+    func showNftState(lab: Lab, pod: LabPod) throws {
+        say("\n== what the kernel holds for \(pod.name) (nft list table inet istio-ambient-nat in the pod, ip rule)")
+        let nat = try lab.inNamespace(pod.netns, "nft", ["list", "table", "inet", "istio-ambient-nat"])
+        for line in nat.split(separator: "\n") where line.contains("redirect") || line.contains("accept") { say("  \(line.trimmingCharacters(in: .whitespaces))") }
+        for line in try lab.inNamespace(pod.netns, "ip", ["rule", "show"]).split(separator: "\n") where line.contains("lookup 100") { say("  \(line)") }
+        say("\n== node \(pod.node.name): probe SNAT and the set of in-mesh pods (nft list table inet istio-ambient-nat)")
+        let node = try lab.inNamespace(pod.node.netns, "nft", ["list", "table", "inet", "istio-ambient-nat"])
+        for line in node.split(separator: "\n") where line.contains("snat") || line.contains("comment \"") && !line.contains("UIDs") {
+            say("  \(line.trimmingCharacters(in: .whitespaces))")
+        }
     }
 
     func showKernelState(lab: Lab, pod: LabPod) throws {

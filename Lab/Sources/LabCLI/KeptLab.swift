@@ -61,7 +61,7 @@ struct KeptLab: Codable {
 /// session of its own), and prints how to reach it.
 struct Up: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Start a lab that keeps running (2 nodes, meshed pods, an outsider, agents, proxies, the Kubernetes API); print how to reach it.")
-    @Option(help: "The agents' dataplane: ebpf, iptables or auto.") var dataplane = "ebpf"
+    @Option(help: "The agents' dataplane: ebpf, iptables, nftables or auto.") var dataplane = "ebpf"
     @Flag(help: "No IPv6 addresses.") var noIPv6 = false
 
     func validate() throws {

@@ -1,4 +1,5 @@
 import AgentAPI
+import Dataplane
 import AgentCore
 import Foundation
 import HostileInput
@@ -15,7 +16,7 @@ func control(_ node: LabNode, _ op: String, _ pod: PodRequest) throws -> Control
 @Suite("Agent robustness: hostile requests, isolation, bounded control plane", .serialized)
 struct AgentRobustnessTests {
     @Test("hostile add/del/check requests get their error codes; the agent lives and the enrolled pod's kernel state is untouched",
-          arguments: ["ebpf", "iptables"])
+          arguments: ["ebpf", "iptables", "nftables"])
     func hostileRequests(_ dataplane: String) async throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withAgentLab(dataplane) { lab throws in
@@ -24,7 +25,7 @@ struct AgentRobustnessTests {
             let b = try lab.addPod(on: node, name: "n1-plain")
             let before = try podKernelState(lab, a)
             // Presence first: the snapshot sees the capture it must later find unchanged.
-            #expect(before.contains(dataplane == "ebpf" ? "tc_pod_ingress" : "ISTIO_PRERT"), "\(before)")
+            #expect(before.contains(["ebpf": "tc_pod_ingress", "iptables": "ISTIO_PRERT", "nftables": "istio-ambient-nat"][dataplane] ?? "?"), "\(before)")
             #expect(before.contains("fwmark 0x111/0xfff lookup 100"))
             let aReq = lab.podRequest(a, meshed: true), bReq = lab.podRequest(b, meshed: true)
             func expectCode(_ op: String, _ r: PodRequest, _ code: AgentError.Code, _ why: String) throws {
@@ -250,7 +251,7 @@ func withAgentLabAsync(_ dataplane: String, _ body: (Lab) async throws -> Void) 
 
 @Suite("Agent concurrency: many runtimes' requests at once", .serialized)
 struct AgentConcurrencyTests {
-    @Test("20 concurrent ADDs, CHECKs and DELs: every pod enrolled once, captured, then left as it was", arguments: ["ebpf", "iptables"])
+    @Test("20 concurrent ADDs, CHECKs and DELs: every pod enrolled once, captured, then left as it was", arguments: ["ebpf", "iptables", "nftables"])
     func concurrentAdds(_ dataplane: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withAgentLab(dataplane) { lab throws in
@@ -281,7 +282,7 @@ struct AgentConcurrencyTests {
             #expect(added.count == 20 && added.values.allSatisfy { $0?.enrolled == true }, "\(added.filter { $0.value?.enrolled != true })")
             let s = try status(node)
             #expect(Set(s.pods.map(\.uid)) == Set(pods.map(\.identity.uid)) && s.pods.allSatisfy { $0.drift.isEmpty }, "\(s.pods.map(\.drift))")
-            for p in pods { expectCaptured(try podKernelState(lab, p), dataplane == "ebpf" ? .ebpf : .iptables) }
+            for p in pods { expectCaptured(try podKernelState(lab, p), DataplaneMode(rawValue: dataplane) ?? .auto) }
             let checked = all("check")
             #expect(checked.values.allSatisfy { $0?.ok == true }, "\(checked.filter { $0.value?.ok != true })")
             // Every pod is really captured: one connection each to its neighbour goes through the proxy.

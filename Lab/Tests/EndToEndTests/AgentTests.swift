@@ -38,7 +38,7 @@ func runPlugin(_ env: [String: String], stdin: String) throws -> (Int32, [String
 
 @Suite("The node agent", .serialized)
 struct AgentTests {
-    @Test("pods from the CNI chain are enrolled by label; an opt-out pod and an unlabelled one are not; status reads the kernel", arguments: ["ebpf", "iptables"])
+    @Test("pods from the CNI chain are enrolled by label; an opt-out pod and an unlabelled one are not; status reads the kernel", arguments: ["ebpf", "iptables", "nftables"])
     func selectionAndStatus(_ dataplane: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withAgentLab(dataplane) { lab throws in
@@ -50,7 +50,7 @@ struct AgentTests {
             #expect(s.dataplane == dataplane && s.proxyConnected)
             #expect(s.pods.map(\.pod) == ["default/n1-pod1"])
             #expect(s.pods.first?.drift.isEmpty == true, "\(String(describing: s.pods.first?.drift))")
-            #expect(s.pods.first?.attachment.contains(dataplane == "ebpf" ? "clsact eth0" : "iptables-") == true)
+            #expect(s.pods.first?.attachment.contains(["ebpf": "clsact eth0", "iptables": "iptables-", "nftables": "nftables: "][dataplane] ?? "?") == true)
             if dataplane == "ebpf" {
                 let guardText = BPFObject.netfilterProgramsSupported ? "egress guard linked for IPv4 and IPv6" : "no egress guard (needs Linux 6.4)"
                 #expect(s.pods.first?.attachment.contains(guardText) == true, "\(s.pods.first?.attachment ?? "")")
@@ -74,7 +74,7 @@ struct AgentTests {
         }
     }
 
-    @Test("auto falls back to iptables where seccomp denies bpf(), says why, and still captures; --dataplane ebpf refuses to start")
+    @Test("auto falls back to nftables or iptables (by the node's rules) where seccomp denies bpf(), says why, and still captures; --dataplane ebpf refuses to start")
     func seccompFallback() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         let wrapper = ["/usr/bin/python3", "\(repoRoot)/scripts/deny-bpf.py"]
@@ -82,10 +82,18 @@ struct AgentTests {
             Issue.record("cannot run: Debian's python3-seccomp is missing (make deps installs it)"); return
         }
         try withAgentLab("auto", wrapper: wrapper, nodes: 2) { lab throws in
+            // A node without iptables rules gets nftables; one whose other software wrote iptables rules
+            // (kube-proxy, the CNI) gets iptables, so the two never mix.
             let s = try status(lab.nodes[0])
-            #expect(s.dataplane == "iptables")
-            #expect(s.reason.contains("bpf() syscall is denied"), "\(s.reason)")
+            #expect(s.dataplane == "nftables")
+            #expect(s.reason.contains("bpf() syscall is denied") && s.reason.contains("no iptables rules"), "\(s.reason)")
             #expect(s.features["bpf_syscall"] == false)
+            let n2 = lab.nodes[1]
+            n2.agent?.stop()
+            _ = try lab.inNamespace(n2.netns, "iptables", ["-w", "-A", "FORWARD", "-m", "comment", "--comment", "another component's rule", "-j", "ACCEPT"])
+            try lab.startAgent(on: n2)
+            let s2 = try status(n2)
+            #expect(s2.dataplane == "iptables" && s2.reason.contains("the node has 1 iptables rules"), "\(s2.dataplane): \(s2.reason)")
             let a = try lab.addMeshedPod(on: lab.nodes[0], name: "n1-pod1")
             let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
             let dst = SocketAddress(b.ip4, Lab.httpPort)
@@ -140,11 +148,11 @@ struct AgentTests {
             let fallback = try ManagedProcess(auto.executable, auto.arguments, logPath: "\(node.directory)/agent-auto.log")
             defer { fallback.stop() }
             try waitFor("the auto agent to start", seconds: 10) { fallback.log().contains("READY") || !fallback.isRunning }
-            #expect(fallback.log().contains("READY dataplane=iptables") && fallback.log().contains("refusing to mount bpffs"), "\(fallback.log())")
+            #expect(fallback.log().contains("READY dataplane=nftables") && fallback.log().contains("refusing to mount bpffs"), "\(fallback.log())")
         }
     }
 
-    @Test("kill -9 under steady traffic, restart, repeat: no failed connection, none skipped capture, same pods", arguments: ["ebpf", "iptables"])
+    @Test("kill -9 under steady traffic, restart, repeat: no failed connection, none skipped capture, same pods", arguments: ["ebpf", "iptables", "nftables"])
     func killNineUnderTraffic(_ dataplane: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withAgentLab(dataplane, nodes: 2) { lab throws in
@@ -253,7 +261,7 @@ struct AgentTests {
             let a = try lab.addMeshedPod(on: lab.nodes[0], name: "n1-pod1")
             let b = try lab.addMeshedPod(on: lab.nodes[1], name: "n2-pod1")
             let dst = SocketAddress(b.ip4, Lab.httpPort)
-            for mode in ["ebpf", "iptables"] {
+            for mode in ["ebpf", "nftables", "iptables"] {
                 for node in lab.nodes {
                     node.agent?.stop()
                     try lab.startAgent(on: node, dataplane: mode)
@@ -261,8 +269,9 @@ struct AgentTests {
                 let s = try status(lab.nodes[0])
                 #expect(s.dataplane == mode && s.pods.count == 1 && s.pods[0].drift.isEmpty, "\(s.pods.map(\.drift))")
                 let marks = captureMarks(try podKernelState(lab, a))
-                expectCaptured(try podKernelState(lab, a), mode == "ebpf" ? .ebpf : .iptables)
+                expectCaptured(try podKernelState(lab, a), DataplaneMode(rawValue: mode) ?? .auto)
                 #expect(marks.contains("ISTIO") == (mode == "iptables"), "iptables rules only in iptables mode: \(marks)")
+                #expect(marks.contains("istio-ambient") == (mode == "nftables"), "nftables tables only in nftables mode: \(marks)")
                 #expect(marks.contains("tc_pod_") == (mode == "ebpf"), "BPF programs only in ebpf mode: \(marks)")
                 let before = try lab.proxyRecords(lab.nodes[0]).count
                 #expect(try lab.request(from: a, to: dst).status == 200)
@@ -272,16 +281,17 @@ struct AgentTests {
         }
     }
 
-    @Test("SIGTERM stops the agent and leaves capture working; uninstall then removes everything", arguments: ["ebpf", "iptables"])
+    @Test("SIGTERM stops the agent and leaves capture working; uninstall then removes everything", arguments: ["ebpf", "iptables", "nftables"])
     func stopAndUninstall(_ dataplane: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withAgentLab(dataplane) { lab throws in
             let node = lab.nodes[0]
             let a = try lab.addMeshedPod(on: node, name: "n1-pod1")
             let b = try lab.addPod(on: node, name: "n1-plain")
-            expectCaptured(try podKernelState(lab, a), dataplane == "ebpf" ? .ebpf : .iptables)
+            expectCaptured(try podKernelState(lab, a), DataplaneMode(rawValue: dataplane) ?? .auto)
             let nodeBefore = try nodeKernelState(lab, node)
-            #expect(nodeBefore.contains(dataplane == "ebpf" ? "name cg_node_connect4" : "ISTIO"), "the node's probe path is visible: \(nodeBefore)")
+            let nodeMark = ["ebpf": "name cg_node_connect4", "iptables": "ISTIO", "nftables": "istio-ambient-nat"][dataplane] ?? "?"
+            #expect(nodeBefore.contains(nodeMark), "the node's probe path is visible: \(nodeBefore)")
             #expect(nodeBefore.contains("inet 169.254.7.127/32") == (dataplane == "ebpf"), "ebpf holds the probe IP on the node: \(nodeBefore)")
             // A long grace: the check is that SIGTERM alone ends it cleanly, however slowly.
             node.agent?.stop(grace: 60)
@@ -296,7 +306,7 @@ struct AgentTests {
             let state = try podKernelState(lab, a)
             expectClean(state)
             let nodeState = try nodeKernelState(lab, node)
-            #expect(!nodeState.contains("ISTIO") && !nodeState.contains("cg_node_") && !nodeState.contains("istio-inpod"), "\(nodeState)")
+            #expect(!nodeState.contains("ISTIO") && !nodeState.contains("cg_node_") && !nodeState.contains("istio-inpod") && !nodeState.contains("istio-ambient"), "\(nodeState)")
             #expect(!nodeState.contains("169.254.7.127") && !nodeState.contains("fd16:9254:7127"), "the probe IPs left the node: \(nodeState)")
             #expect(!FileManager.default.fileExists(atPath: "\(node.bpfPinRoot)/maps"))
             #expect(!FileManager.default.fileExists(atPath: "\(node.agentDirectory)/state.json"))

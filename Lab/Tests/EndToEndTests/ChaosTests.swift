@@ -9,7 +9,7 @@ import Testing
 @Suite("Crash consistency: kill -9 at random points of enrolment", .serialized)
 struct ChaosTests {
     @Test("200 ADD/DEL cycles with kill -9 at random points, traffic running: no connection fails or skips capture, every pod's kernel state matches the state file",
-          arguments: ["ebpf", "iptables"])
+          arguments: ["ebpf", "iptables", "nftables"])
     func killDuringEnrolment(_ dataplane: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withAgentLab(dataplane) { lab throws in

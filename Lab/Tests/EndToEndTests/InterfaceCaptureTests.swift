@@ -49,7 +49,7 @@ struct InterfaceCaptureTests {
     }
 
     @Test("an interface deleted and made again with the same index is captured again (a pinned tcx link does not outlive its device)",
-          arguments: [("iptables", ""), ("ebpf", "clsact"), ("ebpf", "tcx")].filter { testedModes.map(\.rawValue).contains($0.0) })
+          arguments: [("iptables", ""), ("nftables", ""), ("ebpf", "clsact"), ("ebpf", "tcx")].filter { testedModes.map(\.rawValue).contains($0.0) })
     func madeAgain(_ mode: String, _ attach: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         let setup = CaptureSetup(mode: DataplaneMode(rawValue: mode)!, viaAgent: true)

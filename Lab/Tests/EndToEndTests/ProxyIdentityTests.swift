@@ -10,7 +10,7 @@ import Testing
 @Suite("The proxy's identity from its ZDS connection", .serialized)
 struct ProxyIdentityTests {
     @Test("before any proxy connects no socket skips capture; the proxy's cgroup is learned at its hello, kept across an agent restart, and follows a proxy that comes back in another cgroup",
-          arguments: ["ebpf", "iptables"])
+          arguments: ["ebpf", "iptables", "nftables"])
     func learned(_ dataplane: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withLab({ o in
@@ -81,7 +81,7 @@ struct ProxyIdentityTests {
 
     @Test("a rolling upgrade: a new proxy that connects while the old one still runs takes new traffic, the old one's connections keep flowing until it exits, an agent restart mid-drain keeps them flowing; then its cgroup is nobody's",
           .enabled(if: KernelRelease.atLeast(6, 5), "two proxies listen side by side with SO_REUSEPORT, which bpf_sk_assign takes only from Linux 6.5"),
-          arguments: ["ebpf", "iptables"])
+          arguments: ["ebpf", "iptables", "nftables"])
     func rollingUpgrade(_ dataplane: String) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withLab({ o in
