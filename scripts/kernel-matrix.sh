@@ -3,7 +3,8 @@
 # - Debian's Linux 6.1 (Debian 12, Amazon Linux 2023, GKE's COS 6.1): the BPF program tests, the eBPF lab
 #   suites, the adversarial and coexistence suites, the feature probe, the cgroup lookups the proxy's
 #   identity rests on (cgroup namespaces; iptables resolving --path in the loader's namespace), and the
-#   connections kept from before enrolment (sock_diag cookies, ra_kept), DNS capture (the socket hooks);
+#   connections kept from before enrolment (sock_diag cookies, ra_kept), DNS capture (the socket hooks),
+#   and the nftables rulesets loaded by that kernel (socket cgroupv2 in input and output);
 # - Debian 12's Linux 6.12 (the backports kernel; tcx and the egress guard are there): the BPF program
 #   tests, the feature probe and the cgroup lookups (within the matrix's 15 minutes).
 # virtme-ng boots each kernel with the host's filesystem visible (9p), so the built test bundle runs in
@@ -12,7 +13,7 @@
 # a regex runs those suites on 6.1 only; KERNEL_MATRIX_KERNELS="6.1 6.12" picks the kernels)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FULL=${1:-${KERNEL_MATRIX_SUITES:-BPFProgramTests|EBPFCaptureTests|InterfaceCaptureTests|AdversarialTests|CoexistenceTests|KernelFeaturesTests|CgroupLookupTests|CgroupNamespaceRunnerTests|KeptConnectionsTests|SocketDiagTests|PodAnnotationTests|DNSCaptureTests}}
+FULL=${1:-${KERNEL_MATRIX_SUITES:-BPFProgramTests|NftablesGoldenTests|IstioNftEquivalenceTests|EBPFCaptureTests|InterfaceCaptureTests|AdversarialTests|CoexistenceTests|KernelFeaturesTests|CgroupLookupTests|CgroupNamespaceRunnerTests|KeptConnectionsTests|SocketDiagTests|PodAnnotationTests|DNSCaptureTests}}
 KERNELS=${KERNEL_MATRIX_KERNELS:-$([ $# -gt 0 ] && echo 6.1 || echo "6.1 6.12")}
 BUNDLE=.build/debug/redirect-agentPackageTests.xctest
 VENV=.venv-tools
@@ -86,7 +87,7 @@ for series in $KERNELS; do
   kernel=$(kernel_image "$series")
   case "$series" in
     6.1) suites=$FULL ;;
-    *) suites='BPFProgramTests|KernelFeaturesTests|CgroupLookupTests|CgroupNamespaceRunnerTests' ;;
+    *) suites='BPFProgramTests|NftablesGoldenTests|IstioNftEquivalenceTests|KernelFeaturesTests|CgroupLookupTests|CgroupNamespaceRunnerTests' ;;
   esac
   run_on "$kernel" "$suites" || failed=1
 done
