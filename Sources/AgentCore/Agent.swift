@@ -87,9 +87,12 @@ public final class Agent: Sendable {
         func nftables(_ why: String) throws -> (Dataplane, String, KernelFeatures) {
             (try NftablesDataplane(config: o.capture, runner: runner, logger: logger), why, features)
         }
-        func fallback(_ why: String) throws -> (Dataplane, String, KernelFeatures) {
+        func fallback(_ why: String) -> (Dataplane, String, KernelFeatures) {
             let (mode, reason) = fallbackMode(runner: runner)
-            return mode == .nftables ? try nftables("auto: \(why); \(reason): using nftables") : iptables("auto: \(why); \(reason): using iptables")
+            guard mode == .nftables else { return iptables("auto: \(why); \(reason): using iptables") }
+            do { return try nftables("auto: \(why); \(reason): using nftables") } catch {
+                return iptables("auto: \(why); \(reason), but nftables mode cannot run here (\(error)): using iptables")
+            }
         }
         switch o.mode {
         case .iptables: return iptables("--dataplane iptables")
@@ -97,7 +100,7 @@ public final class Agent: Sendable {
         case .ebpf, .auto:
             if let missing = features.missing {
                 if o.mode == .ebpf { throw AgentError(.ebpfUnavailable, "--dataplane ebpf: \(missing)") }
-                return try fallback("eBPF unavailable (\(missing))")
+                return fallback("eBPF unavailable (\(missing))")
             }
             var bpf = o.bpf
             var note = ""
@@ -110,7 +113,7 @@ public final class Agent: Sendable {
                 return (dp, (o.mode == .ebpf ? "--dataplane ebpf" : "auto: the kernel supports every feature the programs use") + note, features)
             } catch {
                 if o.mode == .ebpf { throw AgentError(.ebpfUnavailable, "--dataplane ebpf: loading the programs failed: \(error)") }
-                return try fallback("loading the BPF programs failed (\(error))")
+                return fallback("loading the BPF programs failed (\(error))")
             }
         }
     }

@@ -44,6 +44,9 @@ extension Agent {
         // A proxy that is replaced while it still runs (a rolling upgrade) drains its connections
         // as the proxy, until it exits (``retireDrainedProxies()``); the newest few at most.
         let before = try changeProxy { c in
+            // A replaced proxy that says hello again (after an agent restart every proxy reconnects)
+            // stays draining while the proxy that replaced it runs: hellos may come in any order.
+            if c.drainingProxyCgroups.contains(cgroup), let current = c.proxyCgroup, current != cgroup, current.isPopulated() { return nil }
             var draining = c.drainingProxyCgroups.filter { $0 != cgroup && $0.isPopulated() }
             if let previous = c.proxyCgroup, previous != cgroup, previous.isPopulated(), !draining.contains(previous) { draining.append(previous) }
             return (cgroup, Array(draining.suffix(Self.maxDrainingProxies)))

@@ -32,9 +32,9 @@ public struct CaptureConfig: Sendable, Equatable, Codable {
     /// without the proxy's mark" from "no full socket" (TIME_WAIT): every mask bit that is in neither
     /// the proxy's mark nor the connection mark.
     public var guardSentinelMark: UInt32 { markMask & ~(proxyMark | connMark) }
-    /// nftables mode, on the node: the packet mark bit that carries "a new connection of the
+    /// nftables mode, on the node: the conntrack mark bit that carries "a connection of the
     /// kubelet's" from output (where nft can ask a socket's cgroup) to the probe SNAT in
-    /// post-routing, which clears it. Outside Istio's 0xfff and kube-proxy's 0x4000/0x8000.
+    /// post-routing. Outside Istio's 0xfff.
     public var probeSNATMark: UInt32 = 0x1000
     /// The policy routing table for those replies.
     public var routeTable: Int = 100

@@ -63,8 +63,12 @@ public final class NftablesDataplane: Dataplane, Sendable {
     /// On failure everything of the pod's is removed again, unless it was captured before.
     public func enroll(_ pod: PodSpec) throws {
         try validate(pod)
-        let wasCaptured = (try? installedTables(pod).isEmpty == false) ?? false
+        // A listing that fails counts as captured: a failed apply must never strip a running pod.
+        let wasCaptured = (try? installedTables(pod).isEmpty == false) ?? true
         do {
+            // The set first: a host SYN that carries the kubelet's bit from before its pod was in the
+            // set (so output did not clear it) must not meet the pod's rules already in place.
+            try nft(pod.ips.map { rules().addElement($0, uid: pod.uid) }.joined())
             if !wasCaptured, config.keepExistingConnections {
                 do { try KeptConnections.keepInConntrack(netns: pod.netns, families: families(of: pod)) } catch {
                     logger.warning("connections from before enrolment cannot be kept: they are cut off",
@@ -73,7 +77,6 @@ public final class NftablesDataplane: Dataplane, Sendable {
             }
             try nft(rules(for: pod).pod(ipv4: pod.hasIPv4, ipv6: pod.hasIPv6), netns: pod.netns)
             try routing.apply(netns: pod.netns, families: families(of: pod))
-            try nft(pod.ips.map { rules().addElement($0, uid: pod.uid) }.joined())
         } catch {
             if !wasCaptured { try? remove(pod) }
             throw DataplaneError(.applyFailed, pod: pod.name, "\(error)")
@@ -99,11 +102,16 @@ public final class NftablesDataplane: Dataplane, Sendable {
     public func verify(_ pod: PodSpec) throws -> [String] {
         try validate(pod)
         var drift: [String] = []
-        let have = try installedTables(pod)
-        let expected = rules(for: pod).expectedPodRuleCounts(ipv4: pod.hasIPv4, ipv6: pod.hasIPv6)
+        let listing = try runner.checked("nft", ["-j", "list", "ruleset", "inet"], netns: pod.netns)
+        let have = try NftJSON.ruleCounts(listing, tables: Set(NftablesRules.podTableNames))
+        let r = rules(for: pod)
+        let expected = r.expectedPodRuleCounts(ipv4: pod.hasIPv4, ipv6: pod.hasIPv6)
         for (chain, n) in expected.sorted(by: { $0.key < $1.key }) where have[chain] != n {
             drift.append(have[chain] == nil ? "missing chain inet \(chain)" : "inet \(chain) has \(have[chain]!) rules, expected \(n)")
         }
+        let digest = r.podDigest(ipv4: pod.hasIPv4, ipv6: pod.hasIPv6)
+        let found = try NftJSON.comments(listing, table: NftablesRules.natTable, chain: "prerouting")
+        if drift.isEmpty, found != [digest] { drift.append("the pod's rules are not the ones wanted now (digest \(found) instead of \(digest))") }
         drift += try routing.drift(netns: pod.netns, families: families(of: pod))
         let owners = try setElements()
         for ip in pod.ips where owners[ip] != pod.uid { drift.append("node set: \(ip) not tagged with the pod") }
@@ -142,7 +150,8 @@ public final class NftablesDataplane: Dataplane, Sendable {
 
     /// The rule count of our tables in the pod.
     public func describe(_ pod: PodSpec) -> String {
-        guard let have = try? installedTables(pod) else { return "nftables: cannot list the pod's tables" }
+        guard let out = try? runner.checked("nft", ["-j", "list", "ruleset", "inet"], netns: pod.netns),
+              let have = try? NftJSON.ruleCounts(out, tables: Set(NftablesRules.podTableNames)) else { return "nftables: cannot list the pod's tables" }
         return "nftables: \(have.values.reduce(0, +)) rules in \(have.count) chains"
     }
 
@@ -157,10 +166,10 @@ public final class NftablesDataplane: Dataplane, Sendable {
 
     // MARK: reading nft
 
-    /// Rules per `table chain` of our tables in the pod (empty when none is there).
-    func installedTables(_ pod: PodSpec) throws -> [String: Int] {
-        let out = try runner.checked("nft", ["-j", "list", "ruleset", "inet"], netns: pod.netns)
-        return try NftJSON.ruleCounts(out, tables: Set(NftablesRules.podTableNames))
+    /// Our tables in the pod (empty when none is there).
+    func installedTables(_ pod: PodSpec) throws -> Set<String> {
+        let out = try runner.checked("nft", ["list", "tables", "inet"], netns: pod.netns)
+        return Set(out.split(separator: "\n").compactMap { $0.split(separator: " ").last.map(String.init) }).intersection(NftablesRules.podTableNames)
     }
 
     /// The node sets' elements and the UID each is tagged with ("" when untagged).
@@ -183,7 +192,8 @@ public final class NftablesDataplane: Dataplane, Sendable {
             throw DataplaneError(.invalidPod, pod: pod.name, "invalid pod UID '\(pod.uid)'")
         }
         if pod.ips.isEmpty { throw DataplaneError(.invalidPod, pod: pod.name, "pod has no IP address") }
-        for name in pod.rerouteInterfaces where name.isEmpty || name.utf8.count > 15 || name.contains(where: unquotable) {
+        // nft reads a trailing `*` in an interface name as a wildcard: names are matched exactly, as in ebpf mode.
+        for name in pod.rerouteInterfaces where name.isEmpty || name.utf8.count > 15 || name.contains(where: unquotable) || name.contains("*") {
             throw DataplaneError(.invalidPod, pod: pod.name, "invalid interface name '\(name)'")
         }
         if !FileManager.default.fileExists(atPath: pod.netns) {
@@ -216,6 +226,14 @@ enum NftJSON {
             }
         }
         return counts
+    }
+
+    /// The comments of the rules of one inet chain.
+    static func comments(_ text: String, table: String, chain: String) throws -> [String] {
+        try objects(text).compactMap { o in
+            guard let r = o["rule"] as? [String: Any], r["table"] as? String == table, r["chain"] as? String == chain else { return nil }
+            return r["comment"] as? String
+        }
     }
 
     /// The elements of a listed set, each with its comment.

@@ -65,20 +65,32 @@ public struct NftablesRules: Sendable {
         return tables
     }
 
-    /// Transaction that (re)writes the pod's tables whole: each one added, deleted and made again,
-    /// so nothing of an earlier version stays; a table no longer needed (raw, once DNS capture is
-    /// off) is deleted. All in one `nft -f`: the kernel swaps the rules in at once.
+    /// Transaction that (re)writes the pod's tables whole, as istio-cni does: each one added and
+    /// flushed, its chains added (kept when there: their hooks stay registered, which is what makes a
+    /// rewrite cheap) and filled again; every chain a table can have is in each rendering, so none
+    /// of an earlier version stays. A table no longer needed (raw, once DNS capture is off) is
+    /// deleted. All in one `nft -f`: the kernel swaps the rules in at once.
     public func pod(ipv4: Bool, ipv6: Bool) -> String {
-        let tables = podTables(ipv4: ipv4, ipv6: ipv6)
+        var tables = podTables(ipv4: ipv4, ipv6: ipv6)
+        // The digest of everything rendered rides on the nat table's first rule, so `verify` tells
+        // rules that differ only in a value (another proxy's cgroup) from the ones wanted.
+        tables[0].chains[0].rules[0] += " comment \"\(podDigest(ipv4: ipv4, ipv6: ipv6))\""
         var out = ""
         for name in Self.podTableNames where !tables.contains(where: { $0.name == name }) {
             out += "add table inet \(name)\ndelete table inet \(name)\n"
         }
         for t in tables {
-            out += "add table inet \(t.name)\ndelete table inet \(t.name)\nadd table inet \(t.name)\n"
+            out += "add table inet \(t.name)\nflush table inet \(t.name)\n"
             out += render(t)
         }
         return out
+    }
+
+    /// A digest of the pod's rules (FNV-1a 64 of their rendering), as `ra:<hex>`.
+    public func podDigest(ipv4: Bool, ipv6: Bool) -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in podTables(ipv4: ipv4, ipv6: ipv6).map(render).joined().utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return "ra:" + String(h, radix: 16)
     }
 
     /// Transaction that removes the pod's tables (each added first, so a missing one is no error).
@@ -212,10 +224,10 @@ public struct NftablesRules: Sendable {
     /// The node's chains: the probe SNAT (before any other source NAT), the probe guard, and with a
     /// kubelet cgroup the chain that marks the kubelet's new connections to in-mesh pods. nft cannot
     /// ask a socket's cgroup after routing, so that test is made in output and carried to the SNAT
-    /// on the first packet's mark (``CaptureConfig/probeSNATMark``), which the SNAT clears again.
+    /// on the connection's conntrack mark (``CaptureConfig/probeSNATMark``).
     public var nodeChains: [Chain] {
         let c = config
-        let bit = hex(c.probeSNATMark), clear = hex(~c.probeSNATMark)
+        let bit = hex(c.probeSNATMark)
         var chains: [Chain] = []
         var snat: [String] = []
         var guardRules: [String] = []
@@ -223,14 +235,11 @@ public struct NftablesRules: Sendable {
         for v6 in [false, true] {
             let f = family(v6), set = "@\(setName(ipv6: v6))", probe = c.probeIP(ipv6: v6)
             if let k = c.kubeletCgroup {
-                // The bit is cleared first: a host process that sets it on its own socket (SO_MARK
-                // needs only CAP_NET_RAW since Linux 5.17) must not pass for the kubelet. Forwarded
-                // packets have no socket, and the SNAT wants one.
-                kubelet += [
-                    "meta l4proto tcp \(f) daddr \(set) meta mark set meta mark & \(clear)",
-                    "meta l4proto tcp ct state new \(f) daddr \(set) \(cgroupMatch(k)) meta mark set meta mark | \(bit)",
-                ]
-                snat.append("meta l4proto tcp meta skuid 0-4294967294 meta mark & \(bit) == \(bit) \(f) daddr \(set) meta mark set meta mark & \(clear) snat \(f) to \(probe)")
+                // A conntrack mark, not the packet's: a process can set its socket's mark (SO_MARK,
+                // CAP_NET_RAW since Linux 5.17), never its connection's. Forwarded packets have no
+                // socket, and the SNAT wants one.
+                kubelet.append("meta l4proto tcp ct state new \(f) daddr \(set) \(cgroupMatch(k)) ct mark set ct mark | \(bit)")
+                snat.append("meta l4proto tcp meta skuid 0-4294967294 ct mark & \(bit) == \(bit) \(f) daddr \(set) snat \(f) to \(probe)")
             } else {
                 snat.append("meta l4proto tcp meta skuid 0-4294967294 \(f) daddr \(set) snat \(f) to \(probe)")
             }
@@ -243,7 +252,8 @@ public struct NftablesRules: Sendable {
     }
 
     /// Transaction for the node: the table and sets added (kept with their elements when there),
-    /// our chains deleted and made again; a kubelet chain no longer wanted goes.
+    /// our chains deleted and made again; a kubelet chain no longer wanted goes, and so does a
+    /// `postrouting` chain another installation left there.
     public func node() -> String {
         let t = Self.nodeTable
         var out = "add table inet \(t)\n"
@@ -251,7 +261,9 @@ public struct NftablesRules: Sendable {
             out += "add set inet \(t) \(setName(ipv6: v6)) { type \(v6 ? "ipv6_addr" : "ipv4_addr") ; comment \"UIDs of the pods in the mesh\" ; }\n"
         }
         let chains = nodeChains
-        for name in ["probe-snat", "probe-guard", "probe-kubelet"] {
+        // Ours, and `postrouting`: the SNAT chain istio-cni's nftables backend keeps in a table of this
+        // name (by the kubelet's uid); left behind by an earlier install it would SNAT beside ours.
+        for name in ["probe-snat", "probe-guard", "probe-kubelet", "postrouting"] {
             out += "add chain inet \(t) \(name)\ndelete chain inet \(t) \(name)\n"
         }
         return out + render(Table(name: t, chains: chains))

@@ -60,7 +60,7 @@ struct IstioNftEquivalenceTests {
         Deliberate(chain: "istio-ambient-mangle istio-proxy-socket", rule: nil, ours: true, reason: "the guard's test: the proxy's socket returns, any other is dropped"),
     ]
 
-    /// `nft list ruleset` as chain -> lines (counters removed).
+    /// `nft list ruleset` as chain -> lines (counters and comments removed: ours carries a digest).
     static func chains(_ listing: String) -> [String: [String]] {
         var out: [String: [String]] = [:]
         var table = "", chain = ""
@@ -69,7 +69,8 @@ struct IstioNftEquivalenceTests {
             if line.hasPrefix("table ") { table = String(line.split(separator: " ")[2]); continue }
             if line.hasPrefix("chain ") { chain = "\(table) \(line.split(separator: " ")[1])"; out[chain] = []; continue }
             if line.isEmpty || line == "}" { continue }
-            out[chain, default: []].append(line.replacingOccurrences(of: #"counter packets \d+ bytes \d+ ?"#, with: "", options: .regularExpression))
+            out[chain, default: []].append(line.replacingOccurrences(of: #"counter packets \d+ bytes \d+ ?"#, with: "", options: .regularExpression)
+                .replacingOccurrences(of: #" comment "[^"]*""#, with: "", options: .regularExpression))
         }
         return out
     }

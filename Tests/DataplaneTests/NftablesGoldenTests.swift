@@ -26,6 +26,11 @@ struct NftablesGoldenTests {
             case .node: rules.node()
             }
         }
+        /// The digest a pod case carries (nil for other kinds).
+        var digest: String? {
+            guard case .pod(let v4, let v6) = kind else { return nil }
+            return rules.podDigest(ipv4: v4, ipv6: v6)
+        }
         /// The rule count per chain a pod case should list (nil for other kinds).
         var podCounts: [String: Int]? {
             guard case .pod(let v4, let v6) = kind else { return nil }
@@ -108,9 +113,15 @@ struct NftablesGoldenTests {
             let r = try runner.run("nft", ["-f", "-"], netns: nil, input: c.text, environment: [:])
             #expect(r.status == 0, "\(name): \(r.stderr)")
             guard r.status == 0, let expected = c.podCounts else { continue }
-            let listed = try NftJSON.ruleCounts(try runner.checked("nft", ["-j", "list", "ruleset", "inet"]), tables: Set(NftablesRules.podTableNames))
+            let json = try runner.checked("nft", ["-j", "list", "ruleset", "inet"])
+            let listed = try NftJSON.ruleCounts(json, tables: Set(NftablesRules.podTableNames))
             #expect(listed.values.reduce(0, +) > 0, "\(name): the presence: the listing shows the loaded rules")
             #expect(listed == expected, "\(name): listed \(listed), rendered \(expected)")
+            // verify's digest: the one loaded is this case's, and no other case's (each differs in some value).
+            let found = try NftJSON.comments(json, table: NftablesRules.natTable, chain: "prerouting")
+            #expect(found == [c.digest], "\(name): \(found)")
+            let others = Self.cases(base: base, prefix: prefix).filter { $0.0 != name }.compactMap(\.1.digest)
+            #expect(!others.contains(found.first ?? ""), "\(name): its digest is another case's")
         }
         try runner.checked("nft", ["-f", "-"], input: NftablesRules(config: CaptureConfig()).podRemoval() + NftablesRules(config: CaptureConfig()).nodeRemoval())
         let left = try runner.checked("nft", ["list", "ruleset"])

@@ -12,12 +12,13 @@ extension Lab {
 
     /// An HTTP GET of `path` on the pod's app from a host process in `cgroup` (another node
     /// daemon, when it is not the kubelet's).
-    public func hostGet(_ pod: LabPod, cgroup: String, path: String = "/healthz", ipv6: Bool = false, timeout: Double = 3) throws -> MiniHTTP.Response {
+    /// `mark`: the socket's SO_MARK (what a host process with CAP_NET_RAW can set).
+    public func hostGet(_ pod: LabPod, cgroup: String, path: String = "/healthz", ipv6: Bool = false, timeout: Double = 3, mark: UInt32? = nil) throws -> MiniHTTP.Response {
         guard let ip = ipv6 ? pod.ipv6 : pod.ipv4 else { throw LabError("\(pod.name) has no \(ipv6 ? "IPv6" : "IPv4") address") }
         let (exe, args) = try ManagedProcess.inCgroup(cgroup, try LabBinaries.path("lab-app"), [
             "get", "--netns", pod.node.netns.path, "--target", SocketAddress(ip, Lab.httpPort).description,
             "--path", path, "--timeout", "\(timeout)",
-        ])
+        ] + (mark.map { ["--mark", "\($0)"] } ?? []))
         let result = try Command.capture(exe, args)
         guard result.status == 0, let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
               let status = json["status"] as? Int, let body = json["body"] as? String else {

@@ -43,11 +43,15 @@ struct AdversarialTests {
             let probe = try cl.lab.probe(pod)
             #expect(try probe.status == 200 && cl.lab.appRecords(pod).last?.client.hasPrefix("169.254.7.127:") == true)
             #expect(try cl.records(pod.node, listener: 15006, to: dst).isEmpty, "the kubelet's probe bypasses the proxy")
-            let daemon = try cl.lab.hostGet(pod, cgroup: pod.node.daemonCgroupPath, path: "/whoami")
-            #expect(daemon.status == 200)
-            let seen = try cl.records(pod.node, listener: 15006, to: dst)
-            #expect(seen.count == 1, "the daemon's connection went through the proxy: \(seen)")
-            #expect(clientIP(daemon.body) != "169.254.7.127", "not SNATed to the probe IP: \(daemon.body)")
+            // A daemon, then one that also sets on its socket every mark bit a dataplane could use to
+            // carry "the kubelet's" (nftables mode's 0x1000 among them).
+            for (n, mark) in [(1, nil), (2, UInt32(0xffff_ffff))] as [(Int, UInt32?)] {
+                let daemon = try cl.lab.hostGet(pod, cgroup: pod.node.daemonCgroupPath, path: "/whoami", mark: mark)
+                #expect(daemon.status == 200)
+                let seen = try cl.records(pod.node, listener: 15006, to: dst)
+                #expect(seen.count == n, "the daemon's connection went through the proxy (mark \(String(describing: mark))): \(seen)")
+                #expect(clientIP(daemon.body) != "169.254.7.127", "not SNATed to the probe IP: \(daemon.body)")
+            }
         }
     }
 

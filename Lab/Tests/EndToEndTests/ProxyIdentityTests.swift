@@ -118,6 +118,9 @@ struct ProxyIdentityTests {
             let restarted = try identity()
             #expect(restarted.contains("draining (replaced, still running): \(first)"), "\(restarted)")
             #expect(try echo("three") == "three", "the old proxy's connection outlives an agent restart")
+            // Every proxy says hello again after a restart, in any order: the replaced one last stays draining.
+            try helloAndLeave(node, cgroup: node.proxyCgroupPath)
+            #expect(try identity() == restarted, "a hello from the draining proxy does not make it the proxy again")
 
             // The old proxy exits: its cgroup stops being the proxy's.
             old.stop()
