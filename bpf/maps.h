@@ -2,10 +2,56 @@
 #pragma once
 #include "redirect_abi.h"
 
+/* What bpftool prints a map's entries with: its BTF types. The agent's code reads an address as four
+ * words (struct ra_addr); these views of the same layout give the maps keyed by address bytes
+ * instead, an IPv4 address in the first four, so `bpftool map dump` shows [10,244,1,2]. */
+union ra_addr_bytes {
+    __u8 ipv4[4];
+    __u8 ipv6[16];
+};
+struct ra_pod_key_view {
+    __u32 family;
+    union ra_addr_bytes addr;
+};
+struct ra_iface_key_view {
+    __u32 family;
+    union ra_addr_bytes addr;
+    __u32 ifindex;
+};
+struct ra_flow_key_view {
+    __u32 family;
+    union ra_addr_bytes pod;
+    union ra_addr_bytes probe;
+    __u16 pod_port;
+    __u16 probe_port;
+};
+struct ra_listener_key_view {
+    __u32 family;
+    union ra_addr_bytes addr;
+    __u32 port;
+};
+struct ra_tuple_key_view {
+    __u32 family;
+    union ra_addr_bytes local;
+    union ra_addr_bytes remote;
+    __u16 local_port;
+    __u16 remote_port;
+};
+#define RA_SAME_LAYOUT(view, abi, a, b)                                                              \
+    _Static_assert(sizeof(struct view) == sizeof(struct abi) &&                                      \
+                       __builtin_offsetof(struct view, a) == __builtin_offsetof(struct abi, a) &&    \
+                       __builtin_offsetof(struct view, b) == __builtin_offsetof(struct abi, b),      \
+                   #view " must have " #abi "'s layout")
+RA_SAME_LAYOUT(ra_pod_key_view, ra_pod_key, family, addr);
+RA_SAME_LAYOUT(ra_iface_key_view, ra_iface_key, addr, ifindex);
+RA_SAME_LAYOUT(ra_flow_key_view, ra_flow_key, probe, probe_port);
+RA_SAME_LAYOUT(ra_listener_key_view, ra_listener_key, addr, port);
+RA_SAME_LAYOUT(ra_tuple_key_view, ra_tuple_key, remote, remote_port);
+
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, RA_MAX_PODS * 2);
-    __type(key, struct ra_pod_key);
+    __type(key, struct ra_pod_key_view);
     __type(value, struct ra_pod_info);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_pods SEC(".maps");
@@ -30,7 +76,7 @@ struct {
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, RA_MAX_PROBE_FLOWS);
-    __type(key, struct ra_flow_key);
+    __type(key, struct ra_flow_key_view);
     __type(value, struct ra_flow_value);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_probe_flows SEC(".maps");
@@ -38,8 +84,8 @@ struct {
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, RA_MAX_TW_HANDOFFS);
-    __type(key, struct ra_tuple_key);
-    __type(value, struct ra_listener_key);
+    __type(key, struct ra_tuple_key_view);
+    __type(value, struct ra_listener_key_view);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_tw_handoff SEC(".maps");
 
@@ -58,7 +104,7 @@ struct {
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, RA_MAX_IFACE_ENTRIES);
-    __type(key, struct ra_iface_key);
+    __type(key, struct ra_iface_key_view);
     __type(value, __u32);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_ifaces SEC(".maps");

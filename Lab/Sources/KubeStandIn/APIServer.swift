@@ -28,7 +28,7 @@ public final class APIServer: Sendable {
     private let host: String
     private let netns: NetworkNamespace?
 
-    /// Listens on `host:port` (0: a port the kernel picks, kept across restarts) with the
+    /// Listens on `host:port` (0: a free one below the ephemeral range, kept across restarts) with the
     /// certificate and key (PEM files); with `netns`, on every IPv4 address of that network
     /// namespace (a lab node's: where the agents can reach it).
     /// With `clientCA` (a PEM file), a client may prove who it is with a certificate that CA signed
@@ -48,8 +48,19 @@ public final class APIServer: Sendable {
         }
         tls = try NIOSSLContext(configuration: config)
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        listener.withLock { $0.port = port }
-        try start()
+        guard port == 0 else {
+            listener.withLock { $0.port = port }
+            try start()
+            return
+        }
+        // A port below the kernel's ephemeral range: a restart binds it again, and a client socket
+        // that took it meanwhile as its own source port (ephemeral ones come from 32768 up) cannot.
+        var lastError: (any Error)?
+        for _ in 0..<32 {
+            listener.withLock { $0.port = Int.random(in: 20000..<32000) }
+            do { try start(); return } catch { lastError = error }
+        }
+        throw lastError!
     }
 
     /// The port it listens on.

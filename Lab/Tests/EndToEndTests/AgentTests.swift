@@ -338,7 +338,7 @@ struct AgentTests {
         }
     }
 
-    @Test("redirect-agent maps decodes the pinned maps from the kernel: pods by name with addresses, interfaces, settings and counters, the config, probe flows; also with the agent stopped")
+    @Test("redirect-agent maps decodes the pinned maps from the kernel: pods by name with addresses, interfaces, settings and counters, the config, probe flows; also with the agent stopped; bpftool prints addresses as bytes")
     func mapsCommand() throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withAgentLab("ebpf") { lab throws in
@@ -362,6 +362,12 @@ struct AgentTests {
             // The same as bpftool sees it: one ra_pods entry per address.
             let dump = try Command.run("bpftool", ["map", "dump", "pinned", "\(node.bpfPinRoot)/maps/ra_pods"])
             #expect(dump.components(separatedBy: "\"pod_index\"").count - 1 == pod.addresses.count)
+            // bpftool prints the addresses as their bytes (the maps' BTF key types): 10.244.1.2 as [10,244,1,2].
+            let entries = try #require(try JSONSerialization.jsonObject(with: Data(dump.utf8)) as? [[String: Any]])
+            let ipv4s = entries.compactMap { (($0["key"] as? [String: Any])?["addr"] as? [String: Any])?["ipv4"] as? [Int] }
+            #expect(ipv4s.contains(a.ip4.bytes.map(Int.init)), "bpftool shows \(a.ip4) as its bytes: \(ipv4s)")
+            let flows = try Command.run("bpftool", ["map", "dump", "pinned", "\(node.bpfPinRoot)/maps/ra_probe_flows"])
+            #expect(flows.contains("\"ipv4\": [169,254,7,127"), "the probe flow's probe IP: \(flows)")
             let text = try maps([])
             #expect(text.contains("default/n1-pod1") && text.contains(a.ip4.description) && text.contains("outbound_captured="), "\(text)")
             #expect(!text.contains(b.ip4.description + " "), "the plain pod is not there")

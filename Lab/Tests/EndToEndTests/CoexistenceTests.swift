@@ -92,14 +92,14 @@ func hostVeth(_ pod: LabPod) throws -> (index: Int32, name: String) {
 /// Capture and kubelet probes beside another CNI's programs on the node side of each pod's veth:
 /// the ebpf dataplane runs nothing there (probes get their source from socket programs on the
 /// node's cgroup), so nothing that runs there, first, last or instead of the node's stack, can
-/// skip it. The iptables dataplane depends on the node's stack for its probe SNAT (see
-/// `hostRoutingIptables`).
+/// skip it. The iptables and nftables dataplanes depend on the node's stack for their probe SNAT
+/// (see `hostRoutingNetfilter`).
 @Suite("Coexistence with another CNI's programs", .serialized)
 struct CoexistenceTests {
     @Test("probes reach meshed pods from the probe IP uncaptured and capture stays intact beside another CNI's programs",
           arguments: testedModes.flatMap { mode in
               [OtherCNIPrograms.clsactFirst, .clsactLast, .hostRouting, .redirectPeer].map { (mode, $0) }
-          }.filter { !($0.0 == .iptables && $0.1 == .hostRouting) }) // iptables beside host routing: its own case below
+          }.filter { !($0.0 != .ebpf && $0.1 == .hostRouting) }) // iptables and nftables beside host routing: their own case below
     func beside(_ mode: DataplaneMode, _ other: OtherCNIPrograms) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
         try withCaptureLab(mode) { cl throws in
@@ -120,11 +120,11 @@ struct CoexistenceTests {
         }
     }
 
-    @Test("iptables mode beside BPF host routing: probe replies skip the node's reverse SNAT and are lost; with the node's IP as probe IP they arrive",
-          .enabled(if: testedModes.contains(.iptables), "REDIRECT_TEST_DATAPLANES leaves iptables out"))
-    func hostRoutingIptables() throws {
+    @Test("iptables and nftables modes beside BPF host routing: probe replies skip the node's reverse SNAT and are lost; with the node's IP as probe IP they arrive",
+          arguments: testedModes.filter { $0 != .ebpf })
+    func hostRoutingNetfilter(_ mode: DataplaneMode) throws {
         if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
-        try withCaptureLab(.iptables) { cl throws in
+        try withCaptureLab(mode) { cl throws in
             let cni = try install(.hostRouting, cl)
             let pod = cl.meshed[0]
             #expect(throws: (any Error).self, "the reply to 169.254.7.127 is routed away before conntrack can undo the SNAT") {
