@@ -3,7 +3,7 @@
 #include "redirect_abi.h"
 
 /* What bpftool prints a map's entries with: its BTF types. The agent's code reads an address as four
- * words (struct ra_addr); these views of the same layout give the maps keyed by address bytes
+ * words (struct ra_addr); these views of the same layouts give the maps that hold addresses bytes
  * instead, an IPv4 address in the first four, so `bpftool map dump` shows [10,244,1,2]. */
 union ra_addr_bytes {
     __u8 ipv4[4];
@@ -37,6 +37,24 @@ struct ra_tuple_key_view {
     __u16 local_port;
     __u16 remote_port;
 };
+struct ra_config_view {
+    __u8 probe_ipv4[4];
+    __u8 probe_ipv6[16];
+    __u16 outbound_port;
+    __u16 inbound_port;
+    __u16 tunnel_port;
+    __u16 dns_port;
+    __u32 proxy_mark;
+    __u32 mark_mask;
+    __u32 capture_mark;
+    __u32 draining_proxies;
+    __u64 proxy_cgroup;
+    __u64 kubelet_cgroup;
+};
+struct ra_flow_value_view {
+    union ra_addr_bytes original_source;
+    __u64 closed_ns;
+};
 #define RA_SAME_LAYOUT(view, abi, a, b)                                                              \
     _Static_assert(sizeof(struct view) == sizeof(struct abi) &&                                      \
                        __builtin_offsetof(struct view, a) == __builtin_offsetof(struct abi, a) &&    \
@@ -47,6 +65,8 @@ RA_SAME_LAYOUT(ra_iface_key_view, ra_iface_key, addr, ifindex);
 RA_SAME_LAYOUT(ra_flow_key_view, ra_flow_key, probe, probe_port);
 RA_SAME_LAYOUT(ra_listener_key_view, ra_listener_key, addr, port);
 RA_SAME_LAYOUT(ra_tuple_key_view, ra_tuple_key, remote, remote_port);
+RA_SAME_LAYOUT(ra_config_view, ra_config, dns_port, kubelet_cgroup);
+RA_SAME_LAYOUT(ra_flow_value_view, ra_flow_value, original_source, closed_ns);
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -60,7 +80,7 @@ struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, struct ra_config);
+    __type(value, struct ra_config_view);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_config SEC(".maps");
 
@@ -77,7 +97,7 @@ struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, RA_MAX_PROBE_FLOWS);
     __type(key, struct ra_flow_key_view);
-    __type(value, struct ra_flow_value);
+    __type(value, struct ra_flow_value_view);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } ra_probe_flows SEC(".maps");
 

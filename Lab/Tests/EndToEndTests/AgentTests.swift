@@ -368,6 +368,8 @@ struct AgentTests {
             #expect(ipv4s.contains(a.ip4.bytes.map(Int.init)), "bpftool shows \(a.ip4) as its bytes: \(ipv4s)")
             let flows = try Command.run("bpftool", ["map", "dump", "pinned", "\(node.bpfPinRoot)/maps/ra_probe_flows"])
             #expect(flows.contains("\"ipv4\": [169,254,7,127"), "the probe flow's probe IP: \(flows)")
+            let config = try Command.run("bpftool", ["map", "dump", "pinned", "\(node.bpfPinRoot)/maps/ra_config"])
+            #expect(config.contains("\"probe_ipv4\": [169,254,7,127"), "the config's probe IP: \(config)")
             let text = try maps([])
             #expect(text.contains("default/n1-pod1") && text.contains(a.ip4.description) && text.contains("outbound_captured="), "\(text)")
             #expect(!text.contains(b.ip4.description + " "), "the plain pod is not there")
