@@ -152,18 +152,7 @@ public final class IptablesDataplane: Dataplane, Sendable {
     /// Re-renders every pod's rules with the proxies' new cgroups (one restore per pod and family);
     /// on a failure, every pod's rules go back to the previous ones.
     public func setProxyCgroup(_ cgroup: Cgroup?, draining: [Cgroup], pods: [PodSpec]) throws {
-        let old = current.withLock { c -> CaptureConfig in
-            let old = c
-            c.proxyCgroup = cgroup
-            c.drainingProxyCgroups = cgroup == nil ? [] : draining
-            c.proxyUnknown = cgroup == nil
-            return old
-        }
-        do { try reapply(pods) } catch {
-            current.withLock { $0.proxyCgroup = old.proxyCgroup; $0.drainingProxyCgroups = old.drainingProxyCgroups; $0.proxyUnknown = old.proxyUnknown }
-            try? reapply(pods)
-            throw error
-        }
+        try current.changeProxy(cgroup, draining: draining) { try reapply(pods) }
     }
 
     private func reapply(_ pods: [PodSpec]) throws {

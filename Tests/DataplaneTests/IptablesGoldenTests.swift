@@ -41,14 +41,7 @@ struct IptablesGoldenTests {
     @Test("restore input matches the golden file", arguments: cases.map(\.0))
     func golden(_ name: String) throws {
         let rendered = try #require(Self.cases.first { $0.0 == name }).1
-        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Golden/\(name).golden").path
-        if ProcessInfo.processInfo.environment["UPDATE_GOLDEN"] != nil {
-            try rendered.write(toFile: path, atomically: true, encoding: .utf8)
-            Issue.record("\(name).golden rewritten (UPDATE_GOLDEN is set): review the diff, then run without UPDATE_GOLDEN")
-            return
-        }
-        let expected = try String(contentsOfFile: path, encoding: .utf8)
-        #expect(rendered == expected, "\(name) differs from its golden file")
+        try expectGolden(name, rendered)
     }
 
     @Test("the listener guard's sentinel mark is a real mark, distinct from the proxy's and the connection mark")

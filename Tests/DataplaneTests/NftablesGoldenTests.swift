@@ -66,14 +66,7 @@ struct NftablesGoldenTests {
     @Test("nft input matches the golden file", arguments: cases().map(\.0))
     func golden(_ name: String) throws {
         let rendered = try #require(Self.cases().first { $0.0 == name }).1.text
-        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Golden/\(name).golden").path
-        if ProcessInfo.processInfo.environment["UPDATE_GOLDEN"] != nil {
-            try rendered.write(toFile: path, atomically: true, encoding: .utf8)
-            Issue.record("\(name).golden rewritten (UPDATE_GOLDEN is set): review the diff, then run without UPDATE_GOLDEN")
-            return
-        }
-        let expected = try String(contentsOfFile: path, encoding: .utf8)
-        #expect(rendered == expected, "\(name) differs from its golden file")
+        try expectGolden(name, rendered)
     }
 
     @Test("a socket cgroupv2 match names the group's depth and its path under /sys/fs/cgroup")
