@@ -107,6 +107,13 @@ static __always_inline int ra_is_bypass_reply(struct __sk_buff *skb, const struc
     struct bpf_sock *sk = skb->sk;
     if (!sk)
         return 0;
+    /* The other end is a socket in this namespace: the proxy's connection to the app carrying its
+     * client's address (HBONE still reaches 15008). Its answers go back to the proxy, captured. */
+    struct bpf_sock *local = ra_flow_socket(skb, f);
+    if (local) {
+        bpf_sk_release(local);
+        return 0;
+    }
     if (sk->state == RA_TCP_STATE_NEW_SYN_RECV || sk->state == RA_TCP_STATE_LISTEN)
         return 1;
     return ra_socket_in(skb, &ra_bypass_flows);

@@ -28,6 +28,13 @@ struct PodAnnotationTests {
             try cl.capture.dataplane(pod.node).enroll(spec)
             #expect(try !inboundCaptured(), "bypassed: the app gets it directly")
             #expect(try cl.lab.probe(pod).status == 200, "probes still work")
+            // Meshed peers still send HBONE to 15008; the proxy's connection to the app carries
+            // the client's address, so the app's answers must go back to the proxy, not out.
+            for client in [cl.meshed[1], cl.meshed[2]] {
+                let r = try cl.lab.request(from: client, to: inward)
+                #expect(r.status == 200 && clientIP(r.body) == client.ip4.description, "\(client.name) over HBONE: \(r.body)")
+                #expect(try cl.records(pod.node, listener: 15008, to: inward).contains { $0.client.hasPrefix("\(client.ip4):") && $0.error == nil })
+            }
             #expect(try cl.lab.request(from: pod, to: out).status == 200)
             #expect(try cl.records(pod.node, listener: 15001, to: out).count == 1, "outbound is still captured")
             // The attack: a connection the pod accepted (so its answers leave uncaptured) is dropped
