@@ -176,9 +176,9 @@ static __always_inline void ra_dns_restore6(struct bpf_sock_addr *ctx)
 }
 
 /* bind4, bind6: in a pod with DNS capture, only the proxy may take the DNS port (any address):
- * redirected queries arrive there over loopback, where no tc program runs, so an app that held it
- * (while the proxy is away) would read and answer them. Returns 0 to refuse the bind (EPERM).
- * iptables mode drops such queries before that socket instead. */
+ * redirected queries arrive there over loopback, so an app that held it (while the proxy is away)
+ * would read and answer them. Returns 0 to refuse the bind (EPERM). A socket this hook never saw
+ * (bound before enrolment, or by autobind) is left to tc_pod_loopback, which checks at delivery. */
 static __always_inline int ra_dns_bind_allowed(struct bpf_sock_addr *ctx)
 {
     struct ra_config *cfg = ra_get_config();

@@ -3,6 +3,7 @@
  *   tc_pod_egress   pod's own interface, egress, in the pod's namespace
  *   tc_pod_ingress  pod's own interface, ingress
  *   tc_pod_ingress_reroute  ingress of an interface whose inbound is outbound (a VM's tap)
+ *   tc_pod_loopback the pod's lo ingress, with DNS capture (queries reach only the proxy's DNS socket)
  *   sk_lookup_pod   the pod's namespace, every interface (TIME_WAIT hand-off; SYNs no tc program saw)
  *   nf_pod_egress   the pod's namespace, netfilter POST_ROUTING (Linux 6.4+): nothing leaves through an
  *                   interface the tc programs do not watch yet
@@ -446,6 +447,63 @@ int tc_pod_ingress_reroute(struct __sk_buff *skb)
     struct ra_flow f = {};
     int began = ra_monitor_begin();
     int verdict = ra_pod_ingress_reroute(skb, &f);
+    ra_monitor_end(began, skb, &f, RA_HOOK_TC_INGRESS);
+    return verdict;
+}
+
+/* The pod's loopback, where the socket hooks send captured queries (127.0.0.1 or ::1 on the proxy's
+ * DNS port): a query, UDP or a TCP SYN, reaches only the proxy's DNS socket (its mark, and its
+ * cgroup when configured), else it is dropped. The bind hook refuses the port to apps from
+ * enrolment on; this also covers a socket that held it before, or that the kernel bound to it by
+ * itself (autobind), as iptables mode's ISTIO_INPUT does at delivery. Attached only to pods with
+ * DNS capture; everything else on loopback passes: no other capture is decided here. Counted on
+ * index 0: loopback addresses name no pod. */
+static __always_inline int ra_pod_loopback(struct __sk_buff *skb, struct ra_flow *f)
+{
+    struct ra_config *cfg = ra_get_config();
+    if (!cfg || !cfg->dns_port)
+        return TC_ACT_OK;
+    int verdict = ra_parse(skb, f);
+    int udp = verdict == RA_PASS && f->proto == IPPROTO_UDP;
+    if (udp && f->udp_unread) {
+        ra_count(0, RA_DROP_MALFORMED); /* its port cannot be read: it may be a query */
+        return TC_ACT_SHOT;
+    }
+    if (f->dport != bpf_htons(cfg->dns_port) || !(udp || (verdict == RA_TCP && ra_is_new_connection(f))))
+        return TC_ACT_OK;
+    if (f->fragment || (udp && bpf_skb_load_bytes(skb, f->l4_off, &f->sport, sizeof(f->sport)) < 0)) {
+        ra_count(0, RA_DROP_FRAGMENT);
+        return TC_ACT_SHOT;
+    }
+    struct bpf_sock_tuple t = {};
+    __u32 len = ra_tuple(f, &t, f->dport);
+    ra_tc_lookup_set(1);
+    struct bpf_sock *sk = udp ? bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0)
+                              : bpf_sk_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+    ra_tc_lookup_set(0);
+    if (!sk)
+        return TC_ACT_OK; /* nobody holds the port: the stack answers (port unreachable, reset) */
+    struct bpf_sock *full = bpf_sk_fullsock(sk);
+    if (!full || (full->mark & cfg->mark_mask) != (cfg->proxy_mark & cfg->mark_mask)) {
+        bpf_sk_release(sk);
+        ra_count(0, RA_DROP_NOT_PROXY);
+        return TC_ACT_SHOT;
+    }
+    if (ra_assign(skb, sk, 0, RA_DECISION_COUNT) != TC_ACT_OK)
+        return TC_ACT_SHOT;
+    if (cfg->proxy_cgroup && !ra_is_proxy_cgroup(cfg, bpf_skb_cgroup_id(skb))) {
+        ra_count(0, RA_DROP_NOT_PROXY);
+        return TC_ACT_SHOT;
+    }
+    return TC_ACT_OK;
+}
+
+SEC("tc")
+int tc_pod_loopback(struct __sk_buff *skb)
+{
+    struct ra_flow f = {};
+    int began = ra_monitor_begin();
+    int verdict = ra_pod_loopback(skb, &f);
     ra_monitor_end(began, skb, &f, RA_HOOK_TC_INGRESS);
     return verdict;
 }

@@ -69,7 +69,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
     private let keptLock = Mutex(())
 
     /// The programs, by attach point.
-    public static let programNames = ["tc_pod_ingress", "tc_pod_ingress_reroute", "tc_pod_egress", "sk_lookup_pod", egressGuardProgram]
+    public static let programNames = ["tc_pod_ingress", "tc_pod_ingress_reroute", "tc_pod_egress", "tc_pod_loopback", "sk_lookup_pod", egressGuardProgram]
         + nodePrograms.map(\.name) + lsmPrograms
 
     /// The node's security-hook programs (BPF LSM): no socket in a meshed pod may send past the tc
@@ -304,6 +304,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             flags = pod.bypassInboundCapture ? flags | bypass : flags & ~bypass
             let capturesDNS = config.capturesDNS(pod)
             flags = capturesDNS ? flags | dns : flags & ~dns
+            if capturesDNS && !attached.loopbackClsact { flags |= UInt32(RA_POD_CREATED_CLSACT_LO.rawValue) }
             // Recorded before anything changes, so a failure below, a crash, or a removal later
             // undoes exactly what is ours (undoing a change not yet made is harmless).
             var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: earlier?.host_ifindex ?? 0, flags: flags)
@@ -313,6 +314,11 @@ public final class EBPFDataplane: Dataplane, Sendable {
             if let existing = attached.existing { keep(existing, pod, index: index) }
             try watcher.watch(pod) // before attaching: an interface that appears from now on is seen
             try attachInPod(pod, attached)
+            let loopbackFlags = try setLoopbackCheck(capturesDNS, pod, flags: entry.flags)
+            if loopbackFlags != entry.flags {
+                entry.flags = loopbackFlags
+                try maps.upsert(entry)
+            }
             try attachLock.withLock { _ in // the watcher may react to this pod's links already
                 let carrying = try attachOthers(pod, primary: attached.podIfindex)
                 try publishInterfaces(pod, index: index, attached: carrying) // before sk_lookup and the guard, which read it
@@ -353,6 +359,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             let ours = PodCleanup(destroyClsact: flags & UInt32(RA_POD_CREATED_CLSACT_POD.rawValue) != 0,
                                   resetAcceptLocal: flags & UInt32(RA_POD_SET_ACCEPT_LOCAL.rawValue) != 0)
             do { try detachInPod(pod, ours) } catch { failures.append("\(error)") }
+            do { _ = try setLoopbackCheck(false, pod, flags: flags) } catch { failures.append("\(error)") }
             do { try detachOthers(pod, primary: entry.map { Int32($0.pod_ifindex) }) } catch { failures.append("\(error)") }
             do { try routing.remove(netns: pod.netns) } catch { failures.append("\(error)") }
         }
@@ -383,6 +390,57 @@ public final class EBPFDataplane: Dataplane, Sendable {
         guard want else { return cookies.isEmpty ? [] : ["ra_dns_netns captures DNS of a pod that does not want it"] }
         let cookie = try NetworkNamespace(path: pod.netns).run { try NetworkNamespace.currentCookie() }
         return cookies == [cookie] ? [] : ["ra_dns_netns: the pod's namespace (cookie \(cookie)) is not there alone: \(cookies)"]
+    }
+
+    // MARK: loopback (where captured queries are delivered)
+
+    /// The loopback device's index, the same in every network namespace.
+    static let loopbackIfindex: Int32 = 1
+
+    private func loopbackPin(_ pod: PodSpec) -> String { "\(options.pinRoot)/links/\(pod.uid)-tcx-lo" }
+
+    /// Attaches tc_pod_loopback to the pod's lo ingress (DNS capture on: queries reach only the
+    /// proxy's DNS socket) or detaches it; a clsact qdisc on lo goes only if `flags` says we created
+    /// it. Returns the flags to record.
+    private func setLoopbackCheck(_ on: Bool, _ pod: PodSpec, flags: UInt32) throws -> UInt32 {
+        let created = UInt32(RA_POD_CREATED_CLSACT_LO.rawValue), lo = Self.loopbackIfindex
+        let mode = options.attach, pin = loopbackPin(pod)
+        let check = on ? try program("tc_pod_loopback") : nil
+        if !on { LinkAttach.unpin(pin) }
+        guard FileManager.default.fileExists(atPath: pod.netns) else { return flags }
+        return try NetworkNamespace(path: pod.netns).run {
+            switch (mode, check) {
+            case (.tcx, let check?):
+                try LinkAttach.tcx(check, ifindex: lo, ingress: true, pinPath: pin)
+            case (.clsact, let check?):
+                _ = try TCAttach.ensureClsact(ifindex: lo)
+                try TCAttach.attach(check, ifindex: lo, ingress: true)
+            case (.tcx, nil):
+                break
+            case (.clsact, nil):
+                try TCAttach.detach(ifindex: lo, ingress: true)
+                guard flags & created != 0 else { break }
+                try TCAttach.destroyClsact(ifindex: lo)
+                return flags & ~created
+            }
+            return flags
+        }
+    }
+
+    /// Whether tc_pod_loopback is on the pod's lo exactly when the pod captures DNS.
+    private func loopbackDrift(_ pod: PodSpec) throws -> [String] {
+        let want = config.capturesDNS(pod), lo = Self.loopbackIfindex
+        let attached: Bool
+        switch options.attach {
+        case .clsact:
+            let id = try program("tc_pod_loopback").id()
+            attached = try NetworkNamespace(path: pod.netns).run { TCAttach.attachedProgramID(ifindex: lo, ingress: true) } == id
+        case .tcx:
+            attached = LinkAttach.tcxAttached(loopbackPin(pod), ifindex: lo)
+        }
+        if want == attached { return [] }
+        return [want ? "pod lo ingress: tc_pod_loopback missing (a captured query could reach a socket other than the proxy's)"
+                     : "pod lo ingress: tc_pod_loopback attached to a pod without DNS capture"]
     }
 
     // MARK: kept connections
@@ -472,6 +530,7 @@ public final class EBPFDataplane: Dataplane, Sendable {
             drift += try othersDrift(pod, primary: Int32(primary.pod_ifindex))
             drift += try publicationDrift(pod, index: primary.pod_index)
             drift += try dnsDrift(pod, index: primary.pod_index)
+            drift += try loopbackDrift(pod)
         }
         if !FileManager.default.fileExists(atPath: linkPin(pod)) { drift.append("sk_lookup link pin \(linkPin(pod)) missing") }
         drift += try egressGuardDrift(pod)
@@ -561,6 +620,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
         var netnsCookie: UInt64
         var createdClsact: Bool
         var setAcceptLocal: Bool
+        /// Whether the pod's loopback has a clsact qdisc (clsact mode; true under tcx).
+        var loopbackClsact: Bool
         var existing: Result<[KeptConnection], any Error>?
     }
 
@@ -578,7 +639,8 @@ public final class EBPFDataplane: Dataplane, Sendable {
             let acceptLocal = pod.hasIPv4 ? (try? readSysctl(interfaceSysctl("ipv4", name, "accept_local"))) : "1"
             let hasClsact = clsact ? try NetlinkRouting.hasClsact(ifindex: link.index) : true
             var plan = PodAttachment(podIfindex: link.index, netnsCookie: try NetworkNamespace.currentCookie(), createdClsact: !hasClsact,
-                                     setAcceptLocal: acceptLocal != "1")
+                                     setAcceptLocal: acceptLocal != "1",
+                                     loopbackClsact: clsact ? try NetlinkRouting.hasClsact(ifindex: Self.loopbackIfindex) : true)
             let ours = TCAttach.attachedProgramID(ifindex: link.index, ingress: false) ?? TCAttach.attachedProgramID(ifindex: link.index, ingress: true)
             if snapshot, ours == nil { plan.existing = Result { try KeptConnections.current() } }
             return plan

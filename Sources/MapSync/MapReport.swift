@@ -129,7 +129,7 @@ public struct MapReport: Codable, Sendable {
     static func flagNames(_ flags: UInt32) -> [String] {
         let names: [(ra_pod_flags, String)] = [
             (RA_POD_CREATED_CLSACT_POD, "created_clsact"), (RA_POD_CREATED_CLSACT_HOST, "created_clsact_host"),
-            (RA_POD_SET_ACCEPT_LOCAL, "set_accept_local"), (RA_POD_BYPASS_INBOUND, "bypass_inbound"), (RA_POD_DNS_CAPTURE, "dns_capture"),
+            (RA_POD_SET_ACCEPT_LOCAL, "set_accept_local"), (RA_POD_BYPASS_INBOUND, "bypass_inbound"), (RA_POD_DNS_CAPTURE, "dns_capture"), (RA_POD_CREATED_CLSACT_LO, "created_clsact_lo"),
         ]
         return names.filter { flags & UInt32($0.0.rawValue) != 0 }.map(\.1)
     }

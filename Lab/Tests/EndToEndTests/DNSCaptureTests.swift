@@ -118,6 +118,39 @@ struct DNSCaptureTests {
         }
     }
 
+    @Test("a socket that held the DNS port before its pod joined the mesh (UDP and a TCP listener) never reads the pod's queries",
+          arguments: conformanceModes)
+    func portHeldBeforeEnrolment(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            let a = cl.meshed[0], spec = cl.lab.podSpec(a), dataplane = try cl.capture.dataplane(a.node)
+            let port = SocketAddress(IPAddress("127.0.0.1")!, 15053)
+            try cl.lab.removeFromProxy(a) // the proxy's sockets in the pod close
+            try dataplane.remove(spec)
+            // Out of the mesh, an app takes the port (the bind hook cannot see it yet).
+            let (udp, tcp) = try a.netns.run { () -> (Socket, Socket) in
+                let u = try Socket(udp: AF_INET)
+                try u.bind(port)
+                try u.setTimeout(seconds: 2)
+                let t = try Socket.listening(on: port)
+                try t.setTimeout(seconds: 2)
+                return (u, t)
+            }
+            defer { udp.close(); tcp.close() }
+            // The presence check: the app's socket reads what is sent to it.
+            try a.netns.run { try Socket(udp: AF_INET).send(Array("hello".utf8), to: port) }
+            #expect(try udp.receive().bytes.count == 5)
+            try dataplane.enroll(spec)
+            #expect(try dataplane.verify(spec).isEmpty)
+            for via in ["udp", "udp-connected", "tcp"] {
+                let query = try dnsQuery(a, server: cl.n1.clusterDNS, name: Self.meshName, via: via)
+                #expect(query["answers"] == nil, "\(via): no answer while the proxy is away: \(query)")
+            }
+            #expect(throws: (any Error).self, "no query reaches the app's UDP socket") { try udp.receive() }
+            #expect(throws: (any Error).self, "no query reaches the app's TCP listener") { try tcp.accept().close() }
+        }
+    }
+
     @Test("the node's switch and the pod's setting (ambient.istio.io/dns-capture) turn DNS capture off and on, on a running pod",
           arguments: conformanceModes)
     func settings(_ mode: DataplaneMode) throws {

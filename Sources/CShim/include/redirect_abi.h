@@ -37,6 +37,8 @@ enum ra_pod_flags {
                                        delivers it; outbound is captured as ever */
     RA_POD_DNS_CAPTURE = 16,        /* DNS is captured to the proxy's DNS port (struct ra_dns_pod): a UDP datagram to
                                        port 53 that leaves the pod from another socket than the proxy's is dropped */
+    RA_POD_CREATED_CLSACT_LO = 32,  /* we created the clsact qdisc on the pod's loopback (tc_pod_loopback, with DNS
+                                       capture in clsact mode) */
 };
 
 struct ra_pod_info {
