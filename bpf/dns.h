@@ -7,6 +7,8 @@
  * port 53 that still leaves such a pod was not sent through a UDP socket's send path (a raw
  * socket): tc_pod_egress drops it. */
 #pragma once
+#define RA_SOCK_RAW 3
+#define RA_AF_PACKET 17
 #include <linux/in.h>
 #include "maps.h"
 #include "counters.h"
@@ -191,17 +193,31 @@ static __always_inline int ra_dns_bind_allowed(struct bpf_sock_addr *ctx)
     return 0;
 }
 
+/* Whether a raw or packet socket sent the packet: it may claim any source address, so the address
+ * does not say which pod's setting applies. An ordinary UDP socket's query met the socket hooks,
+ * which go by the socket's namespace; a packet with no socket was forwarded or made by the kernel,
+ * which a process with the default capabilities cannot use to forge a source. */
+static __always_inline int ra_sent_by_raw_socket(struct __sk_buff *skb)
+{
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return 0;
+    sk = bpf_sk_fullsock(sk);
+    return sk && (sk->type == RA_SOCK_RAW || sk->family == RA_AF_PACKET);
+}
+
 /* tc_pod_egress: whether a datagram leaving a meshed pod is a query the socket hooks should have
  * redirected (UDP to port 53, or UDP whose port cannot be read), not the proxy's: it came from a
  * raw socket or another path around them, and is dropped. Only a source that is a pod with DNS
- * capture off sends queries as they are; a source that is no pod's (claimed by a raw socket) cannot
- * be attributed, so its query is dropped too (counted on index 0). */
+ * capture off sends queries as they are, and not from a raw socket (which could be in any pod); a
+ * source that is no pod's (claimed by a raw socket) cannot be attributed, so its query is dropped too
+ * (counted on index 0). */
 static __always_inline int ra_dns_uncaptured(struct __sk_buff *skb, const struct ra_config *cfg, const struct ra_flow *f)
 {
     if (f->proto != IPPROTO_UDP || (f->dport != bpf_htons(RA_DNS_PORT) && !f->udp_unread))
         return 0;
     struct ra_pod_info *info = ra_pod_lookup(f->family, &f->src);
-    if (info && !(info->flags & RA_POD_DNS_CAPTURE))
+    if (info && !(info->flags & RA_POD_DNS_CAPTURE) && !ra_sent_by_raw_socket(skb))
         return 0;
     if (ra_dns_proxy_identity(cfg, skb->mark, bpf_skb_cgroup_id(skb)))
         return 0;

@@ -4,8 +4,9 @@
   {"answers": [...], "rcode": N, "from": "IP:PORT", "peer": "IP:PORT"|null}  or  {"error": "..."}
 "from" is the answer's source as recvfrom reports it; "peer" what getpeername reports.
 
-  --server IP:PORT --name NAME [--type A|AAAA] --via MODE [--timeout S] [--mark N]
-(--mark: SO_MARK on the query's socket, as the proxy marks its own)
+  --server IP:PORT --name NAME [--type A|AAAA] --via MODE [--timeout S] [--mark N] [--claim IP:PORT]
+(--mark: SO_MARK on the query's socket, as the proxy marks its own; --claim, raw only: that source,
+sent without waiting, since the answer goes there: prints {"sent": true})
 MODE:
   udp            unconnected UDP: sendto, recvfrom (musl's resolver)
   udp-connected  connect, send, recvfrom (glibc's resolver)
@@ -54,16 +55,21 @@ def endpoint(sa):
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
 
 
-def raw_send(server, payload, timeout):
+def raw_send(server, payload, timeout, claim=None):
     # The source address routing picks (connecting to another port: DNS capture would redirect 53).
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.connect((server[0], 9))
     src = probe.getsockname()[0]
     probe.close()
-    answer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    answer.bind((src, 0))
-    answer.settimeout(timeout)
-    sport = answer.getsockname()[1]
+    answer = None
+    if claim:  # another address and port: the answer goes there, not here
+        src, sport = claim.rsplit(":", 1)
+        sport = int(sport)
+    else:
+        answer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        answer.bind((src, 0))
+        answer.settimeout(timeout)
+        sport = answer.getsockname()[1]
     udp = struct.pack("!HHHH", sport, server[1], 8 + len(payload), 0) + payload
     pseudo = socket.inet_aton(src) + socket.inet_aton(server[0]) + struct.pack("!BBH", 0, 17, len(udp))
     udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
@@ -71,6 +77,8 @@ def raw_send(server, payload, timeout):
     ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     raw.sendto(ip + udp, (server[0], 0))
+    if answer is None:
+        return None, None, None
     msg, frm = answer.recvfrom(65535)
     return msg, frm, None
 
@@ -83,7 +91,9 @@ def ask(a):
     qid, payload = query(a.name, a.type)
     peer = None
     if a.via == "raw":
-        msg, frm, peer = raw_send(server, payload, a.timeout)
+        msg, frm, peer = raw_send(server, payload, a.timeout, a.claim)
+        if msg is None:
+            return {"sent": True}
     elif a.via == "tcp":
         s = socket.socket(family, socket.SOCK_STREAM)
         s.settimeout(a.timeout)
@@ -123,6 +133,7 @@ def main():
     p.add_argument("--via", default="udp", choices=["udp", "udp-connected", "tcp", "mapped", "raw"])
     p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("--mark", type=lambda v: int(v, 0), default=0)
+    p.add_argument("--claim", help="raw only: IP:PORT as the query's source; sends without waiting")
     a = p.parse_args()
     try:
         print(json.dumps(ask(a)))

@@ -78,6 +78,39 @@ struct DNSCaptureTests {
         }
     }
 
+    @Test("a raw query that claims the address of a pod with DNS capture off is not sent as that pod's (ebpf drops it, iptables and nftables redirect it)",
+          arguments: conformanceModes)
+    func rawQueryClaimingAnotherPod(_ mode: DataplaneMode) throws {
+        if let why = labUnavailableReason() { Issue.record("cannot run: \(why)"); return }
+        try withCaptureLab(mode) { cl throws in
+            let a = cl.meshed[0], outsider = try cl.outsider(cl.n1), server = cl.n1.clusterDNS
+            let b = try #require(cl.meshed.first { $0.node.name == a.node.name && $0.name != a.name })
+            var offSpec = cl.lab.podSpec(b)
+            offSpec.dnsCapture = false
+            try cl.capture.dataplane(b.node).enroll(offSpec)
+            let clusterAnswer = Array(Lab.clusterDNSAddresses[0].bytes)
+            // Whether the cluster server's answer to a query sent as b arrives at b's socket.
+            func answeredAsB(from pod: LabPod) throws -> Bool {
+                let socket = try b.netns.run { () -> Socket in
+                    let s = try Socket(udp: AF_INET)
+                    try s.bind(SocketAddress(b.ip4, 0))
+                    try s.setTimeout(seconds: 2)
+                    return s
+                }
+                defer { socket.close() }
+                let sent = try dnsQuery(pod, server: server, name: Self.meshName, via: "raw", claim: try socket.localAddress())
+                #expect(sent["sent"] as? Bool == true, "\(sent)")
+                guard let answer = try? socket.receive().bytes else { return false }
+                return answer.indices.contains { answer[$0...].starts(with: clusterAnswer) }
+            }
+            #expect(try answeredAsB(from: outsider), "the presence: sent from outside the mesh, the answer reaches b")
+            #expect(try !answeredAsB(from: a), "a's query under b's address never reaches the server as it is")
+            if mode == .ebpf {
+                #expect(try ebpfDataplane(cl, a.node).counters(cl.lab.podSpec(b))[.dropDNSUncaptured, default: 0] >= 1)
+            }
+        }
+    }
+
     @Test("while the proxy is away, an app that takes the DNS port in a meshed pod never reads the pod's queries (ebpf refuses the bind, iptables and nftables drop what reaches it)",
           arguments: conformanceModes)
     func portHijack(_ mode: DataplaneMode) throws {
@@ -174,9 +207,11 @@ struct DNSCaptureTests {
 }
 
 /// Runs scripts/dns-query.py in `pod` and returns the JSON object it printed.
-func dnsQuery(_ pod: LabPod, server: SocketAddress, name: String, type: String = "A", via: String = "udp", mark: UInt32 = 0) throws -> [String: Any] {
+func dnsQuery(_ pod: LabPod, server: SocketAddress, name: String, type: String = "A", via: String = "udp", mark: UInt32 = 0,
+              claim: SocketAddress? = nil) throws -> [String: Any] {
     let r = try Command.capture("/usr/bin/nsenter", ["--net=\(pod.netns.path)", "/usr/bin/python3", "\(repoRoot)/scripts/dns-query.py",
-                                                     "--server", server.description, "--name", name, "--type", type, "--via", via, "--mark", "\(mark)"])
+                                                     "--server", server.description, "--name", name, "--type", type, "--via", via, "--mark", "\(mark)"]
+                                                     + (claim.map { ["--claim", $0.description] } ?? []))
     guard let line = r.stdout.split(separator: "\n").last,
           let json = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
         throw LabError("dns-query \(via): exit \(r.status): \(r.stdout)\(r.stderr)")
