@@ -17,6 +17,7 @@ struct Client: ParsableCommand {
     @Option(help: "Parallel workers.") var concurrency = 1
     @Option(help: "Send `CONNECT <target>` first: talk to an explicit proxy at --via.") var via: String?
     @Option(help: "Maximum operations per worker (0: unlimited until --duration).") var limit = 0
+    @Option(help: "Short mode: connections per second in all, each on its own schedule (0: as fast as they go).") var rate = 0.0
 
     func run() throws {
         try enter(netns)
@@ -32,7 +33,8 @@ struct Client: ParsableCommand {
         for _ in 0..<max(concurrency, 1) {
             group.enter()
             Thread {
-                let w = Worker(target: target, via: viaAddr, deadline: deadline, limit: limit, stats: stats)
+                let interval = rate > 0 ? Double(max(concurrency, 1)) / rate : nil
+                let w = Worker(target: target, via: viaAddr, deadline: deadline, limit: limit, stats: stats, interval: interval)
                 switch mode {
                 case .short: w.shortLoop()
                 case .long: w.longLoop()
@@ -94,6 +96,8 @@ struct Worker {
     let deadline: Date
     let limit: Int
     let stats: LoadStats
+    /// Seconds between this worker's connections at a fixed rate; nil: back to back.
+    let interval: Double?
     let payload = [UInt8](repeating: 0x61, count: 64)
 
     func open() throws -> Socket {
@@ -115,9 +119,20 @@ struct Worker {
 
     func shortLoop() {
         var n = 0
+        let start = DispatchTime.now().uptimeNanoseconds
         while Date() < deadline && (limit == 0 || n < limit) {
+            var t0 = DispatchTime.now()
+            if let interval {
+                // Each connection has its slot; its latency counts from the slot, so a client
+                // that falls behind shows it rather than hiding it (coordinated omission).
+                let slot = start + UInt64(Double(n) * interval * 1e9)
+                while case let now = DispatchTime.now().uptimeNanoseconds, now < slot, Date() < deadline {
+                    usleep(UInt32(min((slot - now) / 1000, 100_000)))
+                }
+                if Date() >= deadline { break }
+                t0 = DispatchTime(uptimeNanoseconds: slot)
+            }
             n += 1
-            let t0 = DispatchTime.now()
             do {
                 let s = try open()
                 try echo(s)

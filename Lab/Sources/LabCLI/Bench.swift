@@ -68,8 +68,8 @@ struct Bench: ParsableCommand {
 
         let kube = try KubeBench(log: log).run(quick: quick)
         let result = BenchResult(machine: MachineInfo.read(), quick: quick, rounds: rounds, durationSeconds: duration, modes: modes,
-                                 traffic: samples, bpfNsPerRun: cost, monitor: monitor, enrollment: enrollSamples, agentRSS: rss, kube: kube,
-                                 seconds: Date().timeIntervalSince(started))
+                                 traffic: samples, bpfNsPerRun: cost, monitor: monitor, enrollment: enrollSamples, agentRSS: rss,
+                                 concurrentAdds: enroll.concurrentAdds, kube: kube, seconds: Date().timeIntervalSince(started))
         try write(result, reportOnly: false)
         log("wrote \(out)/results.json, \(out)/README.md and plots")
     }
@@ -108,6 +108,8 @@ struct BenchResult: Codable {
     var monitor: MonitorCost?
     var enrollment: [EnrollSample]
     var agentRSS: [RSSSample]
+    /// ADDs sent to the agent at once (absent in results from before it was measured).
+    var concurrentAdds: ConcurrentAddSample?
     /// Enrolment from the Kubernetes API (absent in results from before it was measured).
     var kube: KubeBenchResult?
     var seconds: Double

@@ -2,6 +2,7 @@ import AgentAPI
 import Dataplane
 import Foundation
 import NodeLab
+import Synchronization
 import SystemCalls
 
 /// Enrollment cost at scale: bare pods (a namespace with a veth into the node) made in bulk with
@@ -24,10 +25,23 @@ struct RSSSample: Codable {
     var addP99Ms: Double?
 }
 
+/// ADDs sent to the agent at once, as a kubelet starting pods in parallel sends them.
+struct ConcurrentAddSample: Codable {
+    /// Pods on the node once they were all enrolled.
+    var pods: Int
+    var concurrency: Int
+    var p50Ms: Double
+    var p99Ms: Double
+    /// From the first request sent to the last answer.
+    var wallMs: Double
+}
+
 final class EnrollBench {
     let lab: Lab
     let node: LabNode
     var pods: [PodSpec] = []
+    /// What ``agentRSS(steps:)`` measured of concurrent ADDs, at its last step.
+    var concurrentAdds: ConcurrentAddSample?
     let log: (String) -> Void
 
     init(lab: Lab, log: @escaping (String) -> Void) { self.lab = lab; self.node = lab.nodes[0]; self.log = log }
@@ -93,8 +107,7 @@ final class EnrollBench {
             var each: [Double] = []
             let ms = try time {
                 for p in batch {
-                    let req = PodRequest(uid: p.uid, name: p.name, namespace: p.namespace, netns: p.netns, ips: p.ips.map(\.description),
-                                         podLabels: ["istio.io/dataplane-mode": "ambient"])
+                    let req = request(p)
                     var r: ControlResponse?
                     each.append(try time { r = try AgentClient.call(ControlRequest(op: "add", pod: req), socket: node.agentControlSocket) })
                     guard r?.ok == true else { throw LabError("agent add failed: \(r?.error ?? "?")") }
@@ -108,11 +121,49 @@ final class EnrollBench {
                                  addP50Ms: pct(0.5), addP99Ms: pct(0.99)))
             log("agent RSS with \(target) pods: \(rss) KiB" + (batch.isEmpty ? "" : String(format: " (ADD %.2f ms/pod through the agent)", ms / Double(batch.count))))
         }
-        for p in pods.prefix(enrolled) {
-            let req = PodRequest(uid: p.uid, name: p.name, namespace: p.namespace, netns: p.netns, ips: p.ips.map(\.description))
-            _ = try? AgentClient.call(ControlRequest(op: "del", pod: req), socket: node.agentControlSocket)
-        }
+        concurrentAdds = try concurrentAdds(Array(pods.prefix(enrolled).suffix(20)), total: enrolled)
+        for p in pods.prefix(enrolled) { _ = try? AgentClient.call(ControlRequest(op: "del", pod: request(p)), socket: node.agentControlSocket) }
         return out
+    }
+
+    private func request(_ p: PodSpec) -> PodRequest {
+        PodRequest(uid: p.uid, name: p.name, namespace: p.namespace, netns: p.netns, ips: p.ips.map(\.description),
+                   podLabels: ["istio.io/dataplane-mode": "ambient"])
+    }
+
+    /// Takes `batch` out through the agent, then sends all their ADDs at once, one thread each.
+    private func concurrentAdds(_ batch: [PodSpec], total: Int) throws -> ConcurrentAddSample? {
+        guard !batch.isEmpty else { return nil }
+        for p in batch {
+            let r = try AgentClient.call(ControlRequest(op: "del", pod: request(p)), socket: node.agentControlSocket)
+            guard r.ok else { throw LabError("agent del failed: \(r.error ?? "?")") }
+        }
+        let socket = node.agentControlSocket
+        let results = Mutex<[Result<Double, any Error>]>([])
+        let group = DispatchGroup()
+        let wall = time {
+            for p in batch {
+                let req = request(p)
+                group.enter()
+                Thread {
+                    let t0 = DispatchTime.now()
+                    let r = Result { () throws -> Double in
+                        let answer = try AgentClient.call(ControlRequest(op: "add", pod: req), socket: socket)
+                        guard answer.ok else { throw LabError("agent add failed: \(answer.error ?? "?")") }
+                        return Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e6
+                    }
+                    results.withLock { $0.append(r) }
+                    group.leave()
+                }.start()
+            }
+            group.wait()
+        }
+        let sorted = try results.withLock { $0 }.map { try $0.get() }.sorted()
+        let sample = ConcurrentAddSample(pods: total, concurrency: batch.count, p50Ms: BenchSummary.percentile(sorted, 0.5) ?? 0,
+                                         p99Ms: BenchSummary.percentile(sorted, 0.99) ?? 0, wallMs: wall)
+        log(String(format: "%d concurrent ADDs through the agent at %d pods: p50 %.2f ms, p99 %.2f ms, all in %.1f ms",
+                   sample.concurrency, total, sample.p50Ms, sample.p99Ms, wall))
+        return sample
     }
 
     static func rssKiB(_ pid: Int32) -> Int {

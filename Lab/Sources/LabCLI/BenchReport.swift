@@ -9,7 +9,7 @@ struct BenchReport {
     struct Stat { var median: Double; var min: Double; var max: Double }
 
     func stat(_ mode: String, _ placement: String, _ kind: String, _ value: (TrafficSample) -> Double) -> Stat? {
-        let v = result.traffic.filter { $0.mode == mode && $0.placement == placement && $0.kind == kind }.map(value).sorted()
+        let v = result.traffic.filter { $0.mode == mode && $0.placement == placement && $0.kind == kind }.map(value).filter(\.isFinite).sorted()
         guard !v.isEmpty else { return nil }
         let mid = v.count / 2
         return Stat(median: v.count % 2 == 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2, min: v.first!, max: v.last!)
@@ -63,6 +63,7 @@ struct BenchReport {
             }
         }
         s += "\n![throughput per mode](traffic.svg)\n\n![latency per mode](latency.svg)\n"
+        s += costSection()
 
         s += "\n## Per-packet cost of the capture decision\n\nBPF run time from the kernel's statistics (kernel.bpf_stats_enabled during the run), ns per program run. The clsact and tcx modes attach the same loaded programs (reused from their pins), so they report one set of statistics.\n\n| mode | " + EBPFPrograms.all.joined(separator: " | ") + " |\n|---|" + EBPFPrograms.all.map { _ in "---" }.joined(separator: "|") + "|\n"
         for (mode, progs) in result.bpfNsPerRun.sorted(by: { $0.key < $1.key }) {
@@ -92,6 +93,10 @@ struct BenchReport {
             s += "| \(x.pods) | \(x.rssKiB) | \(x.pods == 0 ? "-" : String(format: "%.2f", x.addMsPerPod)) | \(r(x.addP50Ms)) | \(r(x.addP99Ms)) |\n"
         }
 
+        if let c = result.concurrentAdds {
+            s += String(format: "\n%d ADDs sent at once (one thread each, as a kubelet starting pods in parallel) with %d pods on the node: p50 %.2f ms, p99 %.2f ms, all answered in %.1f ms.\n",
+                        c.concurrency, c.pods, c.p50Ms, c.p99Ms, c.wallMs)
+        }
         if let k = result.kube {
             func ms(_ v: [Double], _ q: Double) -> String { BenchSummary.percentile(v, q).map { String(format: "%.1f", $0) } ?? "-" }
             s += "\n## Enrolment from the Kubernetes API (ebpf)\n\nOne node, the stand-in API, \(k.watchedPods) pods on the node watched by the agent (\(k.labelToCapturedMs.count) of them running and labelled in turn). "
@@ -102,6 +107,26 @@ struct BenchReport {
         s += "\n## Against the targets\n\n" + targets().map { "- \($0)" }.joined(separator: "\n") + "\n"
         return s
     }
+
+    /// Latency at a fixed offered load, and what each connection costs the node.
+    func costSection() -> String {
+        var s = "\n## Fixed load and cost per connection\n\nShort connections at a fixed offered rate, half of what iptables sustained (its median; each connection on its own schedule, latency counted from it), "
+        s += "then the node's cost from the saturated runs: CPU time of all CPUs (/proc/stat) per 1000 short connections and per GB of bulk, and conntrack entries inserted (client's and server's namespaces and both nodes') per short connection.\n"
+        for placement in ["same-node", "cross-node"] {
+            s += "\n### \(placement)\n\n| mode | offered conn/s | p50 µs | p99 µs | CPU ms per 1000 conn | CPU ms per GB | conntrack entries per conn |\n|---|---|---|---|---|---|---|\n"
+            for mode in result.modes {
+                let offered = result.traffic.first { $0.mode == mode && $0.placement == placement && $0.kind == "short-fixed" }?.offeredRate
+                s += "| \(mode) | \(offered.map { String(format: "%.0f", $0) } ?? "-") | \(fmt(stat(mode, placement, "short-fixed") { $0.p50us })) | "
+                s += "\(fmt(stat(mode, placement, "short-fixed") { $0.p99us })) | \(fmt(stat(mode, placement, "short", Self.cpuPer1000Connections))) | "
+                s += "\(fmt(stat(mode, placement, "bulk", Self.cpuPerGB))) | \(fmt(stat(mode, placement, "short", Self.conntrackPerConnection), "%.2f")) |\n"
+            }
+        }
+        return s
+    }
+
+    static func cpuPer1000Connections(_ s: TrafficSample) -> Double { (s.cpuMs ?? .nan) / Double(max(s.connections, 1)) * 1000 }
+    static func cpuPerGB(_ s: TrafficSample) -> Double { (s.cpuMs ?? .nan) / max(s.gbps * (s.seconds ?? .nan) / 8, 1e-9) }
+    static func conntrackPerConnection(_ s: TrafficSample) -> Double { s.conntrackInserts.map { Double($0) / Double(max(s.connections, 1)) } ?? .nan }
 
     func targets() -> [String] {
         var out: [String] = []
@@ -116,6 +141,11 @@ struct BenchReport {
         check("ebpf connections/s vs the explicit-proxy limit (\(p))", ratio(stat("ebpf", p, "short") { $0.rate }, stat("explicit", p, "short") { $0.rate }), 0.97, higher: true)
         check("ebpf connections/s vs iptables (\(p))", ratio(stat("ebpf", p, "short") { $0.rate }, stat("iptables", p, "short") { $0.rate }), 1.4, higher: true)
         check("ebpf short-connection p99 vs the limit (\(p))", ratio(stat("ebpf", p, "short") { $0.p99us }, stat("explicit", p, "short") { $0.p99us }), 1.10, higher: false)
+        check("ebpf short-connection p99 at fixed load vs the limit (\(p))", ratio(stat("ebpf", p, "short-fixed") { $0.p99us }, stat("explicit", p, "short-fixed") { $0.p99us }), 1.10, higher: false)
+        check("ebpf CPU per 1000 connections vs iptables (\(p))", ratio(stat("ebpf", p, "short", Self.cpuPer1000Connections), stat("iptables", p, "short", Self.cpuPer1000Connections)), 1.0, higher: false)
+        if let e = stat("ebpf", p, "short", Self.conntrackPerConnection), let d = stat("direct", p, "short", Self.conntrackPerConnection) {
+            check("ebpf conntrack entries per connection beyond no capture (\(p))", e.median - d.median, 0, higher: false)
+        }
         let e = result.enrollment.filter { $0.mode == "ebpf" }
         if let worst = e.map({ $0.enrollMs / Double($0.pods) }).max() { check("ebpf enrollment per pod (worst size)", worst, 1.0, higher: false, " ms") }
         if let small = e.first, let big = e.last, big.pods > small.pods {

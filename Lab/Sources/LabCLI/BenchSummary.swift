@@ -54,6 +54,11 @@ struct BenchSummary: Encodable {
             traffic("long_req_per_s", "req/s", "higher", "long") { $0.rate }
             traffic("long_p99_us", "us", "lower", "long") { $0.p99us }
             traffic("bulk_gbps", "Gbit/s", "higher", "bulk") { $0.gbps }
+            traffic("short_fixed_p50_us", "us", "lower", "short-fixed") { $0.p50us }
+            traffic("short_fixed_p99_us", "us", "lower", "short-fixed") { $0.p99us }
+            traffic("cpu_ms_per_1000_conn", "ms", "lower", "short", BenchReport.cpuPer1000Connections)
+            traffic("cpu_ms_per_gb", "ms", "lower", "bulk", BenchReport.cpuPerGB)
+            traffic("conntrack_per_conn", "entries", "lower", "short", BenchReport.conntrackPerConnection)
         }
         for pods in Set(result.enrollment.map(\.pods)).sorted() {
             func enrolment(_ name: String, _ value: @escaping (EnrollSample) -> Double?) {
@@ -85,6 +90,12 @@ struct BenchSummary: Encodable {
             agent("agent_add_ms_p99", "ms", s.addP99Ms)
             agent("agent_rss_mib", "MiB", Double(s.rssKiB) / 1024)
         }
+        if let c = result.concurrentAdds {
+            for (name, v) in [("agent_add_ms_p50_concurrent", c.p50Ms), ("agent_add_ms_p99_concurrent", c.p99Ms)] {
+                metrics["\(name)\(c.concurrency)_\(c.pods)"] = Metric(unit: "ms", better: "lower",
+                                                                   values: Dictionary(uniqueKeysWithValues: modes.map { ($0, $0 == "ebpf" ? v : nil) }))
+            }
+        }
         if let k = result.kube {
             func ebpf(_ name: String, _ unit: String, _ v: Double?) {
                 metrics[name] = Metric(unit: unit, better: "lower", values: Dictionary(uniqueKeysWithValues: modes.map { ($0, $0 == "ebpf" ? v : nil) }))
@@ -105,7 +116,8 @@ struct BenchSummary: Encodable {
     private static func addIssueNames(_ metrics: inout [String: Metric]) {
         let aliases = ["short_conn_per_s": "short_conn_per_s_same_node", "long_req_per_s": "long_req_per_s_same_node",
                        "bulk_gbit_per_s": "bulk_gbps_same_node", "bpf_ns_per_packet_ingress": "bpf_ns_per_run_tc_pod_ingress",
-                       "bpf_ns_per_packet_egress": "bpf_ns_per_run_tc_pod_egress"]
+                       "bpf_ns_per_packet_egress": "bpf_ns_per_run_tc_pod_egress", "p99_us_fixed_load": "short_fixed_p99_us_same_node",
+                       "cpu_ms_per_1000_conn": "cpu_ms_per_1000_conn_same_node", "conntrack_per_conn": "conntrack_per_conn_same_node"]
         for (alias, name) in aliases { if let m = metrics[name] { metrics[alias] = m } }
         for (name, m) in metrics where name.hasPrefix("enrol_ms_per_pod_") && name.hasSuffix("_pods") {
             metrics["enroll_ms_per_pod_" + name.dropFirst("enrol_ms_per_pod_".count).dropLast("_pods".count)] = m

@@ -21,6 +21,41 @@ struct TrafficSample: Codable {
     /// Connections the client made, and how many of them the client's proxy recorded.
     var connections: Int
     var proxied: Int
+    /// Node-wide CPU time during the run (every CPU's busy time in /proc/stat), ms.
+    var cpuMs: Double? = nil
+    /// Conntrack entries inserted during the run, in the client's and the server's namespaces
+    /// and in both nodes'.
+    var conntrackInserts: Int? = nil
+    /// The client's offered rate (connections/s) in a fixed-load run; nil at saturation.
+    var offeredRate: Double? = nil
+    /// How long the client ran, seconds.
+    var seconds: Double? = nil
+}
+
+/// What a run costs the node: CPU time and conntrack entries.
+enum NodeCost {
+    /// Busy time of every CPU so far (user, nice, system, irq, softirq, steal), ms.
+    static func cpuBusyMs() -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8), let line = text.split(separator: "\n").first else { return 0 }
+        let f = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+        guard f.count >= 8 else { return 0 }
+        return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) * 1000 / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// Conntrack entries the kernel has inserted in `ns` (its `insert` statistic summed over
+    /// CPUs); 0 where conntrack has never run there.
+    static func conntrackInserts(_ ns: NetworkNamespace) -> Int {
+        (try? ns.run { () -> Int in
+            // thread-self: /proc/self/net would show the main thread's namespace, not this one's.
+            guard let text = try? String(contentsOfFile: "/proc/thread-self/net/stat/nf_conntrack", encoding: .utf8) else { return 0 }
+            let lines = text.split(separator: "\n")
+            guard let column = lines.first?.split(separator: " ").firstIndex(of: "insert") else { return 0 }
+            return lines.dropFirst().reduce(0) { sum, line in
+                let f = line.split(separator: " ")
+                return sum + (column < f.count ? Int(f[column], radix: 16) ?? 0 : 0)
+            }
+        }) ?? 0
+    }
 }
 
 /// A traffic mode: how its pods are set up and how the client reaches the server.
@@ -96,13 +131,19 @@ final class TrafficBench {
     /// One client run; returns the parsed summary. Throws unless the proxy recorded exactly the
     /// connections the client made (none in the direct mode): a mode whose capture failed must
     /// never look fast in the report.
-    func measure(_ mode: TrafficMode, placement: String, kind: String, duration: Double, round: Int) throws -> TrafficSample {
+    /// With `rate`, short connections at that offered rate (kind `short-fixed`).
+    func measure(_ mode: TrafficMode, placement: String, kind: String, duration: Double, round: Int, rate: Double? = nil) throws -> TrafficSample {
         guard let server = mode.servers[placement], let ip = server.ipv4 else { throw LabError("no \(placement) server for \(mode.name)") }
         let target = "\(ip):\(Lab.echoPort)"
         let before = try proxied(mode, target: target).count
-        var args = ["client", "--netns", mode.client.netns.path, "--target", target, "--mode", kind, "--duration", "\(duration)"]
+        var args = ["client", "--netns", mode.client.netns.path, "--target", target, "--mode", rate == nil ? kind : "short", "--duration", "\(duration)"]
+        if let rate { args += ["--rate", "\(rate)"] }
         if mode.explicit { args += ["--via", "127.0.0.1:15001"] }
+        let namespaces = [mode.client.netns, server.netns] + lab.nodes.map(\.netns)
+        let conntrackBefore = namespaces.map(NodeCost.conntrackInserts), cpuBefore = NodeCost.cpuBusyMs()
         let out = try Command.run(try LabBinaries.path("lab-app"), args)
+        let cpuMs = NodeCost.cpuBusyMs() - cpuBefore
+        let inserted = zip(namespaces.map(NodeCost.conntrackInserts), conntrackBefore).reduce(0) { $0 + $1.0 - $1.1 }
         guard let j = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else { throw LabError("client printed no JSON: \(out)") }
         func d(_ k: String) -> Double { (j[k] as? Double) ?? Double(j[k] as? Int ?? 0) }
         let connections = j["connections"] as? Int ?? -1
@@ -110,7 +151,8 @@ final class TrafficBench {
         try checkCaptured(mode, records: records, connections: connections)
         return TrafficSample(round: round, mode: mode.name, placement: placement, kind: kind, rate: d("rate"), gbps: d("gbps"),
                              p50us: d("p50_us"), p90us: d("p90_us"), p99us: d("p99_us"), ok: j["ok"] as? Int ?? 0, failed: j["failed"] as? Int ?? 0,
-                             connections: connections, proxied: records.count)
+                             connections: connections, proxied: records.count, cpuMs: cpuMs, conntrackInserts: inserted,
+                             offeredRate: rate, seconds: d("seconds"))
     }
 
     /// The records added since `before`, once their count reaches `expected` or stops growing
@@ -153,6 +195,25 @@ final class TrafficBench {
                             (kind == "bulk" ? String(format: "%.2f Gbit/s", s.gbps) : String(format: "%.0f/s p99 %.0f us", s.rate, s.p99us)) +
                             (s.failed > 0 ? " (\(s.failed) failed)" : ""))
                     }
+                }
+            }
+        }
+        return samples + (try fixedLoad(rounds: rounds, duration: duration, saturated: samples))
+    }
+
+    /// Short connections at a fixed offered load, half of what iptables sustained (its median per
+    /// placement), so latency is compared where no mode is saturated. Kind `short-fixed`.
+    private func fixedLoad(rounds: Int, duration: Double, saturated: [TrafficSample]) throws -> [TrafficSample] {
+        var samples: [TrafficSample] = []
+        for placement in ["same-node", "cross-node"] {
+            let sustained = saturated.filter { $0.mode == "iptables" && $0.placement == placement && $0.kind == "short" }.map(\.rate).sorted()
+            guard !sustained.isEmpty else { continue }
+            let rate = (sustained[sustained.count / 2] / 2).rounded()
+            for r in 1...rounds {
+                for mode in modes {
+                    let s = try measure(mode, placement: placement, kind: "short-fixed", duration: duration, round: r, rate: rate)
+                    samples.append(s)
+                    log(String(format: "round %d short at %.0f/s %@ %@: %.0f/s p50 %.0f us p99 %.0f us", r, rate, placement, mode.name, s.rate, s.p50us, s.p99us))
                 }
             }
         }

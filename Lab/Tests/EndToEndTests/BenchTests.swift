@@ -17,7 +17,10 @@ struct BenchTests {
         let modes = try #require(json["modes"] as? [String])
         #expect(Set(["direct", "explicit", "iptables", "ebpf"]).isSubset(of: Set(modes)))
         let traffic = try #require(json["traffic"] as? [[String: Any]])
-        #expect(traffic.count == modes.count * 2 * 3, "every mode x placement x kind measured once")
+        #expect(traffic.count == modes.count * 2 * 4, "every mode x placement x kind measured once (short, long, bulk, short at fixed load)")
+        let fixed = traffic.filter { $0["kind"] as? String == "short-fixed" }
+        #expect(fixed.count == modes.count * 2 && fixed.allSatisfy { ($0["offeredRate"] as? Double ?? 0) > 0 }, "\(fixed)")
+        #expect(traffic.allSatisfy { ($0["cpuMs"] as? Double ?? 0) > 0 && ($0["conntrackInserts"] as? Int ?? -1) >= 0 }, "every run's cost recorded")
         #expect(traffic.allSatisfy { ($0["failed"] as? Int) == 0 && ($0["ok"] as? Int ?? 0) > 0 }, "no failed connection")
         // The bench's own capture check, read back: every proxied mode's runs were all recorded, direct's none.
         for t in traffic {
@@ -38,10 +41,15 @@ struct BenchTests {
         #expect(metrics.keys.contains { $0.hasPrefix("bpf_ns_per_run_tc_pod_ingress") })
         // Issue #14's names are there too, the agent's ADD latency among them.
         for name in ["short_conn_per_s", "long_req_per_s", "bulk_gbit_per_s", "bpf_ns_per_packet_ingress", "bpf_ns_per_packet_egress",
-                     "enroll_ms_per_pod_10", "agent_add_ms_p50_10", "agent_add_ms_p99_10", "agent_rss_mib_10"] {
+                     "enroll_ms_per_pod_10", "agent_add_ms_p50_10", "agent_add_ms_p99_10", "agent_rss_mib_10",
+                     "p99_us_fixed_load", "cpu_ms_per_1000_conn", "conntrack_per_conn"] {
             #expect(metrics[name] != nil, "\(name) in \(metrics.keys.sorted())")
         }
         #expect((metrics["agent_add_ms_p99_10"]?["ebpf"] as? Double ?? 0) > 0)
+        #expect((metrics["agent_add_ms_p99_concurrent10_10"]?["ebpf"] as? Double ?? 0) > 0, "concurrent ADDs: \(metrics.keys.filter { $0.contains("concurrent") })")
+        for name in ["p99_us_fixed_load", "cpu_ms_per_1000_conn"] {
+            for mode in ["direct", "iptables", "ebpf"] { #expect((metrics[name]?[mode] as? Double ?? 0) > 0, "\(name) \(mode): \(metrics[name] ?? [:])") }
+        }
         // A listening monitor's cost, side by side with none, and the events it drained.
         let monitor = try #require(metrics["monitor_long_req_per_s"])
         #expect((monitor["ebpf"] as? Double ?? 0) > 0 && (monitor["ebpf+monitor"] as? Double ?? 0) > 0, "\(monitor)")
