@@ -196,12 +196,13 @@ static __always_inline int ra_dns_bind_allowed(struct bpf_sock_addr *ctx)
 /* Whether a raw or packet socket sent the packet: it may claim any source address, so the address
  * does not say which pod's setting applies. An ordinary UDP socket's query met the socket hooks,
  * which go by the socket's namespace; a packet with no socket was forwarded or made by the kernel,
- * which a process with the default capabilities cannot use to forge a source. */
+ * and is taken as the address's pod's unless it came in on lo (a packet socket can write a frame
+ * there, which the pod then forwards without its socket). */
 static __always_inline int ra_sent_by_raw_socket(struct __sk_buff *skb)
 {
     struct bpf_sock *sk = skb->sk;
     if (!sk)
-        return 0;
+        return skb->ingress_ifindex == RA_LOOPBACK_IFINDEX; /* a frame written to lo, then forwarded */
     sk = bpf_sk_fullsock(sk);
     return sk && (sk->type == RA_SOCK_RAW || sk->family == RA_AF_PACKET);
 }

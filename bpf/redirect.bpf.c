@@ -451,6 +451,60 @@ int tc_pod_ingress_reroute(struct __sk_buff *skb)
     return verdict;
 }
 
+/* Whether a loopback packet may be for the DNS port `port` (network order), read without pulling
+ * the packet: TCP and UDP whose port is at a fixed place are answered here; anything else IP that
+ * could hide a transport (IPv4 fragments, IPv6 extension headers) is left to the full parser. Most
+ * of a pod's loopback traffic is the proxy's delivery to its app, which this keeps cheap. */
+static __always_inline int ra_lo_maybe_dns(struct __sk_buff *skb, __u16 port)
+{
+    __u16 proto, dport, frag;
+    __u8 b[2];
+    __u32 l4;
+    if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0)
+        return 1;
+    if (proto == bpf_htons(ETH_P_IP)) {
+        if (bpf_skb_load_bytes(skb, ETH_HLEN, b, 1) < 0 || bpf_skb_load_bytes(skb, ETH_HLEN + 9, b + 1, 1) < 0 ||
+            bpf_skb_load_bytes(skb, ETH_HLEN + 6, &frag, sizeof(frag)) < 0)
+            return 1;
+        if (frag & bpf_htons(0x3fff))
+            return 1; /* a fragment: the parser decides */
+        l4 = ETH_HLEN + (b[0] & 0xf) * 4;
+    } else if (proto == bpf_htons(ETH_P_IPV6)) {
+        if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, b + 1, 1) < 0)
+            return 1;
+        if (ra_is_ipv6_ext(b[1]))
+            return 1;
+        l4 = ETH_HLEN + 40;
+    } else {
+        return 0;
+    }
+    if (b[1] != IPPROTO_TCP && b[1] != IPPROTO_UDP)
+        return 0;
+    if (bpf_skb_load_bytes(skb, l4 + 2, &dport, sizeof(dport)) < 0)
+        return 1;
+    return dport == port;
+}
+
+/* The socket a loopback query goes to: UDP's, or for TCP the listener a SYN meets. A SYN that
+ * meets a TIME_WAIT socket is dropped: the kernel's fresh listener lookup that would follow is
+ * not ours to check. *drop is set for that case. */
+static __always_inline struct bpf_sock *ra_lo_receiver(struct __sk_buff *skb, const struct ra_flow *f, int udp, int *drop)
+{
+    struct bpf_sock_tuple t = {};
+    __u32 len = ra_tuple(f, &t, f->dport);
+    if (udp)
+        return bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+    ra_tc_lookup_set(1);
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+    ra_tc_lookup_set(0);
+    if (sk && sk->state != RA_TCP_STATE_LISTEN) {
+        *drop = sk->state == RA_TCP_STATE_TIME_WAIT;
+        bpf_sk_release(sk);
+        return 0; /* not TIME_WAIT: a SYN on a live tuple, which the stack answers itself */
+    }
+    return sk;
+}
+
 /* The pod's loopback, where the socket hooks send captured queries (127.0.0.1 or ::1 on the proxy's
  * DNS port): a query, UDP or a TCP SYN, reaches only the proxy's DNS socket (its mark, and its
  * cgroup when configured), else it is dropped. The bind hook refuses the port to apps from
@@ -458,11 +512,8 @@ int tc_pod_ingress_reroute(struct __sk_buff *skb)
  * itself (autobind), as iptables mode's ISTIO_INPUT does at delivery. Attached only to pods with
  * DNS capture; everything else on loopback passes: no other capture is decided here. Counted on
  * index 0: loopback addresses name no pod. */
-static __always_inline int ra_pod_loopback(struct __sk_buff *skb, struct ra_flow *f)
+static __always_inline int ra_pod_loopback(struct __sk_buff *skb, struct ra_flow *f, const struct ra_config *cfg)
 {
-    struct ra_config *cfg = ra_get_config();
-    if (!cfg || !cfg->dns_port)
-        return TC_ACT_OK;
     int verdict = ra_parse(skb, f);
     int udp = verdict == RA_PASS && f->proto == IPPROTO_UDP;
     if (udp && f->udp_unread) {
@@ -475,14 +526,13 @@ static __always_inline int ra_pod_loopback(struct __sk_buff *skb, struct ra_flow
         ra_count(0, RA_DROP_FRAGMENT);
         return TC_ACT_SHOT;
     }
-    struct bpf_sock_tuple t = {};
-    __u32 len = ra_tuple(f, &t, f->dport);
-    ra_tc_lookup_set(1);
-    struct bpf_sock *sk = udp ? bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0)
-                              : bpf_sk_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
-    ra_tc_lookup_set(0);
-    if (!sk)
-        return TC_ACT_OK; /* nobody holds the port: the stack answers (port unreachable, reset) */
+    int drop = 0;
+    struct bpf_sock *sk = ra_lo_receiver(skb, f, udp, &drop);
+    if (!sk) {
+        if (drop)
+            ra_count(0, RA_DROP_NOT_PROXY);
+        return drop ? TC_ACT_SHOT : TC_ACT_OK; /* nobody holds the port: the stack answers (unreachable, reset) */
+    }
     struct bpf_sock *full = bpf_sk_fullsock(sk);
     if (!full || (full->mark & cfg->mark_mask) != (cfg->proxy_mark & cfg->mark_mask)) {
         bpf_sk_release(sk);
@@ -501,9 +551,12 @@ static __always_inline int ra_pod_loopback(struct __sk_buff *skb, struct ra_flow
 SEC("tc")
 int tc_pod_loopback(struct __sk_buff *skb)
 {
+    struct ra_config *cfg = ra_get_config();
+    if (!cfg || !cfg->dns_port || !ra_lo_maybe_dns(skb, bpf_htons(cfg->dns_port)))
+        return TC_ACT_OK;
     struct ra_flow f = {};
     int began = ra_monitor_begin();
-    int verdict = ra_pod_loopback(skb, &f);
+    int verdict = ra_pod_loopback(skb, &f, cfg);
     ra_monitor_end(began, skb, &f, RA_HOOK_TC_INGRESS);
     return verdict;
 }

@@ -5,7 +5,7 @@ PACKAGES=(
   libbpf-dev libelf-dev zlib1g-dev linux-libc-dev bpftool
   iptables ipset nftables iproute2 util-linux procps kmod
   containernetworking-plugins python3-seccomp python3-venv openssl
-  containerd runc libc6-dev bind9-dnsutils
+  containerd runc libc6-dev bind9-dnsutils conntrack
 )
 # kubectl for the stand-in API server's tests: whichever is there, else Debian's.
 command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)

@@ -310,15 +310,19 @@ public final class EBPFDataplane: Dataplane, Sendable {
             var entry = PodEntry(ips: pod.ips, index: index, podIfindex: UInt32(attached.podIfindex), hostIfindex: earlier?.host_ifindex ?? 0, flags: flags)
             if pod.bypassInboundCapture { try maps.setBypassLookup(true) } // before the pod's entry says so
             try maps.upsert(entry)
+            // The delivery check is on lo before queries are redirected there, and off only after.
+            if capturesDNS { entry.flags = try setLoopbackCheck(true, pod, flags: entry.flags) }
             try setDNSCapture(capturesDNS, netnsCookie: attached.netnsCookie, index: index)
+            if !capturesDNS {
+                let flags = try setLoopbackCheck(false, pod, flags: entry.flags)
+                if flags != entry.flags {
+                    entry.flags = flags
+                    try maps.upsert(entry)
+                }
+            }
             if let existing = attached.existing { keep(existing, pod, index: index) }
             try watcher.watch(pod) // before attaching: an interface that appears from now on is seen
             try attachInPod(pod, attached)
-            let loopbackFlags = try setLoopbackCheck(capturesDNS, pod, flags: entry.flags)
-            if loopbackFlags != entry.flags {
-                entry.flags = loopbackFlags
-                try maps.upsert(entry)
-            }
             try attachLock.withLock { _ in // the watcher may react to this pod's links already
                 let carrying = try attachOthers(pod, primary: attached.podIfindex)
                 try publishInterfaces(pod, index: index, attached: carrying) // before sk_lookup and the guard, which read it

@@ -102,6 +102,10 @@ final class EnrollBench {
         defer { node.agent?.stop() }
         var out: [RSSSample] = []
         var enrolled = 0
+        var added = 0 // every pod the agent may hold, for the clean-up even after a failure
+        defer {
+            for p in pods.prefix(added) { _ = try? AgentClient.call(ControlRequest(op: "del", pod: request(p)), socket: node.agentControlSocket) }
+        }
         for target in steps {
             let batch = pods[enrolled..<min(target, pods.count)]
             var each: [Double] = []
@@ -109,6 +113,7 @@ final class EnrollBench {
                 for p in batch {
                     let req = request(p)
                     var r: ControlResponse?
+                    added += 1
                     each.append(try time { r = try AgentClient.call(ControlRequest(op: "add", pod: req), socket: node.agentControlSocket) })
                     guard r?.ok == true else { throw LabError("agent add failed: \(r?.error ?? "?")") }
                 }
@@ -122,7 +127,6 @@ final class EnrollBench {
             log("agent RSS with \(target) pods: \(rss) KiB" + (batch.isEmpty ? "" : String(format: " (ADD %.2f ms/pod through the agent)", ms / Double(batch.count))))
         }
         concurrentAdds = try concurrentAdds(Array(pods.prefix(enrolled).suffix(20)), total: enrolled)
-        for p in pods.prefix(enrolled) { _ = try? AgentClient.call(ControlRequest(op: "del", pod: request(p)), socket: node.agentControlSocket) }
         return out
     }
 

@@ -111,14 +111,14 @@ struct BenchReport {
     /// Latency at a fixed offered load, and what each connection costs the node.
     func costSection() -> String {
         var s = "\n## Fixed load and cost per connection\n\nShort connections at a fixed offered rate, half of what iptables sustained (its median; each connection on its own schedule, latency counted from it), "
-        s += "then the node's cost from the saturated runs: CPU time of all CPUs (/proc/stat) per 1000 short connections and per GB of bulk, and conntrack entries inserted (client's and server's namespaces and both nodes') per short connection.\n"
+        s += "then the node's cost from the saturated runs: CPU time of all CPUs (/proc/stat) per 1000 short connections and per GB of bulk, and, from the fixed-load runs, conntrack entries created (NEW events in the client's and server's namespaces and both nodes') per connection.\n"
         for placement in ["same-node", "cross-node"] {
             s += "\n### \(placement)\n\n| mode | offered conn/s | p50 µs | p99 µs | CPU ms per 1000 conn | CPU ms per GB | conntrack entries per conn |\n|---|---|---|---|---|---|---|\n"
             for mode in result.modes {
                 let offered = result.traffic.first { $0.mode == mode && $0.placement == placement && $0.kind == "short-fixed" }?.offeredRate
                 s += "| \(mode) | \(offered.map { String(format: "%.0f", $0) } ?? "-") | \(fmt(stat(mode, placement, "short-fixed") { $0.p50us })) | "
                 s += "\(fmt(stat(mode, placement, "short-fixed") { $0.p99us })) | \(fmt(stat(mode, placement, "short", Self.cpuPer1000Connections))) | "
-                s += "\(fmt(stat(mode, placement, "bulk", Self.cpuPerGB))) | \(fmt(stat(mode, placement, "short", Self.conntrackPerConnection), "%.2f")) |\n"
+                s += "\(fmt(stat(mode, placement, "bulk", Self.cpuPerGB))) | \(fmt(stat(mode, placement, "short-fixed", Self.conntrackPerConnection), "%.2f")) |\n"
             }
         }
         return s
@@ -126,7 +126,7 @@ struct BenchReport {
 
     static func cpuPer1000Connections(_ s: TrafficSample) -> Double { (s.cpuMs ?? .nan) / Double(max(s.connections, 1)) * 1000 }
     static func cpuPerGB(_ s: TrafficSample) -> Double { (s.cpuMs ?? .nan) / max(s.gbps * (s.seconds ?? .nan) / 8, 1e-9) }
-    static func conntrackPerConnection(_ s: TrafficSample) -> Double { s.conntrackInserts.map { Double($0) / Double(max(s.connections, 1)) } ?? .nan }
+    static func conntrackPerConnection(_ s: TrafficSample) -> Double { s.conntrackNew.map { Double($0) / Double(max(s.connections, 1)) } ?? .nan }
 
     func targets() -> [String] {
         var out: [String] = []
@@ -143,7 +143,7 @@ struct BenchReport {
         check("ebpf short-connection p99 vs the limit (\(p))", ratio(stat("ebpf", p, "short") { $0.p99us }, stat("explicit", p, "short") { $0.p99us }), 1.10, higher: false)
         check("ebpf short-connection p99 at fixed load vs the limit (\(p))", ratio(stat("ebpf", p, "short-fixed") { $0.p99us }, stat("explicit", p, "short-fixed") { $0.p99us }), 1.10, higher: false)
         check("ebpf CPU per 1000 connections vs iptables (\(p))", ratio(stat("ebpf", p, "short", Self.cpuPer1000Connections), stat("iptables", p, "short", Self.cpuPer1000Connections)), 1.0, higher: false)
-        if let e = stat("ebpf", p, "short", Self.conntrackPerConnection), let d = stat("direct", p, "short", Self.conntrackPerConnection) {
+        if let e = stat("ebpf", p, "short-fixed", Self.conntrackPerConnection), let d = stat("direct", p, "short-fixed", Self.conntrackPerConnection) {
             check("ebpf conntrack entries per connection beyond no capture (\(p))", e.median - d.median, 0, higher: false)
         }
         let e = result.enrollment.filter { $0.mode == "ebpf" }

@@ -58,7 +58,7 @@ struct BenchSummary: Encodable {
             traffic("short_fixed_p99_us", "us", "lower", "short-fixed") { $0.p99us }
             traffic("cpu_ms_per_1000_conn", "ms", "lower", "short", BenchReport.cpuPer1000Connections)
             traffic("cpu_ms_per_gb", "ms", "lower", "bulk", BenchReport.cpuPerGB)
-            traffic("conntrack_per_conn", "entries", "lower", "short", BenchReport.conntrackPerConnection)
+            traffic("conntrack_per_conn", "entries", "lower", "short-fixed", BenchReport.conntrackPerConnection)
         }
         for pods in Set(result.enrollment.map(\.pods)).sorted() {
             func enrolment(_ name: String, _ value: @escaping (EnrollSample) -> Double?) {

@@ -23,9 +23,9 @@ struct TrafficSample: Codable {
     var proxied: Int
     /// Node-wide CPU time during the run (every CPU's busy time in /proc/stat), ms.
     var cpuMs: Double? = nil
-    /// Conntrack entries inserted during the run, in the client's and the server's namespaces
-    /// and in both nodes'.
-    var conntrackInserts: Int? = nil
+    /// Conntrack entries created during a fixed-load run (NEW events), in the client's and the
+    /// server's namespaces and in both nodes'; nil at saturation, where the watchers would cost CPU.
+    var conntrackNew: Int? = nil
     /// The client's offered rate (connections/s) in a fixed-load run; nil at saturation.
     var offeredRate: Double? = nil
     /// How long the client ran, seconds.
@@ -42,19 +42,32 @@ enum NodeCost {
         return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) * 1000 / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    /// Conntrack entries the kernel has inserted in `ns` (its `insert` statistic summed over
-    /// CPUs); 0 where conntrack has never run there.
-    static func conntrackInserts(_ ns: NetworkNamespace) -> Int {
-        (try? ns.run { () -> Int in
-            // thread-self: /proc/self/net would show the main thread's namespace, not this one's.
-            guard let text = try? String(contentsOfFile: "/proc/thread-self/net/stat/nf_conntrack", encoding: .utf8) else { return 0 }
-            let lines = text.split(separator: "\n")
-            guard let column = lines.first?.split(separator: " ").firstIndex(of: "insert") else { return 0 }
-            return lines.dropFirst().reduce(0) { sum, line in
-                let f = line.split(separator: " ")
-                return sum + (column < f.count ? Int(f[column], radix: 16) ?? 0 : 0)
-            }
-        }) ?? 0
+    /// Counts the conntrack entries created in each of `namespaces` while `body` runs, from
+    /// ctnetlink's NEW events (`conntrack -E`, one per namespace; the kernel's `insert` statistic
+    /// no longer counts ordinary confirmations). A namespace where conntrack never runs adds none.
+    static func conntrackNew<T>(in namespaces: [NetworkNamespace], during body: () throws -> T) throws -> (T, Int) {
+        let files = namespaces.map { _ in NSTemporaryDirectory() + "ra-ct-\(UUID().uuidString.prefix(8))" }
+        defer { for f in files { try? FileManager.default.removeItem(atPath: f) } }
+        var watchers: [Process] = []
+        defer { for w in watchers where w.isRunning { w.terminate(); w.waitUntilExit() } }
+        for (ns, file) in zip(namespaces, files) {
+            FileManager.default.createFile(atPath: file, contents: nil)
+            let w = Process()
+            w.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+            w.arguments = ["--net=\(ns.path)", "conntrack", "-E", "-e", "NEW"]
+            w.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: file))
+            w.standardError = FileHandle.nullDevice
+            try w.run()
+            watchers.append(w)
+        }
+        usleep(300_000) // subscribed before the first connection
+        let value = try body()
+        usleep(300_000) // the last events delivered
+        for w in watchers { w.terminate(); w.waitUntilExit() }
+        let created = files.reduce(0) { sum, f in
+            sum + ((try? String(contentsOfFile: f, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains("[NEW]") }.count
+        }
+        return (value, created)
     }
 }
 
@@ -139,11 +152,16 @@ final class TrafficBench {
         var args = ["client", "--netns", mode.client.netns.path, "--target", target, "--mode", rate == nil ? kind : "short", "--duration", "\(duration)"]
         if let rate { args += ["--rate", "\(rate)"] }
         if mode.explicit { args += ["--via", "127.0.0.1:15001"] }
-        let namespaces = [mode.client.netns, server.netns] + lab.nodes.map(\.netns)
-        let conntrackBefore = namespaces.map(NodeCost.conntrackInserts), cpuBefore = NodeCost.cpuBusyMs()
-        let out = try Command.run(try LabBinaries.path("lab-app"), args)
+        let cpuBefore = NodeCost.cpuBusyMs()
+        var out = "", created: Int? = nil
+        if rate != nil {
+            (out, created) = try NodeCost.conntrackNew(in: [mode.client.netns, server.netns] + lab.nodes.map(\.netns)) {
+                try Command.run(try LabBinaries.path("lab-app"), args)
+            }
+        } else {
+            out = try Command.run(try LabBinaries.path("lab-app"), args)
+        }
         let cpuMs = NodeCost.cpuBusyMs() - cpuBefore
-        let inserted = zip(namespaces.map(NodeCost.conntrackInserts), conntrackBefore).reduce(0) { $0 + $1.0 - $1.1 }
         guard let j = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else { throw LabError("client printed no JSON: \(out)") }
         func d(_ k: String) -> Double { (j[k] as? Double) ?? Double(j[k] as? Int ?? 0) }
         let connections = j["connections"] as? Int ?? -1
@@ -151,7 +169,7 @@ final class TrafficBench {
         try checkCaptured(mode, records: records, connections: connections)
         return TrafficSample(round: round, mode: mode.name, placement: placement, kind: kind, rate: d("rate"), gbps: d("gbps"),
                              p50us: d("p50_us"), p90us: d("p90_us"), p99us: d("p99_us"), ok: j["ok"] as? Int ?? 0, failed: j["failed"] as? Int ?? 0,
-                             connections: connections, proxied: records.count, cpuMs: cpuMs, conntrackInserts: inserted,
+                             connections: connections, proxied: records.count, cpuMs: cpuMs, conntrackNew: created,
                              offeredRate: rate, seconds: d("seconds"))
     }
 

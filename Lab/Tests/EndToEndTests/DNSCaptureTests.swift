@@ -170,9 +170,12 @@ struct DNSCaptureTests {
                 return (u, t)
             }
             defer { udp.close(); tcp.close() }
-            // The presence check: the app's socket reads what is sent to it.
+            // The presence check: the app's sockets get what is sent to them.
             try a.netns.run { try Socket(udp: AF_INET).send(Array("hello".utf8), to: port) }
             #expect(try udp.receive().bytes.count == 5)
+            let client = try a.netns.run { try Socket.connected(to: port, timeout: 2) }
+            defer { client.close() }
+            try tcp.accept().close()
             try dataplane.enroll(spec)
             #expect(try dataplane.verify(spec).isEmpty)
             for via in ["udp", "udp-connected", "tcp"] {
