@@ -119,19 +119,20 @@ struct Worker {
 
     func shortLoop() {
         var n = 0
-        let start = DispatchTime.now().uptimeNanoseconds
+        var next = DispatchTime.now().uptimeNanoseconds
         while Date() < deadline && (limit == 0 || n < limit) {
-            var t0 = DispatchTime.now()
             if let interval {
-                // Each connection has its slot; its latency counts from the slot, so a client
-                // that falls behind shows it rather than hiding it (coordinated omission).
-                let slot = start + UInt64(Double(n) * interval * 1e9)
-                while case let now = DispatchTime.now().uptimeNanoseconds, now < slot, Date() < deadline {
-                    usleep(UInt32(min((slot - now) / 1000, 100_000)))
+                // Paced: each connection waits for its slot. Latency counts from when it starts:
+                // sleeps here overshoot by milliseconds (a VM's timers), and counting from the slot
+                // would charge that to the dataplane. A late start moves the schedule on rather
+                // than bursting to catch up, so the rate offered never exceeds the one asked for.
+                while case let now = DispatchTime.now().uptimeNanoseconds, now < next, Date() < deadline {
+                    usleep(UInt32(min((next - now) / 1000, 100_000)))
                 }
                 if Date() >= deadline { break }
-                t0 = DispatchTime(uptimeNanoseconds: slot)
+                next = max(next, DispatchTime.now().uptimeNanoseconds - UInt64(interval * 1e9)) + UInt64(interval * 1e9)
             }
+            let t0 = DispatchTime.now()
             n += 1
             do {
                 let s = try open()

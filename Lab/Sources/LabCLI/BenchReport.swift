@@ -110,7 +110,7 @@ struct BenchReport {
 
     /// Latency at a fixed offered load, and what each connection costs the node.
     func costSection() -> String {
-        var s = "\n## Fixed load and cost per connection\n\nShort connections at a fixed offered rate, half of what iptables sustained (its median; each connection on its own schedule, latency counted from it), "
+        var s = "\n## Fixed load and cost per connection\n\nShort connections paced at a fixed rate, half of what iptables sustained (its median; a connection that starts late moves the schedule on; latency counted from its start, since sleeps on this VM overshoot by milliseconds), "
         s += "then the node's cost from the saturated runs: CPU time of all CPUs (/proc/stat) per 1000 short connections and per GB of bulk, and, from the fixed-load runs, conntrack entries created (NEW events in the client's and server's namespaces and both nodes') per connection.\n"
         for placement in ["same-node", "cross-node"] {
             s += "\n### \(placement)\n\n| mode | offered conn/s | p50 µs | p99 µs | CPU ms per 1000 conn | CPU ms per GB | conntrack entries per conn |\n|---|---|---|---|---|---|---|\n"
